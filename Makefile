@@ -1,0 +1,50 @@
+# picosparse: `make demo` (set up + main job) and `make test` (set up + tests) on a fresh machine.
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PADDLEDET := paddledet==2.6.0
+# Python 3.10: paddlelite (paddle_lite_opt) has x86-64 wheels only up to cp310.
+PYTHON ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.10*/bin/python3.10 \
+                      /usr/bin/python3.10 /usr/local/bin/python3.10 "$$(command -v python3.10)"; do \
+                    [ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null \
+                      && { echo "$$p"; break; }; done)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo       set up .venv (if needed) and run pipelines/demo.yml into runs/demo"
+	@echo "make test       set up .venv (if needed) and run all tests (slow ones included)"
+	@echo "make test-fast  tests without the slow end-to-end ones"
+	@echo "make install    set up .venv only (idempotent; fast when nothing changed)"
+
+$(BIN)/python:
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "error: Python 3.10 not found. Install it (e.g. 'pyenv install 3.10.13') or run" >&2; \
+	  echo "       'make PYTHON=/path/to/python3.10 ...'. Why 3.10: paddlelite has no newer wheels." >&2; \
+	  exit 1; fi
+	"$(PYTHON)" -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Re-runs only when setup.cfg changes (or the venv is new).
+$(STAMP): setup.cfg | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(PADDLEDET)
+	$(BIN)/picosparse env >/dev/null || { $(BIN)/picosparse env; exit 1; }
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/picosparse run pipelines/demo.yml --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from picosparse.cli import main
+
+main()

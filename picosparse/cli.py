@@ -1,0 +1,284 @@
+"""The `picosparse` command: parses flags, calls library functions, renders results.
+
+The only module that knows about click. Every PicosparseError becomes `Error: <message>`
+and exit code 2 here (with the traceback only under --debug).
+"""
+
+import json
+import sys
+
+import click
+
+from picosparse import __version__
+from picosparse.errors import NotYetAvailable, PicosparseError
+from picosparse import progress
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PicosparseError as e:
+            if ctx.meta.get("picosparse.debug"):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+def _not_yet(command, issue):
+    raise NotYetAvailable(f"'picosparse {command}' is not available yet (issue #{issue})")
+
+
+def _emit_json(obj, dest):
+    """--json: '-' prints to stdout, a path is written atomically."""
+    from picosparse.atomic import write_json
+    if dest == "-":
+        click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    else:
+        write_json(dest, obj)
+
+
+config_option = click.option(
+    "-c", "--config", "config", required=True, type=click.Path(dir_okay=False),
+    help="Detector config in PaddleDetection YAML format (with _BASE_).")
+slim_option = click.option(
+    "--slim-config", type=click.Path(dir_okay=False),
+    help="Pruning recipe (PaddleDetection's UnstructuredPruner section + skip rules).")
+override_option = click.option(
+    "-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config key, PaddleDetection style: -o TrainReader.batch_size=8.")
+
+
+def _load_cfg(config, slim_config=None, overrides=(), sparsity=None):
+    from picosparse.config import load_detector
+    return load_detector(config, overrides=overrides, slim_config=slim_config,
+                         sparsity=sparsity)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="picosparse")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output (results still print).")
+@click.pass_context
+def cli(ctx, debug, quiet):
+    """Unstructured (GMP) sparsity for PP-PicoDet: train, eval, export, opt, bench, run.
+
+    \b
+    Typical use:
+      picosparse data synth --out data/shapes
+      picosparse train -c configs/demo/picodet_demo.yml --sparsity 0.75 --pretrained dense.pdparams
+      picosparse export --lite --run runs/sparse75
+      picosparse run pipelines/demo.yml
+    """
+    ctx.meta["picosparse.debug"] = debug
+    progress.set_quiet(quiet)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def env(as_json):
+    """Versions of the Paddle stack and checks for its known traps.
+
+    Exits 1 when a check fails, so CI can gate on it.
+
+    \b
+    Example:
+      picosparse env --json | jq .ok
+    """
+    from picosparse.envcheck import report
+    rep = report()
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+    else:
+        from picosparse.render import env_table
+        env_table(rep)
+    sys.exit(0 if rep["ok"] else 1)
+
+
+@cli.group()
+def data():
+    """Generate or validate COCO-format detection datasets."""
+
+
+@data.command("synth")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same bytes).")
+@click.option("--num-train", default=400, show_default=True, help="Training images.")
+@click.option("--num-val", default=100, show_default=True, help="Validation images.")
+@click.option("--size", default=192, show_default=True, help="Image side in pixels.")
+def data_synth(out, seed, num_train, num_val, size):
+    """Write a deterministic COCO dataset of simple shapes.
+
+    \b
+    Writes OUT/train.json, OUT/val.json, OUT/train/*.jpg, OUT/val/*.jpg.
+    Example:
+      picosparse data synth --out data/shapes --num-train 400 --num-val 100 --size 192
+    """
+    _not_yet("data synth", 2)
+
+
+@data.command("check")
+@click.option("--ann", required=True, type=click.Path(dir_okay=False), help="COCO annotation JSON.")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Image folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def data_check(ann, images, as_json):
+    """Validate a COCO detection dataset; exit 1 when it has errors.
+
+    \b
+    Example:
+      picosparse data check --ann data/shapes/val.json --images data/shapes/val
+    """
+    _not_yet("data check", 2)
+
+
+@cli.command()
+@config_option
+@slim_option
+@override_option
+@click.option("--weights", type=click.Path(dir_okay=False), help="Show zero fractions of these weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def layers(config, slim_config, overrides, weights, as_json):
+    """List every parameter: shape, pruned or skipped (and by which rule), zero fraction.
+
+    \b
+    Example:
+      picosparse layers -c configs/picodet/picodet_m_320_coco.yml \\
+        --slim-config configs/prune/picodet_m_unstructured_prune_75.yml
+    """
+    _not_yet("layers", 3)
+
+
+@cli.command()
+@config_option
+@slim_option
+@override_option
+@click.option("--sparsity", type=float, help="Target sparsity of pruned weights (overrides the recipe's ratio); 0 = dense training.")
+@click.option("--pretrained", help="Converged dense weights (.pdparams path or URL).")
+@click.option("--from-scratch", is_flag=True, help="Train without pretrained weights.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [output/<config name>].")
+@click.option("--eval", "do_eval", is_flag=True, help="COCO mAP at every snapshot; keep the best model.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, out, do_eval, resume, seed):
+    """GMP unstructured-sparse (or dense) training of a PicoDet config.
+
+    \b
+    Example:
+      picosparse train -c configs/picodet/picodet_m_320_coco.yml \\
+        --slim-config configs/prune/picodet_m_unstructured_prune_75.yml \\
+        --pretrained https://paddledet.bj.bcebos.com/models/picodet_m_320_coco.pdparams --eval
+    """
+    _not_yet("train", 3)
+
+
+@cli.command()
+@config_option
+@slim_option
+@override_option
+@click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Dense weights (.pdparams).")
+@click.option("--sparsity", type=float, help="Target sparsity (overrides the recipe's ratio).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .pdparams.")
+def prune(config, slim_config, overrides, weights, sparsity, out):
+    """One-shot magnitude pruning with the same policy as train, no training.
+
+    \b
+    Example:
+      picosparse prune -c configs/picodet/picodet_m_320_coco.yml \\
+        --slim-config configs/prune/picodet_m_unstructured_prune_75.yml \\
+        --weights dense.pdparams --sparsity 0.75 --out sparse75.pdparams
+    """
+    _not_yet("prune", 3)
+
+
+@cli.command("eval")
+@config_option
+@override_option
+@click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Weights (.pdparams).")
+@click.option("--json", "json_out", metavar="FILE", help="Write metrics as JSON ('-' for stdout).")
+def eval_(config, overrides, weights, json_out):
+    """COCO mAP and per-layer sparsity of a model.
+
+    \b
+    Example:
+      picosparse eval -c configs/demo/picodet_demo.yml --weights runs/x/model_final.pdparams --json -
+    """
+    _not_yet("eval", 4)
+
+
+@cli.command()
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), help="Detector config (default: the one saved in --run).")
+@override_option
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights (default: model_final.pdparams in --run).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A `picosparse train` output folder.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [RUN/inference or output/inference].")
+@click.option("--input-size", default=None, type=int, help="Fixed input side (multiple of 32) [from the config's TestReader].")
+@click.option("--no-postprocess", is_flag=True, help="Export without NMS/decoding.")
+@click.option("--lite", is_flag=True, help="Also run `picosparse opt` into OUT/model.nb.")
+def export(config, overrides, weights, run_dir, out, input_size, no_postprocess, lite):
+    """Export an inference model (model.pdmodel/.pdiparams + infer_cfg.yml).
+
+    \b
+    Example:
+      picosparse export --run runs/sparse75 --lite
+    """
+    _not_yet("export", 4)
+
+
+@cli.command()
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="Exported inference model folder.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nb file.")
+@click.option("--sparse/--no-sparse", default=True, show_default=True, help="Enable and verify the sparse_conv2d pass.")
+@click.option("--sparse-threshold", default=0.6, show_default=True, help="Min zero fraction for a 1x1 conv to become sparse.")
+@click.option("--valid-targets", default="arm", show_default=True, help="Paddle-Lite targets (arm, x86, opencl).")
+@click.option("--fp16", is_flag=True, help="FP16 (refused with --sparse).")
+def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16):
+    """Convert to a Paddle-Lite .nb with paddle_lite_opt and verify the sparse pass ran.
+
+    \b
+    Example:
+      picosparse opt --model-dir runs/sparse75/inference --out sparse75.nb
+    """
+    _not_yet("opt", 4)
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, required=True, help="Inference model dir or .nb (repeat; the first is the baseline).")
+@click.option("--threads", default="1,4", show_default=True, help="Thread counts, comma separated.")
+@click.option("--repeats", default=50, show_default=True, help="Timed runs per model and thread count.")
+@click.option("--warmup", default=5, show_default=True, help="Untimed runs first.")
+@click.option("--runtime", default="paddle", show_default=True, type=click.Choice(["paddle", "lite", "openvino"]), help="Inference runtime.")
+@click.option("--json", "json_out", metavar="FILE", help="Write results as JSON ('-' for stdout).")
+def bench(models, threads, repeats, warmup, runtime, json_out):
+    """Dense vs sparse latency side by side, on this machine, in one run.
+
+    \b
+    Example:
+      picosparse bench --model runs/dense/inference --model runs/sparse75/inference --threads 1,2
+    """
+    _not_yet("bench", 4)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--out", "run_dir", type=click.Path(file_okay=False), help="Run folder [runs/<pipeline name>].")
+@click.option("--force", is_flag=True, help="Rerun every step, ignoring the cache.")
+@click.option("--from", "from_step", help="Rerun this step and everything after it.")
+@click.option("--only", "only_step", help="Run only this step (its inputs must exist).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan; run nothing.")
+@override_option
+def run(pipeline, run_dir, force, from_step, only_step, dry_run, overrides):
+    """Run a YAML pipeline (data, train, prune, eval, export, opt, bench, report).
+
+    \b
+    Example:
+      picosparse run pipelines/demo.yml --out runs/demo
+    """
+    _not_yet("run", 5)
+
+
+def main():
+    cli(prog_name="picosparse")
+
+
+if __name__ == "__main__":
+    main()

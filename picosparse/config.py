@@ -1,0 +1,265 @@
+"""Detector configs in PaddleDetection's YAML format (with `_BASE_`), plus our pruning section.
+
+Precedence, decided here and only here: file (+ its `_BASE_` chain) < `--slim-config` file
+< `-o key=value` overrides < explicit flags (e.g. `--sparsity`). The pruning section keeps
+PaddleDetection's own `UnstructuredPruner` keys so a user's slim file works unchanged; our
+additions (`skip`, `local_sparsity`) sit beside them and are validated like the rest.
+"""
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from picosparse.errors import ConfigError
+
+BASE_KEY = "_BASE_"
+PRUNE_KEY = "UnstructuredPruner"
+
+# key -> (types, check, description of a valid value)
+_INT = (int,)
+_NUM = (int, float)
+PRUNE_SCHEMA = {
+    "stable_epochs": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "pruning_epochs": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "tunning_epochs": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "pruning_steps": (_INT, lambda v: v >= 1, "an integer >= 1"),
+    "ratio": (_NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "initial_ratio": (_NUM, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "prune_params_type": ((str, type(None)), lambda v: v in (None, "conv1x1_only"),
+                          "'conv1x1_only' or null (all conv/linear weights)"),
+    "local_sparsity": ((bool,), lambda v: True, "true or false"),
+    "skip": ((list,), lambda v: True, "a list of skip rules"),
+}
+PRUNE_REQUIRED = ("pruning_epochs", "pruning_steps", "ratio")
+SKIP_RULE_KEYS = {"name", "regex", "shape", "why"}
+
+
+@dataclass
+class SkipRule:
+    """Leave a parameter dense when its structured name or shape matches."""
+
+    name: str = None  # glob on the structured name, e.g. "head.head_cls*"
+    regex: str = None
+    shape: list = None  # exact shape; -1 matches any size
+    why: str = ""
+
+    def describe(self):
+        what = (f"name~{self.name}" if self.name else
+                f"regex~{self.regex}" if self.regex else f"shape={self.shape}")
+        return f"{what}" + (f" ({self.why})" if self.why else "")
+
+
+@dataclass
+class PruneSpec:
+    ratio: float
+    pruning_epochs: int
+    pruning_steps: int
+    stable_epochs: int = 0
+    tunning_epochs: int = 0
+    initial_ratio: float = 0.0
+    prune_params_type: str = "conv1x1_only"
+    local_sparsity: bool = True
+    skip: list = field(default_factory=list)
+
+    @property
+    def total_epochs(self):
+        return self.stable_epochs + self.pruning_epochs + self.tunning_epochs
+
+
+@dataclass
+class DetectorConfig:
+    """A fully merged PaddleDetection config and our validated pruning spec (None = dense)."""
+
+    path: Path
+    data: dict
+    prune: PruneSpec = None
+    sources: list = field(default_factory=list)
+
+    def get(self, key, default=None):
+        return self.data.get(key, default)
+
+    def dump(self):
+        """The resolved config as YAML, written next to every run's outputs."""
+        return yaml.safe_dump(_plain(self.data), sort_keys=False)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def merge(base, over):
+    """PaddleDetection's merge rule: nested dicts merge, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(out.get(k), dict) and isinstance(v, dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path, what="config"):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file does not exist")
+    try:
+        # ppdet's configs are parsed with the full loader; keep that for compatibility
+        data = yaml.load(path.read_text(), Loader=yaml.Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_with_base(path, _chain=()):
+    """Read a YAML file and its `_BASE_` files (later bases and the file itself win)."""
+    path = Path(path).resolve()
+    if path in _chain:
+        raise ConfigError(f"{path}: _BASE_ cycle via {' -> '.join(p.name for p in _chain)}")
+    data = read_yaml(path)
+    bases = data.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list):
+        raise ConfigError(f"{path}: _BASE_ must be a list of YAML paths")
+    merged, sources = {}, []
+    for b in bases:
+        bp = Path(os.path.expanduser(str(b)))
+        if not bp.is_absolute():
+            bp = path.parent / bp
+        if not bp.is_file():
+            raise ConfigError(f"{path}: _BASE_ entry '{b}' does not exist ({bp})")
+        base_data, base_sources = load_with_base(bp, _chain + (path,))
+        merged = merge(merged, base_data)
+        sources += base_sources
+    return merge(merged, data), sources + [path]
+
+
+def parse_override(text):
+    """`A.b=value` (PaddleDetection's -o syntax) -> nested dict; value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"-o {text}: expected key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"-o {text}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    out = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def validate_prune(section, where):
+    """Check the UnstructuredPruner section; `where` names the file for the message."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: {PRUNE_KEY} must be a mapping")
+    for k in section:
+        if k not in PRUNE_SCHEMA:
+            known = ", ".join(sorted(PRUNE_SCHEMA))
+            raise ConfigError(f"{where}: unknown key {PRUNE_KEY}.{k} (known: {known})")
+    for k in PRUNE_REQUIRED:
+        if k not in section:
+            raise ConfigError(f"{where}: {PRUNE_KEY}.{k} is required")
+    for k, v in section.items():
+        types, ok, desc = PRUNE_SCHEMA[k]
+        if isinstance(v, bool) and bool not in types:
+            raise ConfigError(f"{where}: {PRUNE_KEY}.{k} must be {desc}, got {v!r}")
+        if not isinstance(v, types) or not ok(v):
+            raise ConfigError(f"{where}: {PRUNE_KEY}.{k} must be {desc}, got {v!r}")
+    spec = PruneSpec(**{k: v for k, v in section.items() if k != "skip"})
+    if spec.initial_ratio > spec.ratio:
+        raise ConfigError(f"{where}: {PRUNE_KEY}.initial_ratio ({spec.initial_ratio}) "
+                          f"is above ratio ({spec.ratio})")
+    spec.skip = [_skip_rule(r, i, where) for i, r in enumerate(section.get("skip") or [])]
+    return spec
+
+
+def _skip_rule(rule, i, where):
+    key = f"{PRUNE_KEY}.skip[{i}]"
+    if not isinstance(rule, dict):
+        raise ConfigError(f"{where}: {key} must be a mapping with name, regex or shape")
+    unknown = set(rule) - SKIP_RULE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {key}.{sorted(unknown)[0]} "
+                          f"(known: {', '.join(sorted(SKIP_RULE_KEYS))})")
+    given = [k for k in ("name", "regex", "shape") if k in rule]
+    if len(given) != 1:
+        raise ConfigError(f"{where}: {key} needs exactly one of name, regex, shape")
+    if "shape" in rule and not (isinstance(rule["shape"], list)
+                                and all(isinstance(d, int) for d in rule["shape"])):
+        raise ConfigError(f"{where}: {key}.shape must be a list of integers (-1 = any)")
+    if "regex" in rule:
+        import re
+        try:
+            re.compile(rule["regex"])
+        except re.error as e:
+            raise ConfigError(f"{where}: {key}.regex is not a valid regex: {e}") from None
+    if "name" in rule and not isinstance(rule["name"], str):
+        raise ConfigError(f"{where}: {key}.name must be a string glob")
+    return SkipRule(**rule)
+
+
+def _check_training_keys(data, where):
+    for k in ("epoch", "snapshot_epoch", "log_iter"):
+        v = data.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ConfigError(f"{where}: {k} must be an integer >= 0, got {v!r}")
+    if "architecture" not in data:
+        raise ConfigError(f"{where}: no 'architecture' key (is this a PaddleDetection "
+                          "detector config?)")
+
+
+def load_detector(path, overrides=(), slim_config=None, sparsity=None):
+    """Resolve a detector config: file < slim file < -o overrides < --sparsity."""
+    path = Path(path)
+    data, sources = load_with_base(path)
+    where = str(path)
+    if slim_config:
+        slim, slim_sources = load_with_base(slim_config)
+        data = merge(data, slim)
+        sources += slim_sources
+        where = str(slim_config) if PRUNE_KEY in slim else where
+    for o in overrides:
+        data = merge(data, parse_override(o))
+        if o.split("=", 1)[0].split(".")[0] == PRUNE_KEY:
+            where = f"-o {o}"
+    _check_training_keys(data, str(path))
+    prune = None
+    if PRUNE_KEY in data:
+        prune = validate_prune(data[PRUNE_KEY], where)
+    if sparsity is not None:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
+                or not 0 <= sparsity < 1:
+            raise ConfigError(f"--sparsity must be in [0, 1), got {sparsity}")
+        if sparsity == 0:
+            prune = None
+        elif prune is None:
+            raise ConfigError(f"--sparsity {sparsity}: {path} has no {PRUNE_KEY} section; "
+                              "pass --slim-config configs/prune/<recipe>.yml")
+        else:
+            prune.ratio = float(sparsity)
+            prune.initial_ratio = min(prune.initial_ratio, prune.ratio)
+            data[PRUNE_KEY]["ratio"] = float(sparsity)
+    if prune is None:
+        data.pop(PRUNE_KEY, None)
+        data.pop("slim", None)
+    elif prune.ratio == 0:
+        prune = None
+    return DetectorConfig(path=path, data=data, prune=prune, sources=sources)

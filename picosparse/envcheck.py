@@ -1,0 +1,78 @@
+"""`picosparse env`: what is installed, and the checks for the stack's known traps."""
+
+import platform
+import subprocess
+import sys
+
+from picosparse import paddle_env
+from picosparse.errors import StackError
+
+
+def cpu_features():
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "fma": "fma" in flags}
+
+
+def _check(name, ok, detail):
+    return {"name": name, "ok": bool(ok), "detail": detail}
+
+
+def _import_check():
+    # In a child process: the trap is a segfault, which would kill us.
+    code = ("import picosparse.paddle_env as e; s = e.stack(); "
+            "x = s.paddle.ones([2, 2]); print(float((x @ x).sum()))")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=180)
+    except subprocess.TimeoutExpired:
+        return _check("import paddle+ppdet+paddleslim", False, "timed out after 180 s")
+    if r.returncode == 0 and r.stdout.strip().endswith("8.0"):
+        return _check("import paddle+ppdet+paddleslim", True, "numpy/cv2 first, then paddle")
+    tail = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+    return _check("import paddle+ppdet+paddleslim", False, tail[:200])
+
+
+def _opt_check():
+    try:
+        opt = paddle_env.find_opt()
+    except StackError as e:
+        return _check("paddle_lite_opt runnable", False, str(e)), None
+    try:
+        r = subprocess.run([opt, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return _check("paddle_lite_opt runnable", False, f"{opt}: {e}"), None
+    out = (r.stdout + r.stderr).strip().splitlines()
+    ver = out[-1].strip() if out else ""
+    return _check("paddle_lite_opt runnable", r.returncode == 0, f"{opt} ({ver})"), ver
+
+
+def report():
+    versions = {"python": platform.python_version()}
+    for dist in ("paddlepaddle", "paddleslim", "paddledet", "paddlelite", "numpy",
+                 "opencv-python", "openvino"):
+        versions[dist] = paddle_env.version(dist)
+    checks = [_check("python 3.10", sys.version_info[:2] == (3, 10),
+                     f"{versions['python']} (paddlelite wheels stop at cp310)")]
+    for dist, want in paddle_env.PINNED.items():
+        have = versions.get(dist)
+        checks.append(_check(f"{dist}=={want}", have == want, have or "not installed"))
+    np_v = versions["numpy"]
+    checks.append(_check("numpy < 2", np_v is not None and int(np_v.split(".")[0]) < 2,
+                         f"{np_v} (PaddleSlim 2.6 uses np.product)"))
+    opt_check, opt_ver = _opt_check()
+    versions["paddle_lite_opt"] = opt_ver
+    checks.append(opt_check)
+    checks.append(_import_check())
+    return {"ok": all(c["ok"] for c in checks), "versions": versions,
+            "cpu": {"machine": platform.machine(), "features": cpu_features()},
+            "checks": checks}

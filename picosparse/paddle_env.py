@@ -1,0 +1,123 @@
+"""The one place that imports numpy, paddle, ppdet and paddleslim.
+
+Why one place: `import paddle; import ppdet` segfaulted here unless numpy/cv2 were imported
+first (STACK.md), ppdet prints warnings to stdout on import, and ppdet keeps its config in a
+process-wide dict that must be reset before each model is built. Every other module gets the
+stack through `stack()` and builds models through `build()`.
+"""
+
+import contextlib
+import copy
+import importlib.metadata
+import io
+import logging
+import os
+import warnings
+from types import SimpleNamespace
+
+from picosparse.errors import StackError
+
+# Versions verified together (STACK.md); `picosparse env` reports drift from these.
+PINNED = {
+    "paddlepaddle": "2.6.2",
+    "paddleslim": "2.6.0",
+    "paddledet": "2.6.0",
+    "paddlelite": "2.13rc0",
+}
+
+_STACK = None
+_PRISTINE = None
+
+
+def version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _quiet_env():
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("FLAGS_call_stack_level", "0")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="paddle")
+
+
+def stack():
+    """Import the stack once, in the order that works, and return it as a namespace."""
+    global _STACK, _PRISTINE
+    if _STACK is not None:
+        return _STACK
+    _quiet_env()
+    try:
+        import numpy  # noqa: F401  (must precede paddle: see module docstring)
+        import cv2  # noqa: F401
+    except ImportError as e:
+        raise StackError(f"numpy/opencv not importable ({e}); run `make install`") from None
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise StackError(f"numpy {numpy.__version__} installed; PaddleSlim 2.6 needs numpy<2 "
+                         "(np.product); run `make install`")
+    try:
+        import paddle
+        # ppdet prints metric warnings to stdout on import; keep CLI output clean
+        with contextlib.redirect_stdout(io.StringIO()):
+            import ppdet  # noqa: F401
+            from ppdet.core import workspace
+            import ppdet.modeling  # noqa: F401  registers the architectures
+            import ppdet.data  # noqa: F401
+            import ppdet.optimizer  # noqa: F401
+            import ppdet.slim  # noqa: F401
+        import paddleslim  # noqa: F401
+        from paddleslim import GMPUnstructuredPruner, UnstructuredPruner
+    except ImportError as e:
+        raise StackError(f"the Paddle stack is not importable ({e}); run `make install`") from None
+    for name in ("ppdet", "paddle", "paddleslim", "PaddleSlim"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    paddle.set_device("cpu")
+    # registered modules are dicts holding their schema; remember their own items only
+    _PRISTINE = {k: (v, copy.deepcopy(dict(v))) for k, v in workspace.global_config.items()}
+    _STACK = SimpleNamespace(
+        np=numpy, cv2=cv2, paddle=paddle, ppdet=ppdet, workspace=workspace,
+        GMPUnstructuredPruner=GMPUnstructuredPruner, UnstructuredPruner=UnstructuredPruner,
+    )
+    return _STACK
+
+
+def activate(cfg_dict):
+    """Make `cfg_dict` ppdet's global config, dropping whatever an earlier config left."""
+    s = stack()
+    g = s.workspace.global_config
+    g.clear()
+    for k, (module, items) in _PRISTINE.items():
+        module.clear()
+        module.update(copy.deepcopy(items))
+        g[k] = module
+    s.workspace.merge_config(copy.deepcopy(cfg_dict))
+    return g
+
+
+def create(name, *args, **kwargs):
+    """ppdet's `create` on the active config."""
+    return stack().workspace.create(name, *args, **kwargs)
+
+
+def build_model(cfg):
+    """A fresh detector (paddle.nn.Layer) from a resolved DetectorConfig."""
+    g = activate(cfg.data)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return create(g["architecture"])
+
+
+def find_opt():
+    """Path of paddle_lite_opt: next to this interpreter first (the venv), then PATH."""
+    import shutil
+    import sys
+    from pathlib import Path
+    here = Path(sys.executable).parent / "paddle_lite_opt"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which("paddle_lite_opt")
+    if not found:
+        raise StackError("paddle_lite_opt not found next to Python or on PATH; "
+                         "install paddlelite==2.13rc0 (`make install`)")
+    return found
