@@ -114,7 +114,13 @@ def data_synth(out, seed, num_train, num_val, size):
     Example:
       picosparse data synth --out data/shapes --num-train 400 --num-val 100 --size 192
     """
-    _not_yet("data synth", 2)
+    from picosparse.data.synth import synthesize
+    s = synthesize(out, seed=seed, num_train=num_train, num_val=num_val, size=size)
+    click.echo(f"wrote {s['out']}")
+    for split in ("train", "val"):
+        click.echo(f"  {split + ':':6} {s['images'][split]} images, {s['annotations'][split]} "
+                   f"boxes  ({s[split + '_json']}, {s[split + '_dir']})")
+    click.echo("  categories: " + ", ".join(f"{c['id']} {c['name']}" for c in s["categories"]))
 
 
 @data.command("check")
@@ -128,7 +134,27 @@ def data_check(ann, images, as_json):
     Example:
       picosparse data check --ann data/shapes/val.json --images data/shapes/val
     """
-    _not_yet("data check", 2)
+    from picosparse.data.check import MAX_PER_KIND, check_coco
+    rep = check_coco(ann, images)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2, sort_keys=True))
+        sys.exit(0 if rep["ok"] else 1)
+    from picosparse.render import table
+    c = rep["counts"]
+    rows = [(k.replace("_", " "), c[k]) for k in
+            ("images", "annotations", "categories", "images_without_annotations")]
+    rows += [(f"boxes: {name}", n) for name, n in c["per_category"].items()]
+    table(f"data check {rep['ann']}", ["Item", "count"], rows)
+    for title, items, totals in (("errors", rep["errors"], rep["error_counts"]),
+                                 ("warnings", rep["warnings"], rep["warning_counts"])):
+        if items:
+            table(title, ["Kind", "Total", "Detail"],
+                  [(it["kind"], totals[it["kind"]], it["detail"]) for it in items])
+    n = sum(rep["error_counts"].values())
+    capped = f" (at most {MAX_PER_KIND} listed per kind)" if n > len(rep["errors"]) else ""
+    click.echo("ok: no errors" if rep["ok"] else
+               f"{n} error(s) of {len(rep['error_counts'])} kind(s){capped}")
+    sys.exit(0 if rep["ok"] else 1)
 
 
 @cli.command()
@@ -145,7 +171,13 @@ def layers(config, slim_config, overrides, weights, as_json):
       picosparse layers -c configs/picodet/picodet_m_320_coco.yml \\
         --slim-config configs/prune/picodet_m_unstructured_prune_75.yml
     """
-    _not_yet("layers", 3)
+    from picosparse.sparsity.layers import layer_table
+    rows = layer_table(_load_cfg(config, slim_config, overrides), weights)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        from picosparse.render import layers_table
+        layers_table(rows)
 
 
 @cli.command()
@@ -167,8 +199,20 @@ def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, ou
       picosparse train -c configs/picodet/picodet_m_320_coco.yml \\
         --slim-config configs/prune/picodet_m_unstructured_prune_75.yml \\
         --pretrained https://paddledet.bj.bcebos.com/models/picodet_m_320_coco.pdparams --eval
+
+    \b
+    Several GPUs (only rank 0 writes files and progress):
+      python -m paddle.distributed.launch --gpus 0,1,2,3 \\
+        "$(python -c 'import picosparse.cli as c; print(c.__file__)')" train -c ...
     """
-    _not_yet("train", 3)
+    from pathlib import Path
+    from picosparse.steps.train import train as run_train
+    cfg = _load_cfg(config, slim_config, overrides, sparsity)
+    out = Path(out) if out else Path("output") / Path(config).stem
+    res = run_train(cfg, out, pretrained=pretrained, from_scratch=from_scratch, resume=resume,
+                    do_eval=do_eval, seed=seed)
+    from picosparse.render import train_summary
+    train_summary(res)
 
 
 @cli.command()
@@ -187,22 +231,32 @@ def prune(config, slim_config, overrides, weights, sparsity, out):
         --slim-config configs/prune/picodet_m_unstructured_prune_75.yml \\
         --weights dense.pdparams --sparsity 0.75 --out sparse75.pdparams
     """
-    _not_yet("prune", 3)
+    from picosparse.steps.prune import oneshot
+    res = oneshot(_load_cfg(config, slim_config, overrides, sparsity), weights, out)
+    click.echo(f"wrote {res['weights']}: {res['sparsity']:.2%} zeros in "
+               f"{len(res['layers'])} pruned parameters")
 
 
 @cli.command("eval")
 @config_option
+@slim_option
 @override_option
 @click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Weights (.pdparams).")
 @click.option("--json", "json_out", metavar="FILE", help="Write metrics as JSON ('-' for stdout).")
-def eval_(config, overrides, weights, json_out):
+def eval_(config, slim_config, overrides, weights, json_out):
     """COCO mAP and per-layer sparsity of a model.
 
     \b
     Example:
       picosparse eval -c configs/demo/picodet_demo.yml --weights runs/x/model_final.pdparams --json -
     """
-    _not_yet("eval", 4)
+    from picosparse.steps.evaluate import evaluate
+    res = evaluate(_load_cfg(config, slim_config, overrides), weights)
+    if json_out:
+        _emit_json(res, json_out)
+    if json_out != "-":
+        from picosparse.render import metrics_table
+        metrics_table(res)
 
 
 @cli.command()

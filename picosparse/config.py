@@ -47,9 +47,8 @@ class SkipRule:
     why: str = ""
 
     def describe(self):
-        what = (f"name~{self.name}" if self.name else
+        return (f"name~{self.name}" if self.name else
                 f"regex~{self.regex}" if self.regex else f"shape={self.shape}")
-        return f"{what}" + (f" ({self.why})" if self.why else "")
 
 
 @dataclass
@@ -150,7 +149,7 @@ def load_with_base(path, _chain=()):
 
 
 def parse_override(text):
-    """`A.b=value` (PaddleDetection's -o syntax) -> nested dict; value parsed as YAML."""
+    """`A.b=value` (PaddleDetection's -o syntax) -> (key path, value parsed as YAML)."""
     if "=" not in text:
         raise ConfigError(f"-o {text}: expected key=value")
     key, raw = text.split("=", 1)
@@ -160,10 +159,38 @@ def parse_override(text):
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    out = value
-    for part in reversed(key.split(".")):
-        out = {part: out}
-    return out
+    return key.split("."), value
+
+
+def apply_override(data, text):
+    """Set one `-o` override in a copy of `data`; a numeric part indexes a list."""
+    path, value = parse_override(text)
+    data = copy.deepcopy(data)
+    node = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            node = node[_index(node, part, text)]
+        else:
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+    last = path[-1]
+    if isinstance(node, list):
+        node[_index(node, last, text)] = value
+    elif isinstance(node.get(last), dict) and isinstance(value, dict):
+        node[last] = merge(node[last], value)
+    else:
+        node[last] = value
+    return data
+
+
+def _index(lst, part, text):
+    try:
+        i = int(part)
+        lst[i]
+        return i
+    except (ValueError, IndexError):
+        raise ConfigError(f"-o {text}: '{part}' is not an index of a {len(lst)}-item list") from None
 
 
 def validate_prune(section, where):
@@ -237,7 +264,7 @@ def load_detector(path, overrides=(), slim_config=None, sparsity=None):
         sources += slim_sources
         where = str(slim_config) if PRUNE_KEY in slim else where
     for o in overrides:
-        data = merge(data, parse_override(o))
+        data = apply_override(data, o)
         if o.split("=", 1)[0].split(".")[0] == PRUNE_KEY:
             where = f"-o {o}"
     _check_training_keys(data, str(path))

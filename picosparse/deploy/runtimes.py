@@ -1,0 +1,158 @@
+"""x86 runtimes for `picosparse bench`: Paddle Inference, Paddle-Lite (Python API), OpenVINO.
+
+Each runner is built for one model and one thread count; `feed(inputs)` sets the inputs once
+and `run()` is what gets timed. None of these runtimes has sparse kernels on x86: sparse
+weights run through the same dense convolutions.
+"""
+
+from pathlib import Path
+
+from picosparse.errors import DataError, PicosparseError, StackError
+
+# bench --precision -> OpenVINO's INFERENCE_PRECISION_HINT
+OV_PRECISION = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+
+
+class PaddleRunner:
+    """Paddle Inference on CPU with oneDNN (what PaddleDetection's deploy code uses)."""
+
+    name = "paddle"
+    sets_threads = True
+
+    def __init__(self, model_dir, threads, precision="f32"):
+        from picosparse import paddle_env
+        from picosparse.deploy.program import model_files
+        if precision != "f32":
+            raise PicosparseError(f"--precision {precision}: only the openvino runtime "
+                                  "takes a precision; Paddle Inference runs FP32 here")
+        paddle_env.stack()
+        from paddle import inference
+        model, params = model_files(model_dir, "--model")
+        cfg = inference.Config(str(model), str(params))
+        cfg.disable_gpu()
+        cfg.enable_mkldnn()
+        cfg.set_cpu_math_library_num_threads(int(threads))
+        cfg.switch_ir_optim(True)
+        cfg.disable_glog_info()
+        self.predictor = inference.create_predictor(cfg)
+        self.precision = "fp32"
+
+    def input_names(self):
+        return list(self.predictor.get_input_names())
+
+    def feed(self, inputs):
+        for n in self.input_names():
+            self.predictor.get_input_handle(n).copy_from_cpu(inputs[n])
+
+    def run(self):
+        self.predictor.run()
+
+    def outputs(self):
+        return [self.predictor.get_output_handle(n).copy_to_cpu()
+                for n in self.predictor.get_output_names()]
+
+
+class OpenVINORunner:
+    """OpenVINO reads model.pdmodel directly (its Paddle frontend)."""
+
+    name = "openvino"
+    sets_threads = True
+
+    def __init__(self, model_dir, threads, precision="f32"):
+        from picosparse.deploy.program import model_files
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise StackError(f"openvino is not importable ({e}); `make install`") from None
+        model, _ = model_files(model_dir, "--model")
+        core = ov.Core()
+        # FP32 unless asked: on AMX/AVX512-BF16 CPUs OpenVINO's default is bf16
+        conf = {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
+                "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1,
+                "PERFORMANCE_HINT": "LATENCY"}
+        try:
+            self.compiled = core.compile_model(core.read_model(str(model)), "CPU", conf)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PicosparseError(f"--model {model_dir}: OpenVINO cannot compile it "
+                                  f"({first[:200]})") from None
+        self.request = self.compiled.create_infer_request()
+        got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
+            getattr(got, "type_name", None) or str(got), str(got))
+        self._inputs = None
+
+    def input_names(self):
+        return [i.get_any_name() for i in self.compiled.inputs]
+
+    def feed(self, inputs):
+        self._inputs = {n: inputs[n] for n in self.input_names()}
+        for n, v in self._inputs.items():
+            self.request.set_tensor(n, _ov_tensor(v))
+
+    def run(self):
+        self.request.infer()
+
+    def outputs(self):
+        return [self.request.get_output_tensor(i).data.copy()
+                for i in range(len(self.compiled.outputs))]
+
+
+def _ov_tensor(array):
+    import openvino as ov
+    return ov.Tensor(array)
+
+
+class LiteRunner:
+    """Paddle-Lite's Python API on x86: MobileConfig + a .nb built with --valid-targets x86.
+
+    Its Python MobileConfig has no thread setting: it runs one thread.
+    """
+
+    name = "lite"
+    sets_threads = False
+
+    def __init__(self, nb_path, threads, precision="f32"):
+        from picosparse.deploy import nbfile
+        if precision != "f32":
+            raise PicosparseError(f"--precision {precision}: only the openvino runtime "
+                                  "takes a precision; the x86 Paddle-Lite .nb runs FP32")
+        targets = nbfile.compute_targets(nbfile.inspect(nb_path))
+        if "x86" not in targets:
+            raise PicosparseError(
+                f"--model {nb_path}: built for {', '.join(sorted(targets)) or 'unknown'}, "
+                "which cannot run on this x86 machine (loading it aborts the process); "
+                "make an x86 one with `picosparse opt --valid-targets x86 --no-sparse`, or "
+                "time the ARM .nb on a board with --adb SERIAL --benchmark-bin PATH")
+        try:
+            import paddlelite.lite as lite
+        except ImportError as e:
+            raise StackError(f"paddlelite is not importable ({e}); `make install`") from None
+        conf = lite.MobileConfig()
+        conf.set_model_from_file(str(nb_path))
+        self.predictor = lite.create_paddle_predictor(conf)
+        self.precision = "fp32"
+
+    def input_names(self):
+        return list(self.predictor.get_input_names())
+
+    def feed(self, inputs):
+        for n in self.input_names():
+            self.predictor.get_input_by_name(n).from_numpy(inputs[n])
+
+    def run(self):
+        self.predictor.run()
+
+    def outputs(self):
+        names = self.predictor.get_output_names()
+        return [self.predictor.get_output(i).numpy() for i in range(len(names))]
+
+
+RUNNERS = {"paddle": PaddleRunner, "openvino": OpenVINORunner, "lite": LiteRunner}
+
+
+def check_inputs(runner, inputs, model):
+    missing = [n for n in runner.input_names() if n not in inputs]
+    if missing:
+        raise DataError(f"--model {model}: unexpected model input(s) {', '.join(missing)} "
+                        "(picosparse feeds image, im_shape, scale_factor)")

@@ -1,0 +1,97 @@
+"""Compile the sparse-op library once per (sources, compiler, OpenVINO) and cache it.
+
+Plain g++ against the headers and libopenvino/libtbb shipped inside the `openvino` wheel (no
+cmake, no OpenVINO dev package). Cache: $PICOSPARSE_CACHE_DIR, else $XDG_CACHE_HOME/picosparse,
+else ~/.cache/picosparse; the library lands in `ops-<key>/libpicosparse_ops.so`, where key hashes
+the sources, the compiler's `--version`, the flags, the OpenVINO version and its lib directory.
+A build goes to a temp file and is renamed, so concurrent first uses are safe.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from picosparse.atomic import atomic_path
+from picosparse.errors import StackError
+
+SRC_DIR = Path(__file__).resolve().parent
+SOURCES = ("spconv.cpp", "extension.cpp")
+HEADERS = ("spconv.h",)
+LIB_NAME = "libpicosparse_ops.so"
+# Baseline x86-64 on purpose: the AVX2/AVX-512 kernels carry their own target attributes and
+# are picked at run time, so the cached library is valid on any x86-64 CPU.
+CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fvisibility=hidden",
+            "-Wall", "-Wno-maybe-uninitialized")
+
+
+def cache_root():
+    env = os.environ.get("PICOSPARSE_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "picosparse"
+
+
+def openvino_dirs():
+    """(version, include dir, lib dir, libopenvino path, libtbb path) of the installed wheel."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise StackError(f"openvino is not importable ({e}); run `make install`") from None
+    root = Path(openvino.__file__).resolve().parent
+    inc, libs = root / "include", root / "libs"
+    ov_libs = sorted(libs.glob("libopenvino.so*"))
+    tbb_libs = sorted(libs.glob("libtbb.so*"))
+    if not (inc / "openvino" / "op" / "op.hpp").is_file() or not ov_libs or not tbb_libs:
+        raise StackError(f"the openvino wheel at {root} has no C++ headers or libopenvino.so; "
+                         "reinstall openvino from PyPI")
+    return openvino.__version__, inc, libs, ov_libs[0], tbb_libs[0]
+
+
+def _compiler():
+    cxx = os.environ.get("CXX") or shutil.which("g++")
+    if not cxx:
+        raise StackError("no C++ compiler found (set CXX or install g++) to build the sparse op")
+    try:
+        ver = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()[0]
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise StackError(f"C++ compiler {cxx} does not run: {e}") from None
+    return cxx, ver
+
+
+def build_key():
+    """(key, compile context) identifying the library for these sources/compiler/OpenVINO."""
+    ov_version, inc, libs, libov, libtbb = openvino_dirs()
+    cxx, cxx_ver = _compiler()
+    h = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        h.update(name.encode() + b"\0" + (SRC_DIR / name).read_bytes() + b"\0")
+    for part in (cxx_ver, " ".join(CXXFLAGS), ov_version, str(libs)):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16], dict(cxx=cxx, inc=inc, libs=libs, libov=libov, libtbb=libtbb,
+                                    ov_version=ov_version)
+
+
+def library_path(verbose=True):
+    """Path of the compiled library, building it first if it is not cached yet."""
+    key, ctx = build_key()
+    lib = cache_root() / f"ops-{key}" / LIB_NAME
+    if lib.is_file():
+        return lib
+    if verbose:
+        print(f"picosparse: building sparse op for OpenVINO {ctx['ov_version']} (once) -> {lib}",
+              file=sys.stderr, flush=True)
+    with atomic_path(lib) as tmp:
+        cmd = [ctx["cxx"], *CXXFLAGS, f"-I{ctx['inc']}",
+               *[str(SRC_DIR / s) for s in SOURCES], "-o", str(tmp),
+               str(ctx["libov"]), str(ctx["libtbb"]), f"-Wl,-rpath,{ctx['libs']}"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            log = lib.parent / "build.log"
+            log.write_text(" ".join(cmd) + "\n\n" + r.stdout + r.stderr)
+            raise StackError(f"building the sparse op failed (compiler log: {log})")
+    return lib

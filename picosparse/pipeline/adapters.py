@@ -1,0 +1,102 @@
+"""The one place the pipeline calls step functions: `REGISTRY[kind](params, out, ctx)`.
+
+`params` are the step's resolved parameters (defaults filled, references substituted),
+`out` the folder to write into (see schema.Kind.where), `ctx` has name, run_dir, resume,
+pipeline. Each adapter returns a dict holding at least the kind's declared outputs.
+Step modules are imported lazily so validation and --dry-run never touch the Paddle stack.
+Tests may replace entries of REGISTRY with tiny functions to exercise the engine.
+"""
+
+import importlib
+from pathlib import Path
+
+from picosparse.atomic import write_json, write_text
+from picosparse.errors import NotYetAvailable
+
+
+def _step_fn(module, attr, issue):
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        if isinstance(e, ImportError) and e.name and not module.startswith(e.name):
+            raise  # a real missing dependency inside an existing module
+        raise NotYetAvailable(f"{module}.{attr} is not available yet (issue #{issue})") from None
+
+
+def _detector(p):
+    from picosparse.config import load_detector
+    return load_detector(p["config"], overrides=p.get("overrides") or (),
+                         slim_config=p.get("slim_config"), sparsity=p.get("sparsity"))
+
+
+def run_data(p, out, ctx):
+    synthesize = _step_fn("picosparse.data.synth", "synthesize", 2)
+    return synthesize(out, seed=p["seed"], num_train=p["num_train"], num_val=p["num_val"],
+                      size=p["size"])
+
+
+def run_train(p, out, ctx):
+    train = _step_fn("picosparse.steps.train", "train", 3)
+    return train(_detector(p), out, pretrained=p["pretrained"], from_scratch=p["from_scratch"],
+                 resume=ctx.resume, do_eval=p["eval"], seed=p["seed"])
+
+
+def run_prune(p, out, ctx):
+    oneshot = _step_fn("picosparse.steps.prune", "oneshot", 3)
+    cfg = _detector(p)
+    res = dict(oneshot(cfg, p["weights"], Path(out) / "model.pdparams"))
+    # downstream eval/export need the config that goes with these weights, like train's
+    res["config"] = Path(out) / "config.yml"
+    write_text(res["config"], cfg.dump())
+    return res
+
+
+def run_eval(p, out, ctx):
+    evaluate = _step_fn("picosparse.steps.evaluate", "evaluate", 4)
+    res = dict(evaluate(_detector(p), p["weights"]))
+    res["metrics"] = Path(out) / "metrics.json"
+    write_json(res["metrics"], {k: v for k, v in res.items() if k != "metrics"})
+    return res
+
+
+def run_export(p, out, ctx):
+    export = _step_fn("picosparse.steps.export", "export", 4)
+    return export(_detector(p), p["weights"], out, input_size=p["input_size"],
+                  postprocess=p["postprocess"])
+
+
+def run_opt(p, out, ctx):
+    optimize = _step_fn("picosparse.steps.lite", "optimize", 4)
+    return optimize(p["model_dir"], Path(out) / "model.nb", sparse=p["sparse"],
+                    sparse_threshold=p["sparse_threshold"], valid_targets=p["valid_targets"],
+                    fp16=p["fp16"])
+
+
+def run_bench(p, out, ctx):
+    bench = _step_fn("picosparse.steps.bench", "bench", 4)
+    names = list(p["models"])
+    res = dict(bench([p["models"][n] for n in names], threads=tuple(p["threads"]),
+                     repeats=p["repeats"], warmup=p["warmup"], runtime=p["runtime"]))
+    # bench keeps the order it was given; key its rows by the pipeline's variant names
+    res["models"] = {n: {**m, "name": n} for n, m in zip(names, res["models"])}
+    res["results"] = Path(out) / "bench.json"
+    write_json(res["results"], {k: v for k, v in res.items() if k != "results"})
+    return res
+
+
+def run_report(p, out, ctx):
+    from picosparse.steps.report import write_report
+    return write_report(out, variants=p["variants"], bench=p["bench"], baseline=p["baseline"],
+                        title=p["title"] or ctx.pipeline)
+
+
+REGISTRY = {
+    "data": run_data,
+    "train": run_train,
+    "prune": run_prune,
+    "eval": run_eval,
+    "export": run_export,
+    "opt": run_opt,
+    "bench": run_bench,
+    "report": run_report,
+}

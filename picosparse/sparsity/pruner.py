@@ -1,0 +1,88 @@
+"""PaddleSlim's GMP pruner, wrapped so that it resumes, respects our policy and saves clean.
+
+What the stock PaddleDetection path gets wrong (STACK.md) and how this fixes it:
+- skip list ignored: we always pass a skip_params_func built from the YAML policy;
+- resume restarts the ramp: we pass resume_iteration and restore the saved masks;
+- EMA averaging mask buffers: the trainer creates its EMA *before* this pruner, and
+  `masked()` applies our masks to any state (EMA included) before eval/save;
+- masks bloating checkpoints: `masked()` and weights.save drop `*_mask` buffers.
+"""
+
+import contextlib
+import io
+
+from picosparse import paddle_env
+from picosparse.errors import ConfigError
+from picosparse.sparsity import policy
+from picosparse.sparsity.schedule import GMPSchedule
+
+
+def check_schedule(spec, iters_per_epoch, where="UnstructuredPruner"):
+    """PaddleSlim asserts pruning_iterations / pruning_steps > 10; say what to change instead."""
+    pruning_iters = spec.pruning_epochs * iters_per_epoch
+    if pruning_iters / spec.pruning_steps <= 10:
+        need = spec.pruning_steps * 10 // iters_per_epoch + 1
+        raise ConfigError(
+            f"{where}: pruning_epochs ({spec.pruning_epochs}) x {iters_per_epoch} iterations/epoch"
+            f" = {pruning_iters} iterations for {spec.pruning_steps} pruning_steps; PaddleSlim "
+            f"needs more than 10 iterations per step: lower pruning_steps to "
+            f"{max(1, (pruning_iters - 1) // 10)} or raise pruning_epochs to {need}")
+
+
+class GMP:
+    """GMP pruning of `model` per PruneSpec `spec`; `iteration` = global iterations done."""
+
+    def __init__(self, model, spec, iters_per_epoch, iteration=0):
+        check_schedule(spec, iters_per_epoch)
+        s = paddle_env.stack()
+        self.model = model
+        self.spec = spec
+        self.schedule = GMPSchedule.from_spec(spec, iters_per_epoch)
+        self.decisions = policy.decide(model, spec)
+        self.pruned = [d for d in self.decisions if d.pruned]
+        configs = {
+            "pruning_strategy": "gmp",
+            "stable_iterations": self.schedule.stable_iters,
+            "pruning_iterations": self.schedule.pruning_iters,
+            "tunning_iterations": self.schedule.tuning_iters,
+            "resume_iteration": iteration,
+            "pruning_steps": spec.pruning_steps,
+            "initial_ratio": spec.initial_ratio,
+        }
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints once per mask buffer
+            self._slim = s.GMPUnstructuredPruner(
+                model, ratio=spec.ratio, skip_params_func=policy.skip_func(self.decisions, model),
+                local_sparsity=spec.local_sparsity, configs=configs)
+
+    @property
+    def ratio(self):
+        """The target ratio PaddleSlim is applying now."""
+        return float(self._slim.ratio)
+
+    def step(self):
+        self._slim.step()
+
+    def apply(self):
+        """Zero the pruned weights of the live model (PaddleSlim's update_params)."""
+        self._slim.update_params()
+
+    def masks(self):
+        """{structured name: numpy mask} of pruned parameters."""
+        return {d.name: self._slim.masks[d.pname].numpy() for d in self.pruned}
+
+    def restore(self, masks):
+        """Put saved masks back and skip PaddleSlim's recompute-on-resume, which would
+        re-threshold already-zeroed weights at a ratio whose threshold is 0 (all kept)."""
+        paddle = paddle_env.stack().paddle
+        for d in self.pruned:
+            paddle.assign(paddle.to_tensor(masks[d.name], dtype="float32"),
+                          output=self._slim.masks[d.pname])
+        self._slim._need_prune_once = False
+
+    def masked(self, state):
+        """A copy of `state` (e.g. EMA weights) with our masks applied and no mask buffers."""
+        out = {k: v for k, v in state.items() if not k.endswith("_mask")}
+        for d in self.pruned:
+            if d.name in out:
+                out[d.name] = out[d.name] * self._slim.masks[d.pname].astype(out[d.name].dtype)
+        return out

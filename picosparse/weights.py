@@ -1,0 +1,111 @@
+"""Reading, checking, downloading and saving .pdparams weights."""
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from picosparse import paddle_env, progress
+from picosparse.atomic import atomic_path
+from picosparse.errors import DataError
+
+MASK_SUFFIX = "_mask"  # PaddleSlim registers `<param>_mask` buffers; they never leave picosparse
+
+
+def cache_dir():
+    return Path(os.environ.get("PICOSPARSE_CACHE", Path.home() / ".cache" / "picosparse"))
+
+
+def is_url(text):
+    return str(text).startswith(("http://", "https://"))
+
+
+def fetch(url, dest_dir=None, timeout=60):
+    """Download `url` once into the cache (progress bar, size checked, atomic); return the path.
+
+    A `#md5=<hex>` fragment is checked too. A cached file is reused without a request.
+    """
+    url, _, frag = url.partition("#")
+    md5 = frag[4:] if frag.startswith("md5=") else None
+    dest_dir = Path(dest_dir) if dest_dir else cache_dir() / "weights"
+    dest = dest_dir / (hashlib.sha256(url.encode()).hexdigest()[:12] + "-" +
+                       (url.rstrip("/").rsplit("/", 1)[-1] or "download"))
+    if dest.is_file():
+        return dest
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, atomic_path(dest) as tmp:
+            total = int(r.headers.get("Content-Length") or 0)
+            h, got = hashlib.md5(), 0
+            with open(tmp, "wb") as f, progress.Progress(total or None, f"download {dest.name}",
+                                                        every=max(1, total // 10)) as bar:
+                while True:
+                    chunk = r.read(1 << 20)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    h.update(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+            if total and got != total:
+                raise DataError(f"{url}: download truncated ({got} of {total} bytes)")
+            if md5 and h.hexdigest() != md5:
+                raise DataError(f"{url}: md5 {h.hexdigest()} != expected {md5}")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataError(f"{url}: download failed ({reason})") from None
+    return dest
+
+
+def resolve(path_or_url, flag="--pretrained"):
+    """A local .pdparams path for a path or URL; errors name the flag."""
+    if is_url(path_or_url):
+        return fetch(path_or_url)
+    p = Path(path_or_url)
+    if not p.is_file():
+        raise DataError(f"{flag} {p}: file does not exist")
+    return p
+
+
+def read(path, flag="--weights"):
+    """The state dict in a .pdparams file, without mask buffers."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{flag} {path}: file does not exist")
+    paddle = paddle_env.stack().paddle
+    try:
+        state = paddle.load(str(path))
+    except Exception as e:  # paddle raises assorted types for garbage input
+        raise DataError(f"{flag} {path}: not a readable .pdparams file "
+                        f"({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{flag} {path}: not a state dict")
+    return {k: v for k, v in state.items() if not k.endswith(MASK_SUFFIX)}
+
+
+def load_into(model, path, flag="--weights"):
+    """Load weights into `model`; every key and shape must match the config's model."""
+    state = read(path, flag)
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith(MASK_SUFFIX)}
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = sorted(k for k in set(own) & set(state)
+                 if list(own[k].shape) != list(getattr(state[k], "shape", [])))
+    if missing or extra or bad:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", bad)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label} keys {', '.join(keys[:3])}{more}")
+        raise DataError(f"{flag} {path}: weights do not match the config: " + "; ".join(parts))
+    model.set_state_dict(state)
+    return state
+
+
+def save(state, dest):
+    """paddle.save a state dict atomically (no mask buffers)."""
+    paddle = paddle_env.stack().paddle
+    clean = {k: v for k, v in state.items() if not k.endswith(MASK_SUFFIX)}
+    with atomic_path(dest) as tmp:
+        paddle.save(clean, str(tmp))
+    return Path(dest)
