@@ -264,18 +264,79 @@ def eval_(config, slim_config, overrides, weights, json_out):
 @override_option
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights (default: model_final.pdparams in --run).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A `picosparse train` output folder.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder [RUN/inference or output/inference].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [RUN/inference, else output/<config name>/inference].")
 @click.option("--input-size", default=None, type=int, help="Fixed input side (multiple of 32) [from the config's TestReader].")
 @click.option("--no-postprocess", is_flag=True, help="Export without NMS/decoding.")
-@click.option("--lite", is_flag=True, help="Also run `picosparse opt` into OUT/model.nb.")
-def export(config, overrides, weights, run_dir, out, input_size, no_postprocess, lite):
+@click.option("--lite", is_flag=True, help="Also run `picosparse opt` into OUT/model.nb (ARM).")
+@click.option("--sparse/--no-sparse", default=None, help="With --lite: force the sparse pass on/off [auto: on when some 1x1 conv reaches --sparse-threshold zeros].")
+@click.option("--sparse-threshold", default=0.6, show_default=True, help="With --lite: min zero fraction for a 1x1 conv to become sparse.")
+def export(config, overrides, weights, run_dir, out, input_size, no_postprocess, lite, sparse,
+           sparse_threshold):
     """Export an inference model (model.pdmodel/.pdiparams + infer_cfg.yml).
+
+    Builds a fresh model from the config, loads the weights (pruner mask buffers are
+    dropped), and saves it with a fixed input shape (the sparse .nb bakes it in). With
+    --run, the config and weights come from a `picosparse train` folder; otherwise -c and
+    --weights (or the config's `weights:` key).
 
     \b
     Example:
       picosparse export --run runs/sparse75 --lite
+      picosparse export -c configs/demo/picodet_demo.yml --weights w.pdparams --out inf
     """
-    _not_yet("export", 4)
+    from pathlib import Path
+    from picosparse.errors import ConfigError, DataError
+    from picosparse.steps.export import export as do_export
+    run = Path(run_dir) if run_dir else None
+    if run is not None and not run.is_dir():
+        raise DataError(f"--run {run}: folder does not exist")
+    if config is None:
+        if run is None:
+            raise ConfigError("export: pass --run RUN (a `picosparse train` output folder) "
+                              "or -c CONFIG --weights W")
+        config = run / "config.yml"
+        if not config.is_file():
+            raise ConfigError(f"--run {run}: no config.yml (not a `picosparse train` output "
+                              "folder?); pass -c CONFIG")
+    cfg = _load_cfg(config, overrides=overrides)
+    if weights is None:
+        if run is not None:
+            weights = run / "model_final.pdparams"
+            if not weights.is_file():
+                raise DataError(f"--run {run}: no model_final.pdparams (training not "
+                                "finished?); pass --weights")
+        elif cfg.get("weights"):
+            weights = Path(str(cfg.get("weights")))
+            if weights.suffix != ".pdparams":
+                weights = weights.with_name(weights.name + ".pdparams")
+        else:
+            raise ConfigError(f"{config}: no `weights:` key; pass --weights W or --run RUN")
+    if out is None:
+        out = run / "inference" if run else Path("output") / Path(config).stem / "inference"
+    res = do_export(cfg, weights, out, input_size=input_size, postprocess=not no_postprocess)
+    zf = res["conv1x1_zero_fraction"]
+    click.echo(f"exported {res['model_dir']}/ (model.pdmodel, model.pdiparams, infer_cfg.yml): "
+               f"input {res['input_size']}x{res['input_size']}, "
+               f"{'with' if res['postprocess'] else 'without'} NMS, {res['conv1x1']} 1x1 convs"
+               + (f" at {zf:.1%} zeros" if zf is not None else ""))
+    if lite:
+        from picosparse.steps.lite import auto_sparse, optimize
+        if sparse is None:
+            sparse = auto_sparse(res["model_dir"], sparse_threshold)
+            if not sparse:
+                click.echo(f"no 1x1 conv has >= {sparse_threshold:.0%} zeros: writing a dense "
+                           ".nb (pass --sparse to insist)")
+        _echo_opt(optimize(res["model_dir"], Path(res["model_dir"]) / "model.nb", sparse=sparse,
+                           sparse_threshold=sparse_threshold))
+
+
+def _echo_opt(r):
+    mb = r["size_bytes"] / 2**20
+    what = (f"{r['sparse_conv2d']} of {r['conv1x1']} 1x1 convs -> sparse_conv2d "
+            f"(threshold {r['sparse_threshold']:.0%})" if r["sparse"] else
+            f"dense, {r['conv1x1']} 1x1 convs")
+    click.echo(f"wrote {r['nb']} ({mb:.2f} MB, {r['valid_targets']}, Paddle-Lite "
+               f"{r['lite_version']}): {what}")
 
 
 @cli.command()
@@ -285,14 +346,27 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
 @click.option("--sparse-threshold", default=0.6, show_default=True, help="Min zero fraction for a 1x1 conv to become sparse.")
 @click.option("--valid-targets", default="arm", show_default=True, help="Paddle-Lite targets (arm, x86, opencl).")
 @click.option("--fp16", is_flag=True, help="FP16 (refused with --sparse).")
-def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16):
+@click.option("--json", "json_out", metavar="FILE", help="Write the result as JSON ('-' for stdout).")
+def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16, json_out):
     """Convert to a Paddle-Lite .nb with paddle_lite_opt and verify the sparse pass ran.
+
+    Passes --sparse_model=true (lowercase: the seed's `True` silently gives a dense model),
+    then counts the sparse_conv2d kernels in the .nb and fails when there are none. The
+    sparse pass exists for ARM only and its kernels are FP32/INT8: --sparse with x86/OpenCL
+    targets or --fp16 is refused. OUT gets a .nb suffix if it has none.
 
     \b
     Example:
       picosparse opt --model-dir runs/sparse75/inference --out sparse75.nb
+      picosparse opt --model-dir runs/dense/inference --out dense_x86.nb --no-sparse --valid-targets x86
     """
-    _not_yet("opt", 4)
+    from picosparse.steps.lite import optimize
+    res = optimize(model_dir, out, sparse=sparse, sparse_threshold=sparse_threshold,
+                   valid_targets=valid_targets, fp16=fp16)
+    if json_out:
+        _emit_json(res, json_out)
+    if json_out != "-":
+        _echo_opt(res)
 
 
 @cli.command()
@@ -300,34 +374,82 @@ def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16):
 @click.option("--threads", default="1,4", show_default=True, help="Thread counts, comma separated.")
 @click.option("--repeats", default=50, show_default=True, help="Timed runs per model and thread count.")
 @click.option("--warmup", default=5, show_default=True, help="Untimed runs first.")
-@click.option("--runtime", default="paddle", show_default=True, type=click.Choice(["paddle", "lite", "openvino"]), help="Inference runtime.")
+@click.option("--runtime", default="paddle", show_default=True, type=click.Choice(["paddle", "lite", "openvino"]), help="x86 runtime (lite needs/makes an x86 .nb).")
+@click.option("--precision", default="f32", show_default=True, type=click.Choice(["f32", "bf16"]), help="OpenVINO inference precision (others run FP32).")
+@click.option("--image", type=click.Path(dir_okay=False), help="Input image [a fixed random image].")
+@click.option("--input-size", default=None, type=int, help="Input side for a .nb without infer_cfg.yml beside it.")
+@click.option("--adb", "adb_serial", metavar="SERIAL", help="Time on an ARM board over adb (needs --benchmark-bin).")
+@click.option("--benchmark-bin", type=click.Path(dir_okay=False), help="Paddle-Lite's benchmark_bin built for the board (same release as opt).")
 @click.option("--json", "json_out", metavar="FILE", help="Write results as JSON ('-' for stdout).")
-def bench(models, threads, repeats, warmup, runtime, json_out):
+def bench(models, threads, repeats, warmup, runtime, precision, image, input_size, adb_serial,
+          benchmark_bin, json_out):
     """Dense vs sparse latency side by side, on this machine, in one run.
+
+    Median and p90 per thread count (capped by the cores present), size, and the seed's
+    speed-up (base - this) / this plus the ratio base / this, against the first --model.
+    No x86 runtime has sparse kernels: expect no speed-up here. The seed's speed-ups are
+    ARM numbers: with --adb SERIAL --benchmark-bin PATH the .nb files (OUT/model.nb of
+    `export --lite`, or .nb paths) are pushed to /data/local/tmp/picosparse and timed with
+    Paddle-Lite's benchmark_bin (min/max/avg).
 
     \b
     Example:
       picosparse bench --model runs/dense/inference --model runs/sparse75/inference --threads 1,2
+      picosparse bench --runtime openvino --model runs/dense/inference --model runs/sparse75/inference
+      picosparse bench --adb 0123456789ABCDEF --benchmark-bin build/benchmark_bin \\
+        --model runs/dense/inference --model runs/sparse75/inference --threads 1,4
     """
-    _not_yet("bench", 4)
+    from picosparse.errors import ConfigError
+    from picosparse.steps.bench import bench as do_bench
+    try:
+        counts = [int(t) for t in str(threads).split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--threads {threads}: expected comma-separated integers, e.g. 1,4") from None
+    res = do_bench(list(models), threads=counts, repeats=repeats, warmup=warmup,
+                   runtime=runtime, precision=precision, image=image, input_size=input_size,
+                   adb=adb_serial, benchmark_bin=benchmark_bin)
+    if json_out:
+        _emit_json(res, json_out)
+    if json_out != "-":
+        from picosparse.render import bench_table
+        bench_table(res)
 
 
 @cli.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--out", "run_dir", type=click.Path(file_okay=False), help="Run folder [runs/<pipeline name>].")
 @click.option("--force", is_flag=True, help="Rerun every step, ignoring the cache.")
-@click.option("--from", "from_step", help="Rerun this step and everything after it.")
-@click.option("--only", "only_step", help="Run only this step (its inputs must exist).")
+@click.option("--from", "from_step", help="Rerun this step and every step that uses its outputs.")
+@click.option("--only", "only_step", help="Consider only this step (cached unless changed or "
+              "--force); the steps it reads from must have run.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan; run nothing.")
-@override_option
+@click.option("-o", "--override", "overrides", multiple=True, metavar="STEP.KEY=VALUE",
+              help="Override a pipeline value (YAML): -o dense.seed=1, "
+                   "-o dense.overrides+=epoch=2 (append), -o vars.dataset_root=/data/coco.")
 def run(pipeline, run_dir, force, from_step, only_step, dry_run, overrides):
     """Run a YAML pipeline (data, train, prune, eval, export, opt, bench, report).
+
+    Steps whose parameters and input files are unchanged since their last successful run
+    are skipped; a failed or interrupted step reruns (train resumes from its checkpoint).
+    RUN_DIR gets manifest.json, one folder per step, report.md/report.json and plots/.
 
     \b
     Example:
       picosparse run pipelines/demo.yml --out runs/demo
+      picosparse run pipelines/demo.yml --out runs/demo --dry-run -o sparse75.seed=1
     """
-    _not_yet("run", 5)
+    from picosparse import render
+    from picosparse.pipeline import plan_pipeline, run_pipeline
+    opts = dict(run_dir=run_dir, overrides=overrides, force=force, from_step=from_step,
+                only_step=only_step)
+    if dry_run:
+        render.pipeline_plan(plan_pipeline(pipeline, **opts))
+        return
+    # the command as parsed (not sys.argv): what reproduces this run, whoever invoked it
+    command = ["picosparse", "run", pipeline] + (["--out", run_dir] if run_dir else []) \
+        + (["--force"] if force else []) + (["--from", from_step] if from_step else []) \
+        + (["--only", only_step] if only_step else []) + [x for o in overrides for x in ("-o", o)]
+    render.run_summary(run_pipeline(pipeline, command=command, **opts))
 
 
 def main():

@@ -27,6 +27,19 @@ PINNED = {
 
 _STACK = None
 _PRISTINE = None
+_DEFAULTS = []
+
+
+def _snapshot_defaults(global_config):
+    """Remember registered classes' __init__ defaults: some ppdet modules mutate a mutable
+    default (CSPPAN appends to its `spatial_scales=[...]`), so a second build in one process
+    would get a different model unless the defaults are put back first."""
+    for v in global_config.values():
+        mod = getattr(v, "pymodule", None)
+        cls = getattr(mod, getattr(v, "name", ""), None) if mod else None
+        fn = getattr(getattr(cls, "__init__", None), "__func__", getattr(cls, "__init__", None))
+        if getattr(fn, "__defaults__", None):
+            _DEFAULTS.append((fn, copy.deepcopy(fn.__defaults__)))
 
 
 def version(dist):
@@ -76,6 +89,7 @@ def stack():
     paddle.set_device("cpu")
     # registered modules are dicts holding their schema; remember their own items only
     _PRISTINE = {k: (v, copy.deepcopy(dict(v))) for k, v in workspace.global_config.items()}
+    _snapshot_defaults(workspace.global_config)
     _STACK = SimpleNamespace(
         np=numpy, cv2=cv2, paddle=paddle, ppdet=ppdet, workspace=workspace,
         GMPUnstructuredPruner=GMPUnstructuredPruner, UnstructuredPruner=UnstructuredPruner,
@@ -88,6 +102,8 @@ def activate(cfg_dict):
     s = stack()
     g = s.workspace.global_config
     g.clear()
+    for fn, defaults in _DEFAULTS:
+        fn.__defaults__ = copy.deepcopy(defaults)
     for k, (module, items) in _PRISTINE.items():
         module.clear()
         module.update(copy.deepcopy(items))
@@ -102,9 +118,13 @@ def create(name, *args, **kwargs):
 
 
 def build_model(cfg):
-    """A fresh detector (paddle.nn.Layer) from a resolved DetectorConfig."""
+    """A fresh detector (paddle.nn.Layer) from a resolved DetectorConfig.
+
+    Built in a fresh name scope so parameter names (`conv2d_17.w_0`, which optimizer states
+    are keyed by) are the same in every process: a resumed run finds its optimizer state.
+    """
     g = activate(cfg.data)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), stack().paddle.utils.unique_name.guard():
         return create(g["architecture"])
 
 

@@ -84,3 +84,109 @@ def metrics_table(m, title="COCO bbox"):
     if sp.get("overall") is not None:
         t.add_row("sparsity (pruned params)", f"{sp['overall']:.2%}")
     _out().print(t)
+
+
+def report_table(report):
+    """The seed-style table of a report.json (picosparse.steps.report.table)."""
+    from picosparse.steps.report import table as report_rows
+    cols, rows = report_rows(report)
+    t = Table(title=f"{report['pipeline']}: {report['runtime'] or 'no'} runtime, "
+                    f"speed-up vs {report['baseline']}", show_header=True)
+    for i, col in enumerate(cols):  # headers may wrap; numbers never get cut
+        t.add_column(col, justify="left" if i < 2 else "right",
+                     min_width=max([len(r[i]) for r in rows] + [4]))
+    for r in rows:
+        t.add_row(*r)
+    _out().print(t)
+
+
+def _plan_lines(key, sym, res, indent):
+    """Resolved values, but a whole `${steps.X}` stays symbolic (its outputs are long)."""
+    pad = " " * indent
+    if isinstance(res, (dict, list)) and isinstance(sym, str):
+        return [f"{pad}{key}: {sym}"]
+    if isinstance(res, dict):
+        lines = [f"{pad}{key}:"]
+        for k, v in res.items():
+            lines += _plan_lines(k, (sym or {}).get(k, v) if isinstance(sym, dict) else v, v,
+                                 indent + 2)
+        return lines
+    if isinstance(res, list) and res and all(not isinstance(v, (dict, list)) for v in res):
+        return [f"{pad}{key}:"] + [f"{pad}  - {v}" for v in res]
+    return [f"{pad}{key}: {str(res).lower() if isinstance(res, bool) else res}"]
+
+
+def pipeline_plan(result):
+    """--dry-run: per step what it would do and why, its resolved params and input hashes."""
+    out = _out()
+    out.print(f"[bold]{result.pipeline.path}[/] -> {result.run_dir}  (dry run: nothing runs)",
+              highlight=False)
+    colour = {"run": "yellow", "cached": "green", "skip": "dim"}
+    for sp in result.steps:
+        out.print(f"\n[bold]{sp.name}[/] ({sp.kind}): [{colour[sp.action]}]{sp.action}[/] "
+                  f"- {sp.reason}", highlight=False)
+        resolved = sp.resolved or sp.params
+        for k, sym in sp.params.items():
+            if resolved.get(k) not in (None, [], {}):
+                for line in _plan_lines(k, sym, resolved[k], 4):
+                    out.print(line, highlight=False, markup=False)
+        for k, h in (sp.inputs or {}).items():
+            out.print(f"    input {k}: sha256:{h[:12]}", highlight=False, markup=False)
+    counts = {a: sum(sp.action == a for sp in result.steps) for a in ("run", "cached", "skip")}
+    out.print(f"\nwould run {counts['run']}, skip {counts['cached']} cached"
+              + (f", {counts['skip']} not selected" if counts["skip"] else ""), highlight=False)
+
+
+def run_summary(result):
+    _out().print(f"picosparse run {result.pipeline.path} -> {result.run_dir}", highlight=False)
+    t = Table(show_header=True)
+    for col in ("step", "kind", "action", "seconds"):
+        t.add_column(col, justify="right" if col == "seconds" else "left")
+    for sp in result.steps:
+        action = {"run": "ran", "cached": "cached", "skip": "not selected"}[sp.action]
+        t.add_row(sp.name, sp.kind, action, "-" if sp.seconds is None else f"{sp.seconds:.1f}")
+    _out().print(t)
+    if result.report:
+        report_table(result.report)
+        _out().print(f"report: {result.run_dir / 'report.md'}", highlight=False)
+
+
+def _pct_ratio(gain, ratio):
+    if gain is None:
+        return "-"
+    return f"{gain:+.0%} ({ratio:.2f}x)"
+
+
+def bench_table(res):
+    """The seed's table: model, input size, sparsity, size, latency and speed-up per thread."""
+    basis = res.get("basis", "median")
+    t = Table(title=f"bench: {res['runtime_label']}, {res['precision']}, "
+                    f"{res['repeats']} runs ({basis} ms{', p90' if basis == 'median' else ''})")
+    t.add_column("Model", justify="left")
+    t.add_column("Input size", justify="right")
+    t.add_column("1x1 zeros", justify="right")
+    kinds = {m["size_kind"] for m in res["models"]}
+    t.add_column("Size (MB)" + (" .nb" if kinds == {"nb"} else ""), justify="right")
+    for th in res["threads"]:
+        label = f"{th} thread" + ("s" if th != 1 else "")
+        t.add_column(f"Latency {label} (ms)", justify="right")
+        t.add_column(f"speed-up {label}", justify="right")
+    for i, m in enumerate(res["models"]):
+        zf = m.get("conv1x1_zero_fraction")
+        row = [m["name"] + (" (base)" if i == 0 else ""),
+               f"{m['input_size']}*{m['input_size']}",
+               f"{zf:.0%}" if zf is not None else "-", f"{m['size_bytes'] / 2**20:.2f}"]
+        for th in res["threads"]:
+            lat = m["latency_ms"].get(str(th)) or {}
+            v = lat.get(basis)
+            cell = "-" if v is None else f"{v:.2f}"
+            if lat.get("p90") is not None and basis == "median":
+                cell += f" (p90 {lat['p90']:.2f})"
+            row += [cell, _pct_ratio(m["speedup_fps_gain"].get(str(th)),
+                                     m["speedup_ratio"].get(str(th)))]
+        t.add_row(*row)
+    out = _out()
+    out.print(t)
+    out.print("speed-up = (base - this) / this, the seed's FPS gain; (x) = base / this")
+    for n in res.get("notes", []):
+        out.print(f"note: {n}", highlight=False)

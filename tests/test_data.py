@@ -306,7 +306,7 @@ def test_images_without_boxes_warn_but_pass(copy):
     rep = check_coco(copy / "train.json", copy / "train")
     assert rep["ok"]
     assert rep["counts"]["images_without_annotations"] == 1
-    assert rep["warning_counts"] == {"images_without_annotations": 1}
+    assert rep["warning_counts"]["images_without_annotations"] == 1
 
 
 @pytest.mark.parametrize("content,message", [
@@ -331,3 +331,15 @@ def test_cli_check_missing_image_folder_exit_2(copy):
     r = run("data", "check", "--ann", str(copy / "train.json"), "--images", str(copy / "nope"))
     assert r.exit_code == 2
     assert "nope" in r.stderr and "image folder does not exist" in r.stderr
+
+
+def test_odd_json_values_are_errors_not_crashes(copy):
+    def odd(d):
+        d["annotations"][0]["category_id"] = [1]  # unhashable
+        d["annotations"][1]["image_id"] = {"id": 1}
+        d["annotations"][2]["bbox"] = [1, 2, float("nan"), 4]
+        d["images"][0]["width"] = 96.0  # a whole float is accepted
+    _corrupt_json(odd)(copy)
+    rep = check_coco(copy / "train.json", copy / "train")
+    assert rep["error_counts"] == {"unknown_category": 1, "unknown_image": 1,
+                                   "malformed_bbox": 1}

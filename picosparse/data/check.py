@@ -105,6 +105,16 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_whole(v):
+    """An integer, or a float holding one (some tools write 640.0)."""
+    return _is_int(v) or (isinstance(v, float) and v.is_integer())
+
+
+def _lookup(table, key):
+    # ids from the JSON may be lists or dicts (unhashable): those are simply unknown
+    return table.get(key) if _is_int(key) else None
+
+
 def _is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -134,7 +144,7 @@ def _images(entries, errors, warnings):
     for n, im in enumerate(entries):
         if not (isinstance(im, dict) and _is_int(im.get("id"))
                 and isinstance(im.get("file_name"), str) and im["file_name"]
-                and _is_int(im.get("width")) and _is_int(im.get("height"))
+                and _is_whole(im.get("width")) and _is_whole(im.get("height"))
                 and im["width"] > 0 and im["height"] > 0):
             errors.add("malformed_image", f"images[{n}] needs an integer 'id', a 'file_name' "
                        f"and positive integer 'width'/'height': {_short(im)}")
@@ -163,16 +173,17 @@ def _annotations(entries, imgs, cats, errors):
             errors.add("duplicate_annotation_id", f"annotation id {aid} appears more than once")
             continue
         seen.add(aid)
-        image = imgs.get(a.get("image_id"))
+        image = _lookup(imgs, a.get("image_id"))
         if image is None:
-            errors.add("unknown_image", f"annotation {aid}: image_id {a.get('image_id')!r} "
+            errors.add("unknown_image", f"annotation {aid}: image_id {_short(a.get('image_id'))} "
                        "is not in 'images'")
-        if a.get("category_id") not in cats:
+        known_cat = _lookup(cats, a.get("category_id")) is not None
+        if not known_cat:
             errors.add("unknown_category", f"annotation {aid}: category_id "
-                       f"{a.get('category_id')!r} is not in 'categories'")
+                       f"{_short(a.get('category_id'))} is not in 'categories'")
         if not _box_ok(a, aid, image, errors):
             continue
-        if image is not None and a.get("category_id") in cats:
+        if image is not None and known_cat:
             per_image[image["id"]] += 1
             per_cat[a["category_id"]] += 1
     return per_image, per_cat

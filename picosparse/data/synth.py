@@ -29,10 +29,12 @@ CATEGORIES = [
 SPLITS = ("train", "val")
 JPEG_QUALITY = 92
 MIN_SIZE, MAX_SIZE = 64, 4096
-MAX_OBJECTS = 5
+OBJECT_COUNT_P = (0.1, 0.2, 0.25, 0.25, 0.2)  # P(1..5 objects): more boxes per step learn faster
 SIDE_RANGE = (0.12, 0.45)  # object box side as a fraction of the image side
 MAX_IOU = 0.2  # between any two boxes of one image
-MIN_COLOR_DIST = 110.0  # RGB distance between an object and the background under it
+MIN_COLOR_DIST = 150.0  # RGB distance between an object and the background under it
+BACKGROUND_P = (0.25, 0.25, 0.2, 0.15, 0.15)  # solid, gradient, noise, stripes, blobs
+TEXTURE = 0.5  # textures keep this share of their contrast: distractors, not camouflage
 PLACE_TRIES = 30
 _SUB = 16  # cv2 fixed-point: polygons are drawn with 4 fractional bits
 
@@ -138,7 +140,7 @@ def render_image(rng, size):
     img = _background(rng, size)
     occupied = np.zeros((size, size), np.uint8)
     boxes, objects = [], []
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+    for _ in range(int(rng.choice(len(OBJECT_COUNT_P), p=OBJECT_COUNT_P)) + 1):
         placed = _place(rng, size, occupied, boxes)
         if placed is None:
             continue  # the image is full enough; fewer objects is fine
@@ -230,7 +232,7 @@ def _contrasting_color(rng, img, mask):
     """A random colour far enough from the mean background under the mask."""
     under = np.array(cv2.mean(img, mask=mask)[:3])
     best, best_d = None, -1.0
-    for _ in range(20):
+    for _ in range(30):
         c = _random_color(rng)
         d = float(np.linalg.norm(c - under))
         if d >= MIN_COLOR_DIST:
@@ -249,7 +251,7 @@ def _random_color(rng):
 # ---- backgrounds ------------------------------------------------------------------------
 
 def _background(rng, size):
-    kind = int(rng.integers(0, 5))
+    kind = int(rng.choice(len(BACKGROUND_P), p=BACKGROUND_P))
     if kind == 0:
         img = _solid(rng, size)
     elif kind == 1:
@@ -283,14 +285,16 @@ def _gradient(rng, size):
 
 def _smooth_noise(rng, size):
     cells = int(rng.integers(3, 8))
-    small = rng.integers(0, 256, (cells, cells, 3)).astype(np.uint8)
+    base = _random_color(rng)
+    small = base + TEXTURE * (rng.integers(0, 256, (cells, cells, 3)) - base)
+    small = small.astype(np.uint8)
     return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def _stripes(rng, size):
     # low-contrast parallel stripes: texture, not objects
     base, other = _random_color(rng), _random_color(rng)
-    other = base + 0.35 * (other - base)
+    other = base + TEXTURE * 0.7 * (other - base)
     period = rng.uniform(6, 30)
     t = rng.uniform(0, math.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -302,11 +306,13 @@ def _stripes(rng, size):
 
 def _blobs(rng, size):
     # soft (blurred) ellipses: no sharp edges, so they never pass for a shape
-    img = _solid(rng, size)
+    base = _random_color(rng)
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = base.astype(np.uint8)
     for _ in range(int(rng.integers(2, 7))):
         centre = tuple(int(v) for v in rng.integers(0, size, 2))
         axes = tuple(int(v) for v in rng.integers(size // 16, size // 4, 2))
-        color = tuple(float(v) for v in _random_color(rng))
+        color = tuple(float(v) for v in base + TEXTURE * (_random_color(rng) - base))
         cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, color, -1)
     return cv2.GaussianBlur(img, (0, 0), sigmaX=size / 24)
 

@@ -50,6 +50,24 @@ def randomize_bn_(model, seed=0):
 def export_random_picodet(cfg_path, out, size, sparsity=0.0, seed=0):
     """Build a PicoDet from `cfg_path`, random init, prune 1x1 weights, save OUT/model.pdmodel.
 
+    Runs in a fresh Python process: a second `paddle.jit.to_static` export of a ppdet model in
+    one process failed here (CSPPAN's input-count assert under dy2static), and paddle is not
+    needed afterwards by the caller.
+    """
+    import subprocess
+    import sys
+    code = ("import sys; from picosparse.ops.refmodel import _export_in_process as f; "
+            "f(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))")
+    r = subprocess.run([sys.executable, "-c", code, str(cfg_path), str(out), str(size),
+                        str(sparsity), str(seed)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"exporting {cfg_path} failed:\n{r.stderr[-3000:]}")
+    return Path(out)
+
+
+def _export_in_process(cfg_path, out, size, sparsity=0.0, seed=0):
+    """The export itself (see export_random_picodet).
+
     The export stops before box decoding and NMS (export_post_process False), so dense and
     sparse outputs can be compared element-wise; its only input is `image` [1, 3, size, size].
     Returns OUT as a Path.

@@ -35,4 +35,20 @@ const char* isa_name(int isa);
 void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t hw, int isa,
                int threads);
 
+// Depthwise KxK convolution (groups == channels), NCHW fp32, BN folded into wt/bias, fused act.
+// Exists so the sparse 1x1 ops' neighbours stay in plain NCHW: with OpenVINO's own depthwise
+// conv the CPU plugin puts a layout reorder on both sides of every sparse op.
+struct DepthwiseParams {
+    int c = 0, h = 0, w = 0, k = 0, stride = 1;
+    int pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
+    const float* wt = nullptr;    // [c, k, k]
+    const float* bias = nullptr;  // [c], may be null
+    int act = ACT_NONE;
+    float alpha = 0.f, beta = 0.f;
+    int out_h() const { return (h + pad_t + pad_b - k) / stride + 1; }
+    int out_w() const { return (w + pad_l + pad_r - k) / stride + 1; }
+};
+
+void dwconv(const DepthwiseParams& p, const float* x, float* y, int n, int isa, int threads);
+
 }  // namespace picosparse

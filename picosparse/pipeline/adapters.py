@@ -29,6 +29,12 @@ def _detector(p):
                          slim_config=p.get("slim_config"), sparsity=p.get("sparsity"))
 
 
+def _weights(p):
+    """Local weights for a path or URL (published weights are downloaded once, cached)."""
+    from picosparse.weights import resolve
+    return resolve(p["weights"], flag="weights")
+
+
 def run_data(p, out, ctx):
     synthesize = _step_fn("picosparse.data.synth", "synthesize", 2)
     return synthesize(out, seed=p["seed"], num_train=p["num_train"], num_val=p["num_val"],
@@ -44,7 +50,7 @@ def run_train(p, out, ctx):
 def run_prune(p, out, ctx):
     oneshot = _step_fn("picosparse.steps.prune", "oneshot", 3)
     cfg = _detector(p)
-    res = dict(oneshot(cfg, p["weights"], Path(out) / "model.pdparams"))
+    res = dict(oneshot(cfg, _weights(p), Path(out) / "model.pdparams"))
     # downstream eval/export need the config that goes with these weights, like train's
     res["config"] = Path(out) / "config.yml"
     write_text(res["config"], cfg.dump())
@@ -53,7 +59,7 @@ def run_prune(p, out, ctx):
 
 def run_eval(p, out, ctx):
     evaluate = _step_fn("picosparse.steps.evaluate", "evaluate", 4)
-    res = dict(evaluate(_detector(p), p["weights"]))
+    res = dict(evaluate(_detector(p), _weights(p)))
     res["metrics"] = Path(out) / "metrics.json"
     write_json(res["metrics"], {k: v for k, v in res.items() if k != "metrics"})
     return res
@@ -61,7 +67,7 @@ def run_eval(p, out, ctx):
 
 def run_export(p, out, ctx):
     export = _step_fn("picosparse.steps.export", "export", 4)
-    return export(_detector(p), p["weights"], out, input_size=p["input_size"],
+    return export(_detector(p), _weights(p), out, input_size=p["input_size"],
                   postprocess=p["postprocess"])
 
 

@@ -89,7 +89,7 @@ class Manifest:
 
     Per step: kind, status (running/done/failed), cache_key, params (symbolic), resolved
     (params with references filled in), inputs ({input: sha256}), outputs, metrics, seed,
-    seconds, started, finished, error, resumed, and `lock`: {key, outputs} written only when
+    seconds, started, finished, error, resumed, and `lock`: {key, finished}, written only when
     the step completes and cleared when it starts again. Only a lock counts as done.
     """
 
@@ -101,7 +101,8 @@ class Manifest:
                 self.data = json.loads(self.path.read_text())
             except ValueError:
                 from picosparse.errors import DataError
-                raise DataError(f"{self.path}: not valid JSON; move it away to start afresh") from None
+                raise DataError(f"{self.path}: not valid JSON; move it away to start "
+                                "afresh") from None
         self.data.setdefault("steps", {})
 
     def step(self, name):

@@ -21,7 +21,8 @@ def load_pipeline(path, overrides=()):
     file = str(path)
     for k in raw:
         if k not in TOP_KEYS:
-            raise ConfigError(f"{file}: unknown top-level key '{k}' (known: {', '.join(sorted(TOP_KEYS))})")
+            raise ConfigError(f"{file}: unknown top-level key '{k}' "
+                              f"(known: {', '.join(sorted(TOP_KEYS))})")
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not NAME.match(name):
         raise ConfigError(f"{file}: name must be a simple identifier, got {name!r}")
@@ -51,7 +52,8 @@ def load_pipeline(path, overrides=()):
         deps = []
         for dep, _, _ in step_refs(params, f"{file}: {where}"):
             if dep == sname:
-                raise ConfigError(f"{file}: {where}: refers to its own outputs (cycle {sname} -> {sname})")
+                raise ConfigError(f"{file}: {where}: refers to its own outputs "
+                                  f"(cycle {sname} -> {sname})")
             if dep not in deps:
                 deps.append(dep)
         parsed[sname] = Step(sname, body["kind"], params, deps)
@@ -147,20 +149,23 @@ def _semantic_checks(file, step):
         _check_detector(where, p)
 
 
+_LATER = "RESOLVED_AT_RUN_TIME"
+
+
 def _check_detector(where, p):
     """Load the detector config now (YAML only, fast) so its errors come before any step."""
     from picosparse.config import load_detector
-    placeholder = lambda s: REF.sub("PIPELINE_REF", s)  # noqa: E731  refs resolve later
     slim = p.get("slim_config")
     if slim and REF.search(slim):
         return
-    overrides = [placeholder(o) for o in p["overrides"]]
+    # values that come from other steps are not known yet: a marker stands in for them
+    overrides = [REF.sub(_LATER, o) for o in p["overrides"]]
     sparsity = p.get("sparsity")
     try:
         load_detector(p["config"], overrides=overrides, slim_config=slim,
                       sparsity=None if whole_ref(sparsity) else sparsity)
     except ConfigError as e:
-        if not any(REF.search(o) for o in p["overrides"]):
+        if _LATER not in str(e):
             raise ConfigError(f"{where}: {e}") from None
 
 
@@ -216,7 +221,8 @@ def select(pipeline, from_step=None, only_step=None):
     names = list(pipeline.steps)
     for flag, v in (("--from", from_step), ("--only", only_step)):
         if v is not None and v not in pipeline.steps:
-            raise ConfigError(f"{flag} {v}: no such step in {pipeline.path} (steps: {', '.join(names)})")
+            raise ConfigError(f"{flag} {v}: no such step in {pipeline.path} "
+                              f"(steps: {', '.join(names)})")
     if from_step and only_step:
         raise ConfigError("--from and --only cannot be combined")
     if only_step:

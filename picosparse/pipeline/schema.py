@@ -79,17 +79,17 @@ KINDS = {
          "best": "any", "epochs": "int", "iters": "int", "seconds": "number"},
         where="in_place", help="dense or GMP training (picosparse train)"),
     "prune": Kind(
-        {**_DETECTOR, **_SLIM, "weights": P("path")},
+        {**_DETECTOR, **_SLIM, "weights": P("source")},
         {"weights": "path", "config": "path", "sparsity": "number", "layers": "any"},
         help="one-shot magnitude pruning (picosparse prune)"),
     "eval": Kind(
-        {**_DETECTOR, "weights": P("path")},
+        {**_DETECTOR, "weights": P("source")},
         {"metrics": "path", "mAP": "number", "mAP50": "number", "mAP75": "number",
          "mAP_small": "number", "mAP_medium": "number", "mAP_large": "number",
          "sparsity": "any", "images": "int", "seconds": "number"},
         help="COCO mAP + per-layer sparsity (picosparse eval)"),
     "export": Kind(
-        {**_DETECTOR, "weights": P("path"), "input_size": P("int?", None),
+        {**_DETECTOR, "weights": P("source"), "input_size": P("int?", None),
          "postprocess": P("bool", True)},
         {"model_dir": "path", "model_file": "path", "params_file": "path", "infer_cfg": "path",
          "input_size": "int"},
@@ -134,7 +134,7 @@ class Pipeline:
     description: str = ""
 
     def resolved(self):
-        """The pipeline after vars, -o and defaults: recorded in the manifest, shown by --dry-run."""
+        """The pipeline after vars, -o and defaults (recorded in the manifest)."""
         return {"name": self.name, "vars": self.vars,
                 "steps": {s.name: {"kind": s.kind, **s.params} for s in self.steps.values()}}
 
@@ -150,7 +150,8 @@ def parse_ref(text, where):
         return "step", parts[1], tuple(parts[2:])
     if len(parts) == 1 and NAME.match(parts[0]):
         return "var", parts[0], ()
-    raise ConfigError(f"{where}: bad reference ${{{text}}} (use ${{VAR}} or ${{steps.STEP.OUTPUT}})")
+    raise ConfigError(f"{where}: bad reference ${{{text}}} "
+                      "(use ${VAR} or ${steps.STEP.OUTPUT})")
 
 
 def whole_ref(value):

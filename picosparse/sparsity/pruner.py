@@ -10,6 +10,7 @@ What the stock PaddleDetection path gets wrong (STACK.md) and how this fixes it:
 
 import contextlib
 import io
+import math
 
 from picosparse import paddle_env
 from picosparse.errors import ConfigError
@@ -27,6 +28,31 @@ def check_schedule(spec, iters_per_epoch, where="UnstructuredPruner"):
             f" = {pruning_iters} iterations for {spec.pruning_steps} pruning_steps; PaddleSlim "
             f"needs more than 10 iterations per step: lower pruning_steps to "
             f"{max(1, (pruning_iters - 1) // 10)} or raise pruning_epochs to {need}")
+
+
+def _exact_gmp_class(base):
+    """PaddleSlim's GMP pruner with exact local sparsity.
+
+    PaddleSlim keeps |w| >= the k-th smallest |w|, so each layer ends one weight short of the
+    target (74.5% for a 196-weight layer at 75%). We zero exactly ceil(ratio * n) per layer.
+    """
+    class ExactGMP(base):
+        def _update_masks(self):
+            if not self.local_sparsity:
+                return super()._update_masks()
+            np = paddle_env.stack().np
+            for _, layer in self.model.named_sublayers():
+                if not self._should_prune_layer(layer):
+                    continue
+                for p in layer.parameters(include_sublayers=False):
+                    if p.name in self.skip_params:
+                        continue
+                    flat = np.abs(p.numpy()).ravel()
+                    k = min(flat.size, math.ceil(self.ratio * flat.size - 1e-9))
+                    keep = np.ones(flat.size, dtype="float32")
+                    keep[np.argsort(flat, kind="stable")[:k]] = 0
+                    paddle_env.stack().paddle.assign(keep.reshape(p.shape), output=self.masks[p.name])
+    return ExactGMP
 
 
 class GMP:
@@ -50,7 +76,7 @@ class GMP:
             "initial_ratio": spec.initial_ratio,
         }
         with contextlib.redirect_stdout(io.StringIO()):  # it prints once per mask buffer
-            self._slim = s.GMPUnstructuredPruner(
+            self._slim = _exact_gmp_class(s.GMPUnstructuredPruner)(
                 model, ratio=spec.ratio, skip_params_func=policy.skip_func(self.decisions, model),
                 local_sparsity=spec.local_sparsity, configs=configs)
 

@@ -35,7 +35,7 @@ def coco_map(model, loader, dataset):
                             save_prediction_only=False)
         model.eval()
         with paddle.no_grad(), progress.Progress(len(loader), "eval") as bar:
-            for data in loader:
+            for data in loader.dataloader:  # not ppdet's wrapper: it would prefetch again
                 metric.update(data, model(data))
                 bar.update(1)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its summary

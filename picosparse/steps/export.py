@@ -1,12 +1,136 @@
-"""Inference-model export with a fixed input shape (issue 4)."""
+"""Inference-model export with a fixed input shape (issue 4).
 
-from picosparse.errors import NotYetAvailable
+Why not PaddleDetection's Trainer.export: on paddle 2.6.2 it fails ("Can't call main_program
+when full_graph=False"), and `to_static` on a model that still carries the pruner's hooks
+segfaulted (STACK.md). So: a fresh model from the config, the weights loaded into it (mask
+buffers dropped), then `to_static` + `jit.save`. The shape is fixed because the sparse .nb bakes
+the input H x W into its format.
+"""
+
+import contextlib
+import dataclasses
+import io
+from pathlib import Path
+
+from picosparse import paddle_env, weights as weights_io
+from picosparse.atomic import atomic_dir
+from picosparse.deploy import infer_cfg, program
+from picosparse.errors import ConfigError, PicosparseError
 
 
-def export(cfg, weights, out, input_size=None, postprocess=True):
+def default_input_size(cfg):
+    """TestReader.inputs_def.image_shape, else EvalReader's Resize target_size (None if neither)."""
+    shape = ((cfg.get("TestReader") or {}).get("inputs_def") or {}).get("image_shape")
+    if isinstance(shape, (list, tuple)) and shape and isinstance(shape[-1], int) and shape[-1] > 0:
+        return int(shape[-1])
+    for t in (cfg.get("EvalReader") or {}).get("sample_transforms") or []:
+        size = (t.get("Resize") or {}).get("target_size") if isinstance(t, dict) else None
+        if isinstance(size, (list, tuple)) and size:
+            return int(size[-1])
+        if isinstance(size, int):
+            return size
+    return None
+
+
+def check_input_size(size, flag="--input-size"):
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 32:
+        raise ConfigError(f"{flag} {size}: must be a positive multiple of 32 "
+                          "(PicoDet's largest FPN stride)")
+    return size
+
+
+# ppdet 2.6's CSPPAN appends to its own default `spatial_scales` list when num_features == 4,
+# so every later CSPPAN in the process gets one more level (580 -> 650 keys for the demo).
+_CSPPAN_SCALES = [0.125, 0.0625, 0.03125]
+
+
+def fresh_model(cfg):
+    """paddle_env.build_model with ppdet's mutable-default leak pinned (see above)."""
+    data = dict(cfg.data)
+    neck = data.get("CSPPAN")
+    if isinstance(neck, dict) and "spatial_scales" not in neck:
+        data["CSPPAN"] = {**neck, "spatial_scales": list(_CSPPAN_SCALES)}
+    return paddle_env.build_model(dataclasses.replace(cfg, data=data))
+
+
+def _used_inputs(static_fn, spec):
+    """Names in `spec` that the traced program reads (jit.save refuses unused feeds)."""
+    prog = static_fn.concrete_program
+    needed = set()
+
+    def walk(o):  # outputs nest as dicts/lists/tuples of Variables
+        if isinstance(o, dict):
+            o = list(o.values())
+        if isinstance(o, (list, tuple)):
+            for x in o:
+                walk(x)
+        elif hasattr(o, "name"):
+            needed.add(o.name)
+    walk(prog.outputs)
+    for op in reversed(prog.main_program.global_block().ops):
+        if needed.intersection(op.output_arg_names):
+            needed.update(op.input_arg_names)
+    return [n for n in spec if n in needed]
+
+
+def export(cfg, weights, out, input_size=None, postprocess=True, quiet_build=True):
     """Write OUT/model.pdmodel, OUT/model.pdiparams, OUT/infer_cfg.yml (atomically).
 
     Returns {"model_dir": Path, "model_file": Path, "params_file": Path, "infer_cfg": Path,
-             "input_size": int}.
+             "input_size": int, "inputs": {name: shape}, "postprocess": bool,
+             "conv1x1": int, "conv1x1_zero_fraction": float|None}.
     """
-    raise NotYetAvailable("'picosparse export' is not available yet (issue #4)")
+    if input_size is None:
+        input_size = default_input_size(cfg)
+        if input_size is None:
+            raise ConfigError(f"{cfg.path}: no TestReader.inputs_def.image_shape or EvalReader "
+                              "Resize target_size; pass --input-size")
+        check_input_size(input_size, f"{cfg.path}: input size")
+    else:
+        check_input_size(input_size)
+    s = paddle_env.stack()
+    paddle = s.paddle
+    data = dict(cfg.data)
+    if data.get("eval_size"):
+        data["eval_size"] = [input_size, input_size]  # PicoHead's anchors follow eval_size
+    model = fresh_model(dataclasses.replace(cfg, data=data))
+    weights_io.load_into(model, weights)
+    model.eval()
+    if hasattr(model, "export_post_process"):
+        model.export_post_process = bool(postprocess)
+    if hasattr(model, "export_nms"):
+        model.export_nms = bool(postprocess)
+    from paddle.static import InputSpec
+    spec = {"image": InputSpec([1, 3, input_size, input_size], "float32", "image"),
+            "im_shape": InputSpec([1, 2], "float32", "im_shape"),
+            "scale_factor": InputSpec([1, 2], "float32", "scale_factor")}
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        # ppdet's dy2static prints its progress to stdout; keep --json output clean
+        with contextlib.redirect_stdout(io.StringIO()) if quiet_build else \
+                contextlib.nullcontext():
+            try:
+                static = paddle.jit.to_static(model, input_spec=[spec], full_graph=True)
+                used = _used_inputs(static.forward, spec)
+                paddle.jit.save(static, str(tmp / "model"),
+                                input_spec=[{n: spec[n] for n in used}])
+            except (ValueError, TypeError, RuntimeError) as e:
+                raise PicosparseError(f"export of {cfg.path} failed in paddle.jit "
+                                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                                      ) from None
+        info = tmp / "model.pdiparams.info"  # dygraph name map; deploy code never reads it
+        if info.exists():
+            info.unlink()
+        sp = program.conv1x1_sparsity(tmp)
+        shapes = {n: list(spec[n].shape) for n in used}
+        extra = {"config": str(cfg.path), "weights": str(weights),
+                 "conv1x1_zero_fraction": (round(sp["overall"], 6)
+                                           if sp["overall"] is not None else None)}
+        doc = infer_cfg.build(data, input_size, shapes, postprocess,
+                              infer_cfg.label_list(data), extra)
+        (tmp / infer_cfg.FILE).write_text(infer_cfg.dump(doc))
+    return {"model_dir": out, "model_file": out / program.MODEL_FILE,
+            "params_file": out / program.PARAMS_FILE, "infer_cfg": out / infer_cfg.FILE,
+            "input_size": input_size, "inputs": shapes, "postprocess": bool(postprocess),
+            "conv1x1": sp["conv1x1"], "conv1x1_zero_fraction": sp["overall"],
+            "conv1x1_layers": sp["layers"]}

@@ -1,12 +1,114 @@
-"""paddle_lite_opt conversion with a verified sparse pass (issue 4)."""
+"""paddle_lite_opt conversion with a verified sparse pass (issue 4).
 
-from picosparse.errors import NotYetAvailable
+Traps handled here (STACK.md, seed section 7):
+- only the exact string `--sparse_model=true` enables the pass; the seed's `True` silently
+  gives a dense model;
+- the pass runs for ARM only, converting 1x1 / groups 1 / stride 1 / pad 0 convs whose zero
+  fraction is >= --sparse_threshold into `sparse_conv2d`;
+- sparse kernels exist for FP32 and INT8, not FP16.
+So the .nb is checked after opt: its kernels are counted (deploy/nbfile.py).
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from picosparse import paddle_env
+from picosparse.deploy import nbfile, program
+from picosparse.errors import ConfigError, DataError, PicosparseError, StackError
+
+TARGETS = ("arm", "x86", "opencl")
+
+
+def _targets(valid_targets):
+    ts = [t.strip().lower() for t in str(valid_targets).replace(" ", ",").split(",") if t.strip()]
+    bad = [t for t in ts if t not in TARGETS]
+    if not ts or bad:
+        raise ConfigError(f"--valid-targets {valid_targets}: expected a comma list of "
+                          f"{', '.join(TARGETS)}")
+    return ts
+
+
+def nb_path(out):
+    """paddle_lite_opt appends .nb to --optimize_out: OUT ending in .nb is used as is."""
+    out = Path(out)
+    return out if out.suffix == ".nb" else out.with_name(out.name + ".nb")
 
 
 def optimize(model_dir, out, sparse=True, sparse_threshold=0.6, valid_targets="arm", fp16=False):
     """Convert an exported model to OUT (.nb); with `sparse`, fail unless sparse_conv2d ops exist.
 
     Returns {"nb": Path, "size_bytes": int, "sparse_conv2d": int, "conv1x1": int,
-             "valid_targets": str, "sparse": bool}.
+             "valid_targets": str, "sparse": bool,
+             "eligible": int,          # 1x1 convs the pass may convert (groups 1, stride 1, pad 0)
+             "above_threshold": int,   # ... of which have zero fraction >= sparse_threshold
+             "conv1x1_zero_fraction": float|None, "ops": {op_type: count},
+             "targets": [str], "lite_version": str}.
     """
-    raise NotYetAvailable("'picosparse opt' is not available yet (issue #4)")
+    targets = _targets(valid_targets)
+    if isinstance(sparse_threshold, bool) or not 0 < float(sparse_threshold) <= 1:
+        raise ConfigError(f"--sparse-threshold {sparse_threshold}: must be in (0, 1]")
+    if sparse and fp16:
+        raise PicosparseError("--fp16 with --sparse: Paddle-Lite's sparse_conv2d kernels are "
+                              "FP32/INT8 only (the seed: do not enable FP16 for sparse models); "
+                              "drop --fp16 or pass --no-sparse")
+    if sparse and targets != ["arm"]:
+        raise PicosparseError(f"--sparse with --valid-targets {valid_targets}: paddle_lite_opt "
+                              "runs the sparse pass for ARM only (\"sparse_model mode only "
+                              "supported on Arm\"); use --valid-targets arm, or --no-sparse "
+                              "for an x86/OpenCL .nb")
+    model_file, params_file = program.model_files(model_dir)
+    opt = paddle_env.find_opt()
+    dest = nb_path(out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stats = program.conv1x1_sparsity(model_dir)
+    above = sum(z >= float(sparse_threshold) for z in stats["eligible_layers"].values())
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        cmd = [opt, f"--model_file={model_file}", f"--param_file={params_file}",
+               f"--valid_targets={','.join(targets)}", f"--optimize_out={tmpdir / 'model'}",
+               "--optimize_out_type=naive_buffer",
+               # lowercase `true` only: `True` is silently ignored by the pip opt
+               f"--sparse_model={'true' if sparse else 'false'}",
+               f"--sparse_threshold={float(sparse_threshold)}",
+               f"--enable_fp16={'true' if fp16 else 'false'}"]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        except OSError as e:
+            raise StackError(f"paddle_lite_opt ({opt}) could not run: {e.strerror}") from None
+        produced = tmpdir / "model.nb"
+        if r.returncode != 0 or not produced.is_file():
+            lines = [ln for ln in (r.stderr + r.stdout).strip().splitlines() if ln.strip()]
+            why = lines[-1].strip()[:300] if lines else f"exit code {r.returncode}"
+            raise StackError(f"paddle_lite_opt failed on {model_dir}: {why}")
+        info = nbfile.inspect(produced)
+        n_sparse = info["ops"].get("sparse_conv2d", 0)
+        if sparse and n_sparse == 0:
+            top = max(stats["eligible_layers"].values(), default=0.0)
+            raise DataError(
+                f"--sparse: paddle_lite_opt made no sparse_conv2d op from {model_dir}: no "
+                f"eligible 1x1 conv has >= {float(sparse_threshold):.0%} zeros (highest "
+                f"{top:.1%}); use sparse weights (picosparse train/prune), lower "
+                "--sparse-threshold, or pass --no-sparse for a dense .nb")
+        got = nbfile.compute_targets(info)
+        if not set(targets) & got:
+            raise StackError(f"paddle_lite_opt wrote a .nb for {sorted(got)}, "
+                             f"not {','.join(targets)}")
+        os.replace(produced, dest)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return {"nb": dest, "size_bytes": dest.stat().st_size, "sparse_conv2d": n_sparse,
+            "conv1x1": stats["conv1x1"], "eligible": stats["eligible"],
+            "above_threshold": above, "conv1x1_zero_fraction": stats["overall"],
+            "valid_targets": ",".join(targets), "sparse": bool(sparse),
+            "sparse_threshold": float(sparse_threshold), "fp16": bool(fp16),
+            "ops": dict(info["ops"]), "targets": sorted(got),
+            "lite_version": info["lite_version"]}
+
+
+def auto_sparse(model_dir, sparse_threshold=0.6):
+    """Whether a sparse .nb is worth asking for: some eligible 1x1 conv reaches the threshold."""
+    stats = program.conv1x1_sparsity(model_dir)
+    return any(z >= sparse_threshold for z in stats["eligible_layers"].values())

@@ -88,6 +88,13 @@ def _validate(cfg, out, pretrained, from_scratch, resume):
 
 def train(cfg, out, pretrained=None, from_scratch=False, resume=False, do_eval=False, seed=0):
     """Train `cfg` into `out`; see the module docstring. Returns paths and final numbers."""
+    # Optimizer accumulators are named from paddle's global name counters when first used;
+    # a fresh scope makes them identical in the run and in its resumption.
+    with paddle_env.stack().paddle.utils.unique_name.guard():
+        return _train(cfg, out, pretrained, from_scratch, resume, do_eval, seed)
+
+
+def _train(cfg, out, pretrained, from_scratch, resume, do_eval, seed):
     t_start = time.monotonic()
     out = Path(out)
     ck_path = _validate(cfg, out, pretrained, from_scratch, resume)
@@ -166,7 +173,9 @@ def train(cfg, out, pretrained=None, from_scratch=False, resume=False, do_eval=F
             loader.dataset.set_epoch(epoch)
             loader._batch_sampler.set_epoch(epoch)  # shuffle order depends on the epoch only
             net.train()
-            for data in loader:
+            # paddle's DataLoader, not ppdet's wrapper: the wrapper starts prefetching the next
+            # epoch (drawing random augmentations) the moment one ends, racing the checkpoint
+            for data in loader.dataloader:
                 data["epoch_id"] = epoch
                 loss = net(data)["loss"]
                 loss.backward()

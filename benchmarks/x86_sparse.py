@@ -1,0 +1,259 @@
+"""x86-sparse PicoDet vs dense OpenVINO on this machine, in one run (issue 6).
+
+    .venv/bin/python benchmarks/x86_sparse.py                      # PicoDet-m 320, 75% + 85%
+    .venv/bin/python benchmarks/x86_sparse.py --per-layer --json out.json
+
+Models: random-init PicoDet (configs/picodet/picodet_m_320_coco.yml), BN statistics randomised,
+the smallest S of every 1x1 conv weight zeroed by magnitude (S = 0.75, 0.85), exported with a
+fixed input size. For each sparsity and thread count the same exported model runs as
+  dense-f32   OpenVINO reading model.pdmodel, INFERENCE_PRECISION_HINT=f32
+  dense-bf16  the same with bf16 (OpenVINO's default on AMX CPUs), shown for honesty
+  x86-sparse  `picosparse.ops.export_x86_sparse` + `load_model` (FP32)
+Timing: rounds of interleaved runs (each round: every config, `--iters` inferences after one
+warm-up), the median over rounds of the per-inference mean; the load average is recorded,
+because other processes on a 2-core machine shift every number.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {0.75: 1.6, 0.85: 2.0}  # issue 6: minimum speedup over dense FP32 at 1 thread
+
+
+def prepare(work, cfg, size, sparsity, threshold, log):
+    from picosparse.ops import export_x86_sparse
+    from picosparse.ops.refmodel import export_random_picodet
+    tag = f"{Path(cfg).stem}_{size}_s{int(round(sparsity * 100))}"
+    dense = work / tag
+    if not (dense / "model.pdmodel").is_file():
+        log(f"exporting {tag} (random init, {sparsity:.0%} of each 1x1 weight zeroed) ...")
+        export_random_picodet(cfg, dense, size, sparsity)
+    sparse = work / f"{tag}_x86"
+    info = export_x86_sparse(dense, sparse, sparse_threshold=threshold)
+    return dense, sparse, info
+
+
+def compile_dense(path, threads, precision, perf=False):
+    import openvino as ov
+    from picosparse.ops.runtime import compile_config
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(path / "model.pdmodel")), "CPU",
+                              compile_config(threads, perf, precision))
+
+
+def bf16_supported():
+    import openvino as ov
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in caps
+
+
+def time_interleaved(runners, x, rounds, iters):
+    """Median over rounds of the per-inference mean of `iters` inferences, in ms:
+    ({name: wall}, {name: process CPU}, wall samples). CPU time is reported beside wall time
+    because other processes on a small machine inflate wall time (not CPU time) of whoever
+    gets preempted; at 1 thread it is the latency an idle machine would show, roughly."""
+    wall = {k: [] for k in runners}
+    cpu = {k: [] for k in runners}
+    names = list(runners)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        for k in order:
+            req = runners[k]
+            req.infer({0: x})
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(iters):
+                req.infer({0: x})
+            wall[k].append((time.perf_counter() - t0) / iters * 1e3)
+            cpu[k].append((time.process_time() - c0) / iters * 1e3)
+    med = lambda d: {k: float(np.median(v)) for k, v in d.items()}  # noqa: E731
+    return med(wall), med(cpu), wall
+
+
+def outputs_of(req, n):
+    return [req.get_output_tensor(i).data.copy() for i in range(n)]
+
+
+def max_rel_diff(a, b):
+    return max(float(np.abs(u - v).max()) / max(float(np.abs(v).max()), 1e-12)
+               for u, v in zip(a, b))
+
+
+def per_layer(dense_dir, sparse_dir, x, reps=20):
+    """Per replaced layer at 1 thread: OpenVINO's dense node time vs the picosparse op time."""
+    from picosparse.ops import load_model
+    meta = json.loads((sparse_dir / "x86_sparse.json").read_text())
+    dense_c = compile_dense(dense_dir, 1, "f32", perf=True)
+    dense = dense_c.create_infer_request()
+    # the CPU plugin fuses conv+BN+act into one node named after an internal node; its runtime
+    # graph lists the original names, among them the one our op took (the chain's last node)
+    owner = {}
+    for op in dense_c.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "originalLayersNames" in info:
+            for name in info["originalLayersNames"].astype(str).split(","):
+                owner[name] = op.get_friendly_name()
+    sparse = load_model(sparse_dir, 1, perf_counters=True).request
+
+    def prof(req):
+        acc, kinds = {}, {}
+        for i in range(reps + 3):
+            req.infer({0: x})
+            if i < 3:
+                continue
+            for p in req.get_profiling_info():
+                acc.setdefault(p.node_name, []).append(p.real_time.total_seconds() * 1e3)
+                kinds[p.node_name] = p.node_type
+        return {k: float(np.median(v)) for k, v in acc.items()}, kinds
+
+    pd, dkinds = prof(dense)
+    ps, _ = prof(sparse)
+    rows = []
+    for l in meta["layers"]:
+        td = pd.get(owner.get(l["op"], l["op"]))
+        rows.append(dict(l, dense_ms=td, sparse_ms=ps.get(l["op"])))
+    ours = {l["op"] for l in meta["layers"]}
+    total_dense, total_sparse = sum(pd.values()), sum(ps.values())
+    summary = {
+        "dense_total_ms": total_dense, "x86_sparse_total_ms": total_sparse,
+        "dense_1x1_ms": sum(v for k, v in pd.items() if dkinds[k] == "Convolution"),
+        "dense_depthwise_ms": sum(v for k, v in pd.items() if dkinds[k] == "GroupConvolution"),
+        "sparse_1x1_ms": sum(r["sparse_ms"] or 0 for r in rows if r["kind"] == "sparse1x1"),
+        "picosparse_depthwise_ms": sum(r["sparse_ms"] or 0 for r in rows
+                                       if r["kind"] == "depthwise"),
+        "x86_sparse_other_ms": sum(v for k, v in ps.items() if k not in ours),
+    }
+    summary["dense_other_ms"] = (total_dense - summary["dense_1x1_ms"]
+                                 - summary["dense_depthwise_ms"])
+    return rows, summary
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "configs/picodet/picodet_m_320_coco.yml"))
+    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.75, 0.85])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threshold", type=float, default=0.6)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "bench_x86_sparse"))
+    ap.add_argument("--per-layer", action="store_true")
+    ap.add_argument("--json", help="write the results here as JSON")
+    ap.add_argument("--no-bf16", action="store_true")
+    args = ap.parse_args(argv)
+
+    import openvino as ov
+    from picosparse.ops import load_model
+    from picosparse.ops.kernel import selected_isa
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
+    use_bf16 = not args.no_bf16 and bf16_supported()
+    models = {s: prepare(work, args.config, args.size, s, args.threshold, log)
+              for s in args.sparsity}
+
+    runners, nout = {}, {}
+    for s, (dense_dir, sparse_dir, _) in models.items():
+        for t in args.threads:
+            c = compile_dense(dense_dir, t, "f32")
+            runners[(s, t, "dense-f32")] = c.create_infer_request()
+            nout[s] = len(c.outputs)
+            if use_bf16:
+                runners[(s, t, "dense-bf16")] = compile_dense(dense_dir, t, "bf16") \
+                    .create_infer_request()
+            runners[(s, t, "x86-sparse")] = load_model(sparse_dir, t).request
+
+    # outputs must agree before any timing means anything
+    agree = {}
+    for s in models:
+        t = args.threads[0]
+        runners[(s, t, "dense-f32")].infer({0: x})
+        runners[(s, t, "x86-sparse")].infer({0: x})
+        agree[s] = max_rel_diff(outputs_of(runners[(s, t, "x86-sparse")], nout[s]),
+                                outputs_of(runners[(s, t, "dense-f32")], nout[s]))
+
+    load_before = os.getloadavg()
+    log(f"timing {len(runners)} configs x {args.rounds} rounds x {args.iters} iters ...")
+    med, cpu, samples = time_interleaved(runners, x, args.rounds, args.iters)
+    load_after = os.getloadavg()
+
+    rows = []
+    for s, (_, _, info) in models.items():
+        for t in args.threads:
+            d, sp = med[(s, t, "dense-f32")], med[(s, t, "x86-sparse")]
+            row = {"sparsity": s, "threads": t, "dense_f32_ms": round(d, 3),
+                   "dense_bf16_ms": round(med[(s, t, "dense-bf16")], 3) if use_bf16 else None,
+                   "x86_sparse_ms": round(sp, 3), "speedup_vs_f32": round(d / sp, 3),
+                   "cpu_dense_f32_ms": round(cpu[(s, t, "dense-f32")], 3),
+                   "cpu_x86_sparse_ms": round(cpu[(s, t, "x86-sparse")], 3),
+                   "cpu_speedup_vs_f32": round(cpu[(s, t, "dense-f32")]
+                                               / cpu[(s, t, "x86-sparse")], 3),
+                   "target": TARGETS.get(s) if t == 1 else None,
+                   "replaced_1x1": info["replaced"], "depthwise_ops": info["depthwise"],
+                   "max_rel_diff": agree[s]}
+            row["target_met"] = None if row["target"] is None else row["speedup_vs_f32"] >= row["target"]
+            rows.append(row)
+
+    print(f"\nPicoDet {Path(args.config).stem} @ {args.size}, random init, FP32 unless noted; "
+          f"{platform.processor() or platform.machine()}, kernel path {selected_isa()}, "
+          f"OpenVINO {ov.__version__.split('-')[0]}; load average {load_before[0]:.2f} -> "
+          f"{load_after[0]:.2f}")
+    hdr = (f"{'sparsity':>8} {'thr':>3} {'dense f32 ms':>12} {'dense bf16 ms':>13} "
+           f"{'x86-sparse ms':>13} {'speedup':>8} {'target':>7} {'cpu-time speedup':>16} "
+           f"{'max rel diff':>12}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        bf = f"{r['dense_bf16_ms']:.2f}" if r["dense_bf16_ms"] is not None else "n/a"
+        tgt = f">={r['target']}x" if r["target"] else ""
+        print(f"{r['sparsity']:>8.0%} {r['threads']:>3} {r['dense_f32_ms']:>12.2f} {bf:>13} "
+              f"{r['x86_sparse_ms']:>13.2f} {r['speedup_vs_f32']:>7.2f}x {tgt:>7} "
+              f"{r['cpu_speedup_vs_f32']:>15.2f}x {r['max_rel_diff']:>12.1e}")
+
+    result = {"rows": rows, "config": args.config, "size": args.size,
+              "rounds": args.rounds, "iters": args.iters, "isa": selected_isa(),
+              "openvino": ov.__version__, "loadavg_before": load_before,
+              "loadavg_after": load_after,
+              "samples_ms": {f"{s}|{t}|{k}": v for (s, t, k), v in samples.items()}}
+
+    if args.per_layer:
+        result["per_layer"] = {}
+        for s, (dense_dir, sparse_dir, _) in models.items():
+            layers, summary = per_layer(dense_dir, sparse_dir, x)
+            result["per_layer"][str(s)] = {"summary": summary, "layers": layers}
+            print(f"\nper layer, {s:.0%} sparse, 1 thread (OpenVINO PERF_COUNT medians, ms):")
+            print("  " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+            print(f"  {'kind':9} {'shape':>20} {'zeros':>6} {'dense':>7} {'ours':>7} {'x':>6}")
+            for l in layers:
+                shape = (f"{l.get('cin', l['cout'])}->{l['cout']}@{l['hw'][0]}x{l['hw'][1]}"
+                         if l["kind"] == "sparse1x1" else
+                         f"{l['cout']}c k{l['k']}s{l['stride']}@{l['hw'][0]}x{l['hw'][1]}")
+                d = l["dense_ms"]
+                sp = l["sparse_ms"]
+                ratio = f"{d / sp:.2f}" if d and sp else "-"
+                print(f"  {l['kind']:9} {shape:>20} {l.get('zero_fraction', 0):>6.2f} "
+                      f"{(d if d is not None else float('nan')):>7.3f} {sp or float('nan'):>7.3f} "
+                      f"{ratio:>6}")
+
+    print("\n" + json.dumps({"rows": rows}, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

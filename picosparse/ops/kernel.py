@@ -1,0 +1,141 @@
+"""Python side of the sparse 1x1 kernel: the weight format and a direct (ctypes) call.
+
+The direct call exists for tests and per-layer benchmarks; deployed models reach the same
+kernel through the OpenVINO op (see picosparse.ops.rewrite / picosparse.ops.runtime).
+"""
+
+import ctypes
+from dataclasses import dataclass
+
+import numpy as np
+
+from picosparse.errors import PicosparseError
+
+ACTS = {"none": 0, "relu": 1, "hswish": 2, "hsigmoid": 3, "leaky": 4}
+ISAS = {"portable": 0, "avx2": 1, "avx512": 2}
+_LIB = None
+
+
+@dataclass
+class SparseWeights:
+    """Row-CSR weights of a 1x1 conv: output row r uses cols/vals[rowptr[r]:rowptr[r+1]].
+
+    cols/vals carry one trailing padding entry (so an all-zero weight is a non-empty array).
+    """
+
+    rowptr: np.ndarray  # int32 [cout + 1]
+    cols: np.ndarray  # int32 [nnz + 1]
+    vals: np.ndarray  # float32 [nnz + 1]
+    bias: np.ndarray  # float32 [cout]
+    cin: int
+
+    @property
+    def cout(self):
+        return len(self.bias)
+
+    @property
+    def nnz(self):
+        return int(self.rowptr[-1])
+
+    def nbytes(self):
+        return self.rowptr.nbytes + self.cols.nbytes + self.vals.nbytes + self.bias.nbytes
+
+
+def pack(weight, bias=None):
+    """Pack a dense [Cout, Cin] (or [Cout, Cin, 1, 1]) fp32 weight; exact zeros are dropped."""
+    w = np.asarray(weight, dtype=np.float32)
+    if w.ndim == 4:
+        w = w.reshape(w.shape[0], w.shape[1])
+    if w.ndim != 2:
+        raise ValueError(f"expected a [Cout, Cin] weight, got shape {w.shape}")
+    cout, cin = w.shape
+    nz = w != 0
+    rowptr = np.zeros(cout + 1, np.int32)
+    np.cumsum(nz.sum(axis=1), out=rowptr[1:])
+    rows, cols = np.nonzero(nz)  # row-major order: each row's columns ascending
+    cols = np.append(cols.astype(np.int32), np.int32(0))
+    vals = np.append(w[rows, cols[:-1]], np.float32(0)).astype(np.float32)
+    b = np.zeros(cout, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(cout)
+    return SparseWeights(rowptr, np.ascontiguousarray(cols), np.ascontiguousarray(vals),
+                         np.ascontiguousarray(b), cin)
+
+
+def _lib():
+    global _LIB
+    if _LIB is None:
+        from picosparse.ops.build import library_path
+        import openvino  # noqa: F401  (loads libopenvino/libtbb the library links against)
+        lib = ctypes.CDLL(str(library_path()))
+        f32p, i32p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32)
+        lib.ps_spconv1x1.restype = ctypes.c_int
+        lib.ps_spconv1x1.argtypes = [i32p, i32p, f32p, f32p, ctypes.c_int, ctypes.c_int,
+                                     ctypes.c_int, ctypes.c_float, ctypes.c_float, f32p, f32p,
+                                     ctypes.c_int, ctypes.c_int64, ctypes.c_int,
+                                     ctypes.c_char_p, ctypes.c_int]
+        lib.ps_dwconv.restype = ctypes.c_int
+        lib.ps_dwconv.argtypes = [f32p, f32p] + [ctypes.c_int] * 5 + [
+            ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_float, ctypes.c_float, f32p,
+            f32p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.ps_select_isa.restype = ctypes.c_int
+        lib.ps_cpu_supports.restype = ctypes.c_int
+        lib.ps_cpu_supports.argtypes = [ctypes.c_int]
+        _LIB = lib
+    return _LIB
+
+
+def supported_isas():
+    """ISA paths this CPU can run, best first (each can be forced with PICOSPARSE_ISA)."""
+    lib = _lib()
+    return [name for name, code in sorted(ISAS.items(), key=lambda kv: -kv[1])
+            if lib.ps_cpu_supports(code)]
+
+
+def selected_isa():
+    """The path the kernel will take now (PICOSPARSE_ISA honoured); error if it is invalid."""
+    code = _lib().ps_select_isa()
+    if code < 0:
+        raise PicosparseError("PICOSPARSE_ISA is invalid or names an ISA this CPU lacks "
+                              f"(supported: {', '.join(supported_isas())})")
+    return {v: k for k, v in ISAS.items()}[code]
+
+
+def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None):
+    """y = act(W x + b) for NCHW fp32 x; returns (y, isa name used)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1] != w.cin:
+        raise ValueError(f"x must be [N, {w.cin}, H, W], got {x.shape}")
+    n, _, h, wd = x.shape
+    y = out if out is not None else np.empty((n, w.cout, h, wd), np.float32)
+    f32p, i32p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32)
+    err = ctypes.create_string_buffer(256)
+    code = _lib().ps_spconv1x1(
+        w.rowptr.ctypes.data_as(i32p), w.cols.ctypes.data_as(i32p),
+        w.vals.ctypes.data_as(f32p), w.bias.ctypes.data_as(f32p), w.cout, w.cin, ACTS[act],
+        alpha, beta, x.ctypes.data_as(f32p), y.ctypes.data_as(f32p), n, h * wd, threads,
+        err, len(err))
+    if code < 0:
+        raise PicosparseError(f"sparse op: {err.value.decode()}")
+    return y, {v: k for k, v in ISAS.items()}[code]
+
+
+def dwconv(x, weight, bias=None, stride=1, pads=(0, 0, 0, 0), act="none", alpha=0.0, beta=0.0,
+           threads=1):
+    """Depthwise conv (groups = channels) of NCHW fp32 x with weight [C, K, K];
+    pads = (top, left, bottom, right). Returns (y, isa name used)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, c, h, w = x.shape
+    wt = np.ascontiguousarray(np.asarray(weight, np.float32).reshape(c, *weight.shape[-2:]))
+    k = wt.shape[-1]
+    b = np.zeros(c, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    ho = (h + pads[0] + pads[2] - k) // stride + 1
+    wo = (w + pads[1] + pads[3] - k) // stride + 1
+    y = np.empty((n, c, ho, wo), np.float32)
+    f32p = ctypes.POINTER(ctypes.c_float)
+    pd = (ctypes.c_int * 4)(*pads)
+    err = ctypes.create_string_buffer(256)
+    code = _lib().ps_dwconv(wt.ctypes.data_as(f32p), b.ctypes.data_as(f32p), c, h, w, k,
+                            stride, pd, ACTS[act], alpha, beta, x.ctypes.data_as(f32p),
+                            y.ctypes.data_as(f32p), n, threads, err, len(err))
+    if code < 0:
+        raise PicosparseError(f"depthwise op: {err.value.decode()}")
+    return y, {v: k for k, v in ISAS.items()}[code]

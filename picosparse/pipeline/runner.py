@@ -1,0 +1,357 @@
+"""`picosparse run`: walk the plan, skip what the lock proves done, run the rest.
+
+A step is skipped only when (cheapest first) it has a lock, the lock's key equals the key
+computed now, and the lock's outputs still exist. A step that failed or was killed (status
+still "running") has no lock, so it reruns; a train step with a checkpoint from an interrupted
+run with the same key resumes from it.
+"""
+
+import fcntl
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from picosparse import __version__, progress
+from picosparse.atomic import atomic_dir
+from picosparse.config import load_with_base
+from picosparse.errors import DataError, PicosparseError
+from picosparse.pipeline import adapters
+from picosparse.pipeline.cache import (Hasher, Manifest, cache_key, canonical, missing_outputs,
+                                       now, sha256_text)
+from picosparse.pipeline.plan import load_pipeline, select
+from picosparse.pipeline.schema import KINDS, resolve_steps, step_refs, walk_strings
+
+VERSIONED = ("paddlepaddle", "paddleslim", "paddledet", "paddlelite", "numpy", "opencv-python",
+             "matplotlib", "openvino")
+
+
+class StepFailed(PicosparseError):
+    """A step raised: one line naming the step. Exit 2 for user errors, 1 for bugs."""
+
+    def __init__(self, step, kind, cause):
+        if isinstance(cause, PicosparseError):
+            text, self.exit_code = str(cause), cause.exit_code
+        else:
+            text, self.exit_code = f"{type(cause).__name__}: {cause}", 1
+        text = " ".join(text.split())  # one line, whatever the step raised
+        super().__init__(f"step '{step}' ({kind}) failed: {text}")
+        self.step, self.cause = step, cause
+
+
+@dataclass
+class StepPlan:
+    name: str
+    kind: str
+    action: str  # run | cached | skip (not selected)
+    reason: str
+    params: dict
+    resolved: dict = None
+    inputs: dict = None
+    key: str = None
+    deps: list = field(default_factory=list)
+    seconds: float = None
+
+
+@dataclass
+class RunResult:
+    pipeline: object
+    run_dir: Path
+    steps: list
+    manifest: Path = None
+    report: dict = None
+    dry_run: bool = False
+
+
+def default_run_dir(pipeline):
+    return Path("runs") / pipeline.name
+
+
+def versions():
+    from picosparse.paddle_env import version
+    out = {"python": platform.python_version(), "picosparse": __version__}
+    out.update({d: version(d) for d in VERSIONED})
+    return out
+
+
+class Session:
+    def __init__(self, path, run_dir=None, overrides=(), force=False, from_step=None,
+                 only_step=None, dry_run=False):
+        self.pipeline = load_pipeline(path, overrides)
+        self.selected, self.forced = select(self.pipeline, from_step, only_step)
+        self.force, self.from_step, self.only_step = force, from_step, only_step
+        self.dry_run = dry_run
+        self.run_dir = Path(run_dir or default_run_dir(self.pipeline)).absolute()
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise DataError(f"--out {self.run_dir}: exists and is not a folder")
+        self.manifest = Manifest(self.run_dir)
+        self.hasher = Hasher(self.run_dir / ".hashes.json")
+        self.outputs = {}  # step -> outputs usable by later steps
+        self.pending = set()  # dry run: steps that would run
+        self._bases = {}  # config -> its _BASE_ files, parsed once per session
+
+    # ------------------------------------------------------------- planning
+
+    def where(self, step):
+        return f"{self.pipeline.path}: steps.{step.name}"
+
+    def inputs_of(self, step, resolved):
+        """{label: sha256} of every local file/folder the step reads, labelled location-free."""
+        inputs = {}
+        for k, spec in KINDS[step.kind].params.items():
+            t, v = spec.type.rstrip("?"), resolved.get(k)
+            if t == "map[path]" and isinstance(v, dict):
+                for name, p in v.items():
+                    inputs[f"{k}.{name}"] = self._hash_path(step, f"{k}.{name}", p)
+            elif t in ("path", "config", "source") and isinstance(v, str):
+                if t == "source" and "://" in v:
+                    continue  # a URL: its text is in the params already
+                inputs[k] = self._hash_path(step, k, v)
+                if t == "config":
+                    self._hash_bases(step, k, v, inputs)
+        for name, keys, text in step_refs(step.params, self.where(step)):
+            value = resolve_steps("${" + text + "}", self.outputs, self.where(step))
+            out_type = KINDS[self.pipeline.steps[name].kind].outputs.get(keys[0]) if keys else None
+            if out_type and out_type.rstrip("?") == "path" and len(keys) == 1 and value:
+                inputs["${" + text + "}"] = self._hash_path(step, "${" + text + "}", value)
+            else:
+                inputs["${" + text + "}"] = sha256_text(canonical(value))
+        return inputs
+
+    def _hash_path(self, step, label, p):
+        if not Path(p).exists():
+            raise DataError(f"{self.where(step)}.{label}: {p} does not exist")
+        return self.hasher.path(p)
+
+    def _hash_bases(self, step, k, v, inputs):
+        top = Path(v).resolve()
+        if top not in self._bases:
+            # resolved configs (what train writes) have no _BASE_: skip the slow YAML parse
+            if "_BASE_" not in top.read_text(errors="replace"):
+                self._bases[top] = []
+            else:
+                try:
+                    self._bases[top] = load_with_base(top)[1][:-1]  # [-1] is the file itself
+                except PicosparseError as e:
+                    raise DataError(f"{self.where(step)}.{k}: {e}") from None
+        for src in self._bases[top]:
+            inputs[f"{k}<-{os.path.relpath(src, top.parent)}"] = self.hasher.file(src)
+
+    def decide(self, step):
+        sp = StepPlan(step.name, step.kind, "run", "", step.params, deps=list(step.deps))
+        rec = self.manifest.step(step.name)
+        lock = rec.get("lock")
+        done = rec.get("outputs") if lock else None
+        if step.name not in self.selected:
+            if done is not None and not missing_outputs(KINDS[step.kind], done):
+                self.outputs[step.name] = done
+            sp.action, sp.reason = "skip", f"not selected (--only {self.only_step})"
+            return sp
+        waiting = [d for d in step.deps if d not in self.outputs]
+        if waiting and not self.dry_run:
+            raise DataError(f"--only {step.name}: step '{waiting[0]}' has no finished outputs in "
+                            f"{self.run_dir}; run the pipeline without --only first")
+        upstream = [d for d in step.deps if d in self.pending or d in waiting]
+        sp.resolved = resolve_steps(step.params, self.outputs, self.where(step))
+        if upstream:  # dry run only: what it will read does not exist yet
+            sp.reason = f"after {', '.join(upstream)}"
+            self._will_run(sp, done)
+            return sp
+        sp.inputs = self.inputs_of(step, sp.resolved)
+        sp.key = cache_key(step.kind, step.params, sp.inputs)
+        if self.force:
+            sp.reason = "--force"
+        elif step.name in self.forced:
+            sp.reason = f"--from {self.from_step}"
+        elif not lock:
+            sp.reason = {"failed": "failed last time", "running": "interrupted last time"}.get(
+                rec.get("status"), "never ran")
+        elif lock["key"] != sp.key:
+            sp.reason = "params or inputs changed"
+        elif missing_outputs(KINDS[step.kind], done):
+            sp.reason = f"output missing: {missing_outputs(KINDS[step.kind], done)[0]}"
+        else:
+            sp.action, sp.reason = "cached", "unchanged"
+            self.outputs[step.name] = done
+            return sp
+        self._will_run(sp, done)
+        return sp
+
+    def _will_run(self, sp, done):
+        if self.dry_run:
+            self.pending.add(sp.name)
+            if done is not None:  # let later steps show what they would read (the old paths)
+                self.outputs[sp.name] = done
+
+    # ------------------------------------------------------------- running
+
+    def start(self, command):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.run_dir / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f"{self.run_dir}: another `picosparse run` is using this run "
+                            "folder") from None
+        d = self.manifest.data
+        d.setdefault("created", now())
+        d["pipeline"] = {"file": str(self.pipeline.path),
+                         "sha256": self.hasher.file(self.pipeline.path),
+                         "overrides": list(self.pipeline.overrides),
+                         "resolved": self.pipeline.resolved()}
+        d["command"] = list(command or [])
+        d["cwd"] = os.getcwd()
+        d["versions"] = versions()
+        d["started"] = now()
+        self.manifest.save()
+
+    def execute(self, sp):
+        spec = KINDS[sp.kind]
+        prev = self.manifest.step(sp.name)
+        step_dir = self.run_dir / sp.name
+        resume = False
+        if spec.where == "in_place":
+            resume = (prev.get("status") in ("running", "failed")
+                      and prev.get("cache_key") == sp.key and _has_checkpoint(step_dir))
+            if not resume and step_dir.exists():
+                shutil.rmtree(step_dir)  # stale outputs of other params must not be resumed
+        record = {"kind": sp.kind, "status": "running", "cache_key": sp.key,
+                  "params": sp.params, "resolved": sp.resolved, "inputs": sp.inputs,
+                  "seed": sp.resolved.get("seed"), "started": now(), "resumed": resume,
+                  "lock": None}
+        self.manifest.set_step(sp.name, record)
+        ctx = SimpleNamespace(name=sp.name, run_dir=self.run_dir, resume=resume,
+                              pipeline=self.pipeline.name)
+        fn = adapters.REGISTRY[sp.kind]
+        t0 = time.monotonic()
+        try:
+            if spec.where == "atomic":
+                with atomic_dir(step_dir) as tmp:
+                    outputs = _rebase(_jsonable(fn(sp.resolved, tmp, ctx)), tmp, step_dir)
+            elif spec.where == "in_place":
+                step_dir.mkdir(parents=True, exist_ok=True)
+                outputs = _jsonable(fn(sp.resolved, step_dir, ctx))
+            else:
+                outputs = _jsonable(fn(sp.resolved, self.run_dir, ctx))
+            _check_outputs(sp, spec, outputs)
+        except KeyboardInterrupt:
+            self._failed(sp.name, record, t0, "interrupted")
+            raise
+        except Exception as e:
+            err = StepFailed(sp.name, sp.kind, e)
+            self._failed(sp.name, record, t0, str(err))
+            raise err from e
+        sp.seconds = time.monotonic() - t0
+        record.update(status="done", outputs=outputs, metrics=_metrics(outputs),
+                      seconds=round(sp.seconds, 3), finished=now(), error=None,
+                      lock={"key": sp.key, "finished": now()})
+        self.manifest.set_step(sp.name, record)
+        self.hasher.save()
+        self.outputs[sp.name] = outputs
+
+    def _failed(self, name, record, t0, msg):
+        record.update(status="failed", error=msg, seconds=round(time.monotonic() - t0, 3),
+                      finished=now())
+        self.manifest.set_step(name, record)
+        self.hasher.save()
+
+    def close(self):
+        lock = getattr(self, "_lock", None)
+        if lock:
+            lock.close()
+
+
+def _has_checkpoint(step_dir):
+    from picosparse import checkpoint  # train's layout: checkpoints/latest -> a complete one
+    return checkpoint.latest(step_dir) is not None
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def _rebase(obj, tmp, final):
+    """Paths the step returned point into the temp folder; make them point at its new name."""
+    tmp, final = str(tmp), str(final)
+    def move(s):
+        return final + s[len(tmp):] if s == tmp or s.startswith(tmp + os.sep) else s
+    return walk_strings(obj, move)
+
+
+def _check_outputs(sp, spec, outputs):
+    missing = [k for k in spec.outputs if k not in outputs]
+    if missing:
+        raise RuntimeError(f"returned no output '{missing[0]}' (a bug in the step adapter)")
+    gone = missing_outputs(spec, outputs)
+    if gone:
+        raise RuntimeError(f"output {gone[0]} was not written")
+
+
+def _metrics(outputs):
+    m = {k: v for k, v in outputs.items()
+         if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    sp = outputs.get("sparsity")
+    if isinstance(sp, dict) and "overall" in sp:
+        m["sparsity"] = sp["overall"]
+    if isinstance(outputs.get("best"), dict):
+        m["best"] = outputs["best"]
+    return m
+
+
+# ----------------------------------------------------------------- public API
+
+def plan_pipeline(path, run_dir=None, overrides=(), force=False, from_step=None, only_step=None):
+    """--dry-run: the resolved plan, with what would be cached; runs and writes nothing."""
+    s = Session(path, run_dir, overrides, force, from_step, only_step, dry_run=True)
+    steps = [s.decide(step) for step in s.pipeline.steps.values()]
+    return RunResult(s.pipeline, s.run_dir, steps, dry_run=True)
+
+
+def run_pipeline(path, run_dir=None, overrides=(), force=False, from_step=None, only_step=None,
+                 command=None):
+    """Run (or skip) every step in order; returns what happened and the report, if any."""
+    s = Session(path, run_dir, overrides, force, from_step, only_step)
+    s.start(command or sys.argv)
+    done = []
+    n = len(s.pipeline.steps)
+    try:
+        for i, step in enumerate(s.pipeline.steps.values(), 1):
+            sp = s.decide(step)
+            done.append(sp)
+            tag = f"[{i}/{n}] {step.name} ({step.kind})"
+            if sp.action == "run":
+                progress.say(f"{tag}: running ({sp.reason})")
+                try:
+                    s.execute(sp)
+                except StepFailed:
+                    progress.say(f"{tag}: [red]failed[/]; fix it and rerun the same command to "
+                                 f"continue from '{step.name}'")
+                    raise
+                progress.say(f"{tag}: done in {sp.seconds:.1f}s")
+            else:
+                progress.say(f"{tag}: {sp.action} ({sp.reason})")
+    finally:
+        s.hasher.save()
+        s.close()
+    return RunResult(s.pipeline, s.run_dir, done, s.manifest.path, _load_report(s))
+
+
+def _load_report(s):
+    import json
+    for step in s.pipeline.steps.values():
+        if step.kind == "report" and step.name in s.outputs:
+            p = Path(s.outputs[step.name]["report_json"])
+            return json.loads(p.read_text()) if p.is_file() else None
+    return None

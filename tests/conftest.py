@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny generated dataset and the demo config shrunk for tests."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CFG = ROOT / "configs" / "demo" / "picodet_demo.yml"
+DEMO_PRUNE = ROOT / "configs" / "demo" / "prune_demo_75.yml"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """32 train / 8 val images of 96 px, made once per test session."""
+    from picosparse.data.synth import synthesize
+    out = tmp_path_factory.mktemp("data") / "shapes"
+    synthesize(out, seed=0, num_train=32, num_val=8, size=96)
+    return out
+
+
+def tiny_overrides(data_dir, epochs=2):
+    """-o overrides that make the demo config train in seconds on `data_dir`."""
+    return [f"TrainDataset.dataset_dir={data_dir}", f"EvalDataset.dataset_dir={data_dir}",
+            f"epoch={epochs}", "TrainReader.batch_size=4", "EvalReader.batch_size=4",
+            "TrainReader.batch_transforms.0.BatchRandomResize.target_size=[64,96]",
+            "EvalReader.sample_transforms.1.Resize.target_size=[96,96]",
+            f"LearningRate.schedulers.0.max_epochs={epochs}",
+            "LearningRate.schedulers.1.steps=4", "log_iter=1", "snapshot_epoch=1"]

@@ -1,0 +1,237 @@
+"""`picosparse bench`: schema and sane numbers per runtime, thread cap, errors, CLI table, and
+the adb / benchmark_bin path.
+
+tests/data/benchmark_bin_{dense,sparse75}.txt are written in the report format of Paddle-Lite's
+benchmark_bin (v2.10+, lite/api/tools/benchmark) with the seed's SnapDragon-835 PicoDet-m
+latencies; no ARM board is attached here, so they are not captured from a device.
+benchmark_bin_v2.9.txt is the older lite/api/benchmark.cc glog summary.
+"""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import deploy_helpers as h
+from picosparse.cli import cli
+from picosparse.deploy import benchmark_bin
+from picosparse.errors import ConfigError, DataError, PicosparseError
+from picosparse.steps.bench import bench
+
+DATA = Path(__file__).parent / "data"
+FAST = dict(threads=(1,), repeats=3, warmup=1)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["-q", *args])
+
+
+def check_schema(res, n_models, threads):
+    assert res["threads"] == threads
+    assert [m["name"] for m in res["models"]][:1] == ["dense"]
+    assert len(res["models"]) == n_models
+    for m in res["models"]:
+        assert m["size_bytes"] > 100_000 and m["input_size"] == 160
+        for t in map(str, threads):
+            lat = m["latency_ms"][t]
+            assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["max"]
+            assert lat["min"] <= lat["mean"] <= lat["max"]
+    base = res["models"][0]
+    for m in res["models"]:
+        for t in map(str, threads):
+            b, x = base["latency_ms"][t]["median"], m["latency_ms"][t]["median"]
+            assert m["speedup_ratio"][t] == pytest.approx(b / x)
+            assert m["speedup_fps_gain"][t] == pytest.approx(b / x - 1)
+    assert base["speedup_fps_gain"]["1"] == 0 and base["speedup_ratio"]["1"] == 1
+
+
+def test_paddle_two_models():
+    res = bench([h.exported("dense"), h.exported("sparse")], runtime="paddle", **FAST)
+    check_schema(res, 2, [1])
+    assert res["runtime"] == "paddle" and res["precision"] == "fp32"
+    assert [m["conv1x1_zero_fraction"] for m in res["models"]] == \
+        [0.0, pytest.approx(h.SPARSITY, abs=1e-3)]
+    assert [m["size_kind"] for m in res["models"]] == ["pdmodel+pdiparams"] * 2
+    assert any("no sparse kernels" in n and "no speed-up is expected" in n
+               for n in res["notes"])
+    json.dumps(res)  # --json must be able to write it
+
+
+def test_threads_capped_by_cores():
+    ncpu = os.cpu_count()
+    res = bench([h.exported("dense")], threads=(1, ncpu + 3), repeats=2, warmup=0)
+    assert res["threads"] == sorted({1, ncpu})
+    assert any(f"threads capped at {ncpu}" in n for n in res["notes"])
+
+
+def test_openvino_forced_fp32():
+    res = bench([h.exported("dense"), h.exported("sparse")], runtime="openvino", **FAST)
+    check_schema(res, 2, [1])
+    assert res["precision"] == "fp32"
+    assert any("OpenVINO ran fp32" in n for n in res["notes"])
+
+
+def test_openvino_bf16_reports_what_ran():
+    res = bench([h.exported("dense")], runtime="openvino", precision="bf16", **FAST)
+    from picosparse.envcheck import cpu_features
+    # bf16 only where the CPU has it; OpenVINO says which precision it picked
+    assert res["precision"] == ("bf16" if cpu_features()["avx512_bf16"] else "fp32")
+
+
+def test_lite_converts_dirs_and_runs_x86_nb(tmp_path):
+    x86 = h.nb("dense", False, "x86")["nb"]
+    res = bench([x86, h.exported("sparse")], runtime="lite", threads=(1, 2), repeats=3,
+                warmup=1, input_size=160)
+    assert res["threads"] == [1]
+    assert any("no thread setting" in n for n in res["notes"])
+    assert any("converted to an x86 .nb" in n for n in res["notes"])
+    assert all(m["latency_ms"]["1"]["median"] > 0 for m in res["models"])
+
+
+def test_arm_nb_on_x86_is_refused():
+    with pytest.raises(PicosparseError, match="built for arm, which cannot run on this x86"):
+        bench([h.nb("sparse", True)["nb"]], runtime="lite", input_size=160, **FAST)
+
+
+def test_real_image_and_unreadable_image(tmp_path):
+    from picosparse.deploy import infer_cfg
+    cv2 = __import__("cv2")
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), infer_cfg.random_image(200, seed=5))
+    res = bench([h.exported("dense")], image=img, **FAST)
+    assert res["image"] == str(img)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"--image .*bad.jpg: not a readable image file"):
+        bench([h.exported("dense")], image=tmp_path / "bad.jpg", **FAST)
+    with pytest.raises(DataError, match="not a readable image"):
+        bench([h.exported("dense")], image=tmp_path / "missing.jpg", **FAST)
+
+
+def test_argument_errors(tmp_path):
+    d = h.exported("dense")
+    with pytest.raises(ConfigError, match="needs an exported inference folder"):
+        bench([h.nb("sparse", True)["nb"]], runtime="paddle", **FAST)
+    with pytest.raises(ConfigError, match="--precision bf16: only --runtime openvino"):
+        bench([d], precision="bf16", **FAST)
+    with pytest.raises(ConfigError, match="--adb needs --benchmark-bin"):
+        bench([d], adb="X", **FAST)
+    with pytest.raises(ConfigError, match="--threads 0"):
+        bench([d], threads=(0,), repeats=1)
+    with pytest.raises(DataError, match="no model.pdmodel"):
+        bench([tmp_path], **FAST)
+    (tmp_path / "lone.nb").write_bytes(h.nb("dense", False, "x86")["nb"].read_bytes())
+    with pytest.raises(DataError, match="no infer_cfg.yml beside it.*--input-size"):
+        bench([tmp_path / "lone.nb"], runtime="lite", **FAST)
+
+
+def test_preprocess_matches_ppdet_transforms():
+    """bench feeds images the way PaddleDetection's own reader prepares them."""
+    from picosparse import paddle_env
+    from picosparse.deploy import infer_cfg
+    np = paddle_env.stack().np
+    from ppdet.data.transforms import operators as T
+    rgb = infer_cfg.random_image(120, seed=7)[:, :100]  # not square, not the model size
+    ours = infer_cfg.preprocess(rgb, h.PREPROCESS, 160)
+    sample = {"image": rgb.astype("float32"), "im_shape": np.array([120, 100], "float32"),
+              "scale_factor": np.array([1.0, 1.0], "float32")}
+    for op in (T.Resize(target_size=[160, 160], keep_ratio=False, interp=2),
+               T.NormalizeImage(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+                                is_scale=True), T.Permute()):
+        sample = op(sample)
+    np.testing.assert_allclose(ours["image"][0], sample["image"], atol=1e-4)
+    np.testing.assert_allclose(ours["scale_factor"][0], sample["scale_factor"], rtol=1e-6)
+
+
+def test_cli_table_and_json(tmp_path):
+    args = ["bench", "--model", str(h.exported("dense")), "--model", str(h.exported("sparse")),
+            "--threads", "1", "--repeats", "3", "--warmup", "1"]
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    for text in ("Latency 1 thread (ms)", "speed-up 1 thread", "dense (base)", "160*160",
+                 "80%", "no sparse kernels"):
+        assert text in r.output
+    r = run(*args, "--json", "-")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["models"][1]["name"] == "sparse" and doc["threads"] == [1]
+    r = run(*args, "--json", str(tmp_path / "b.json"))
+    assert json.loads((tmp_path / "b.json").read_text())["runtime"] == "paddle"
+    r = run("bench", "--model", str(h.exported("dense")), "--threads", "1,x")
+    assert r.exit_code == 2 and r.output.startswith("Error: --threads 1,x")
+    r = run("bench", "--model", str(h.exported("dense")), "--image", str(tmp_path / "no.png"))
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "not a readable image" in r.output
+
+
+# --- benchmark_bin output and adb -------------------------------------------------------
+
+def test_parse_benchmark_bin_report():
+    r = benchmark_bin.parse((DATA / "benchmark_bin_dense.txt").read_text())
+    assert (r["min_ms"], r["max_ms"], r["avg_ms"]) == (125.903, 131.216, 127.412)
+    assert (r["init_ms"], r["first_ms"]) == (21.874, 141.528)
+    assert (r["threads"], r["repeats"], r["warmup"], r["power_mode"]) == (1, 50, 5, 0)
+    assert r["backend"] == "arm" and r["cpu_precision"] == "fp32"
+    assert r["device_model"] == "MI 6" and r["version"] == "v2.13-rc"
+    assert r["input_shape"] == "1,3,320,320:1,2"
+    crlf = (DATA / "benchmark_bin_sparse75.txt").read_text().replace("\n", "\r\n")
+    assert benchmark_bin.parse(crlf)["avg_ms"] == 80.641
+
+
+def test_parse_old_benchmark_and_garbage():
+    r = benchmark_bin.parse((DATA / "benchmark_bin_v2.9.txt").read_text())
+    assert r["avg_ms"] == 32.1842 and r["threads"] == 4 and r["repeats"] == 30
+    assert r["min_ms"] is None
+    with pytest.raises(DataError, match="no timing .*cannot open model"):
+        benchmark_bin.parse("Error: cannot open model\n")
+
+
+FAKE_ADB = """#!/bin/sh
+# fake adb: logs its arguments; `shell ... benchmark_bin` prints a recorded report
+echo "$@" >> "{log}"
+case "$*" in
+  *benchmark_bin\\ --optimized_model_file=*m0_*) cat "{data}/benchmark_bin_dense.txt" ;;
+  *benchmark_bin\\ --optimized_model_file=*m1_*) cat "{data}/benchmark_bin_sparse75.txt" ;;
+  *"-s offline"*) echo "adb: device 'offline' not found" >&2; exit 1 ;;
+esac
+"""
+
+
+def test_adb_flow_with_a_fake_adb(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "adb.log"
+    adb = bindir / "adb"
+    adb.write_text(FAKE_ADB.format(log=log, data=DATA))
+    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    bb = tmp_path / "benchmark_bin"
+    bb.write_bytes(b"\x7fELF fake")
+    dense, sparse = h.nb("dense", False)["nb"], h.nb("sparse", True)["nb"]
+    res = bench([dense, sparse], threads=(1,), repeats=50, warmup=5, adb="SER123",
+                benchmark_bin=bb, input_size=160)
+    calls = log.read_text().splitlines()
+    assert calls[0] == "-s SER123 shell mkdir -p /data/local/tmp/picosparse"
+    assert f"-s SER123 push {bb} /data/local/tmp/picosparse/benchmark_bin" in calls
+    assert any(c.startswith(f"-s SER123 push {dense} /data/local/tmp/picosparse/m0_")
+               for c in calls)
+    runs = [c for c in calls if "--optimized_model_file" in c]
+    assert len(runs) == 2
+    assert "--input_shape=1,3,160,160:1,2 --threads=1 --power_mode=0 --warmup=5 " \
+           "--repeats=50 --backend=arm" in runs[0]
+    m0, m1 = res["models"]
+    assert m0["latency_ms"]["1"]["mean"] == 127.412 and m0["latency_ms"]["1"]["median"] is None
+    assert m1["latency_ms"]["1"]["mean"] == 80.641
+    # the seed's 1-thread 75% row: (127 - 80) / 80 = 58%
+    assert m1["speedup_fps_gain"]["1"] == pytest.approx((127.412 - 80.641) / 80.641)
+    assert round(m1["speedup_fps_gain"]["1"], 2) == 0.58
+    assert res["basis"] == "mean" and res["runtime"] == "lite-arm (adb SER123)"
+    assert any("dense .nb" in n for n in res["notes"])
+    with pytest.raises(PicosparseError, match="--adb offline: `adb shell` failed: adb: device"):
+        bench([dense], adb="offline", benchmark_bin=bb, input_size=160, **FAST)
+    # an x86 .nb is refused before anything is pushed
+    with pytest.raises(PicosparseError, match="built for x86, not arm"):
+        bench([h.nb("dense", False, "x86")["nb"]], adb="SER123", benchmark_bin=bb,
+              input_size=160, **FAST)

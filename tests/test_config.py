@@ -1,0 +1,118 @@
+"""Config loading: _BASE_ chains, -o overrides, our pruning section's validation, CLI errors."""
+
+import pytest
+from click.testing import CliRunner
+
+from picosparse.cli import cli
+from picosparse.config import load_detector
+from picosparse.errors import ConfigError
+
+from conftest import DEMO_CFG, DEMO_PRUNE, ROOT
+
+M_CFG = ROOT / "configs/picodet/picodet_m_320_coco.yml"
+S_CFG = ROOT / "configs/picodet/picodet_s_320_coco.yml"
+M_75 = ROOT / "configs/prune/picodet_m_unstructured_prune_75.yml"
+M_85 = ROOT / "configs/prune/picodet_m_unstructured_prune_85.yml"
+
+
+def write(p, text):
+    p.write_text(text)
+    return p
+
+
+def test_shipped_configs_resolve():
+    m = load_detector(M_CFG, slim_config=M_75)
+    assert m.data["architecture"] == "PicoDet"
+    assert m.data["ESNet"]["scale"] == 1.0 and m.data["CSPPAN"]["out_channels"] == 128
+    assert m.data["num_classes"] == 80 and m.data["use_ema"] is True
+    p = m.prune
+    assert (p.stable_epochs, p.pruning_epochs, p.tunning_epochs, p.pruning_steps) == (0, 150, 150, 300)
+    assert (p.ratio, p.initial_ratio, p.prune_params_type) == (0.75, 0.15, "conv1x1_only")
+    assert m.data["LearningRate"]["base_lr"] == 0.15
+    p85 = load_detector(M_CFG, slim_config=M_85).prune
+    assert (p85.ratio, p85.initial_ratio) == (0.85, 0.20)
+    s = load_detector(S_CFG)
+    assert s.data["ESNet"]["scale"] == 0.75 and s.data["PicoHead"]["feat_in_chan"] == 96
+    assert s.prune is None
+    demo = load_detector(DEMO_CFG, slim_config=DEMO_PRUNE)
+    assert demo.prune.ratio == 0.75 and demo.data["epoch"] == 5
+
+
+def test_base_later_wins_and_file_wins(tmp_path):
+    write(tmp_path / "a.yml", "x: 1\nnest: {a: 1, b: 1}\narchitecture: PicoDet\n")
+    write(tmp_path / "b.yml", "x: 2\nnest: {b: 2}\n")
+    cfg = write(tmp_path / "c.yml", "_BASE_: [a.yml, b.yml]\nnest: {c: 3}\n")
+    data = load_detector(cfg).data
+    assert data["x"] == 2 and data["nest"] == {"a": 1, "b": 2, "c": 3}
+
+
+def test_overrides_precedence_and_list_index():
+    cfg = load_detector(DEMO_CFG, slim_config=DEMO_PRUNE, sparsity=0.5,
+                        overrides=["TrainReader.batch_size=3", "UnstructuredPruner.ratio=0.6",
+                                   "LearningRate.schedulers.0.max_epochs=7"])
+    assert cfg.data["TrainReader"]["batch_size"] == 3
+    assert cfg.data["LearningRate"]["schedulers"][0] == {"name": "CosineDecay", "max_epochs": 7}
+    assert cfg.prune.ratio == 0.5  # flag beats -o beats slim file
+    assert load_detector(DEMO_CFG, slim_config=DEMO_PRUNE, sparsity=0).prune is None
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("UnstructuredPruner: {ratio: 0.75, pruning_epochs: 3, pruning_steps: 2, bogus: 1}",
+     "unknown key UnstructuredPruner.bogus"),
+    ("UnstructuredPruner: {ratio: 1.5, pruning_epochs: 3, pruning_steps: 2}",
+     "UnstructuredPruner.ratio must be a number in [0, 1)"),
+    ("UnstructuredPruner: {ratio: 0.5, pruning_epochs: -1, pruning_steps: 2}",
+     "UnstructuredPruner.pruning_epochs must be an integer >= 0"),
+    ("UnstructuredPruner: {ratio: 0.5, pruning_epochs: three, pruning_steps: 2}",
+     "UnstructuredPruner.pruning_epochs must be an integer >= 0, got 'three'"),
+    ("UnstructuredPruner: {ratio: 0.5, pruning_epochs: 3}", "UnstructuredPruner.pruning_steps is required"),
+    ("UnstructuredPruner: {ratio: 0.5, pruning_epochs: 3, pruning_steps: 2, skip: [{nam: x}]}",
+     "unknown key UnstructuredPruner.skip[0].nam"),
+    ("UnstructuredPruner: {ratio: 0.5, pruning_epochs: 3, pruning_steps: 2, skip: [{regex: '('}]}",
+     "UnstructuredPruner.skip[0].regex is not a valid regex"),
+    ("epoch: -2", "epoch must be an integer >= 0"),
+])
+def test_prune_section_errors_name_file_and_key(tmp_path, body, needle):
+    slim = write(tmp_path / "slim.yml", body + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_detector(DEMO_CFG, slim_config=slim)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_base_and_file(tmp_path):
+    bad = write(tmp_path / "bad.yml", "_BASE_: [nope.yml]\narchitecture: PicoDet\n")
+    with pytest.raises(ConfigError, match=r"bad.yml: _BASE_ entry 'nope.yml' does not exist"):
+        load_detector(bad)
+    with pytest.raises(ConfigError, match="config file does not exist"):
+        load_detector(tmp_path / "absent.yml")
+    with pytest.raises(ConfigError, match=r"--sparsity must be in \[0, 1\)"):
+        load_detector(DEMO_CFG, slim_config=DEMO_PRUNE, sparsity=1.0)
+    with pytest.raises(ConfigError, match="has no UnstructuredPruner section"):
+        load_detector(DEMO_CFG, sparsity=0.5)
+
+
+def test_cli_config_errors_are_one_line_exit_2(tmp_path):
+    bad = write(tmp_path / "broken.yml", "_BASE_: [missing.yml]\n")
+    r = CliRunner().invoke(cli, ["layers", "-c", str(bad)])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        f"Error: {bad}: _BASE_ entry 'missing.yml' does not exist ({tmp_path / 'missing.yml'})"]
+    garbage = write(tmp_path / "garbage.yml", "a: [1, 2\n")
+    r = CliRunner().invoke(cli, ["train", "-c", str(garbage), "--from-scratch"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output.startswith(f"Error: {garbage}: not valid YAML")
+    r = CliRunner().invoke(cli, ["train", "-c", str(DEMO_CFG), "--slim-config", str(DEMO_PRUNE),
+                                 "--sparsity", "1.2", "--from-scratch"])
+    assert r.exit_code == 2 and "--sparsity must be in [0, 1), got 1.2" in r.output
+
+
+def test_cli_help_lists_commands_with_examples():
+    r = CliRunner().invoke(cli, ["--help"])
+    for cmd in ("train", "eval", "export", "opt", "bench", "run", "data", "layers", "env", "prune"):
+        assert f"  {cmd} " in r.output
+    for cmd in ("train", "eval", "export", "opt", "bench", "run", "layers", "env", "prune"):
+        h = CliRunner().invoke(cli, [cmd, "--help"])
+        assert h.exit_code == 0 and "Example" in h.output, cmd
+    v = CliRunner().invoke(cli, ["--version"])
+    assert v.exit_code == 0 and "picosparse, version" in v.output

@@ -1,0 +1,347 @@
+"""The x86 sparse 1x1 operator (issue 6): kernel vs references on every ISA path, the
+OpenVINO op, the model rewrite (BN/bias folding, activation fusion), and a whole PicoDet."""
+
+import json
+
+import numpy as np
+import pytest
+
+from picosparse.errors import PicosparseError
+from picosparse.ops import kernel
+from picosparse.ops.kernel import dwconv, pack, spconv1x1, supported_isas
+
+ISAS = supported_isas()
+
+
+def act_ref(v, act, alpha=0.0, beta=0.0):
+    if act == "relu":
+        return np.maximum(v, 0)
+    if act == "hswish":
+        return v * np.clip(v + 3, 0, 6) / 6
+    if act == "hsigmoid":
+        return np.clip(alpha * v + beta, 0, 1)
+    if act == "leaky":
+        return np.where(v > 0, v, alpha * v)
+    return v
+
+
+def conv_ref(x, w, b, act="none", alpha=0.0, beta=0.0):
+    y = np.einsum("oc,nchw->nohw", w.astype(np.float64), x.astype(np.float64))
+    return act_ref(y + b.reshape(1, -1, 1, 1), act, alpha, beta)
+
+
+def sparse_weight(rng, cout, cin, sparsity, empty_rows=(), dense_rows=()):
+    w = rng.standard_normal((cout, cin)).astype(np.float32)
+    w[rng.random((cout, cin)) < sparsity] = 0
+    for r in empty_rows:
+        w[r] = 0
+    for r in dense_rows:
+        w[r] = rng.standard_normal(cin).astype(np.float32) + 0.1
+    return w
+
+
+def assert_close(y, ref, rtol=1e-5):
+    scale = max(float(np.abs(ref).max()), 1e-6)
+    err = float(np.abs(y - ref).max()) / scale
+    assert err <= rtol, f"max error {err:.2e} of max |ref| {scale:.3g}"
+
+
+# (n, cin, cout, h, w, sparsity): vector-width tails, odd H x W, batch > 1, 1x1 maps (SE),
+# wide channel counts (narrow tiles), and more than one pixel tile with a tail.
+SHAPES = [
+    (1, 16, 8, 4, 4, 0.75),
+    (1, 37, 21, 7, 9, 0.8),
+    (3, 24, 40, 5, 3, 0.6),
+    (2, 64, 48, 33, 35, 0.85),
+    (1, 320, 80, 1, 1, 0.75),
+    (1, 515, 64, 3, 7, 0.9),
+    (2, 96, 130, 20, 20, 0.5),
+    (1, 5, 3, 1, 100, 0.0),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernel_matches_reference(monkeypatch, isa, shape):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    n, cin, cout, h, wd, sp = shape
+    rng = np.random.default_rng(hash(shape) % 2**32)
+    w = sparse_weight(rng, cout, cin, sp, empty_rows=(0, cout - 1), dense_rows=(cout // 2,))
+    b = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((n, cin, h, wd)).astype(np.float32)
+    sw = pack(w, b)
+    for threads in (1, 2):
+        y, used = spconv1x1(x, sw, threads=threads)
+        assert used == isa
+        assert_close(y, conv_ref(x, w, b))
+    # empty rows give exactly the bias
+    np.testing.assert_array_equal(y[:, 0], np.broadcast_to(b[0], y[:, 0].shape))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act,alpha,beta", [("relu", 0, 0), ("hswish", 0, 0),
+                                            ("hsigmoid", 0.2, 0.5), ("leaky", 0.1, 0)])
+def test_kernel_activations(monkeypatch, isa, act, alpha, beta):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    rng = np.random.default_rng(1)
+    w = sparse_weight(rng, 19, 33, 0.7)
+    b = rng.standard_normal(19).astype(np.float32)
+    x = 3 * rng.standard_normal((2, 33, 6, 11)).astype(np.float32)
+    y, _ = spconv1x1(x, pack(w, b), act=act, alpha=alpha, beta=beta, threads=2)
+    assert_close(y, conv_ref(x, w, b, act, alpha, beta))
+
+
+def aligned(shape, rng):
+    """A 64-byte aligned array: at 20x20 (a 25-cache-line channel stride) the kernel reads x in
+    place instead of packing it, as it does on OpenVINO's aligned buffers."""
+    n = int(np.prod(shape))
+    buf = np.empty(n + 16, np.float32)
+    off = (-buf.ctypes.data % 64) // 4
+    a = buf[off:off + n].reshape(shape)
+    a[...] = rng.standard_normal(shape)
+    return a
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_kernel_in_place_tiles(monkeypatch, isa):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    rng = np.random.default_rng(7)
+    x = aligned((2, 72, 20, 20), rng)
+    assert x.ctypes.data % 64 == 0
+    w = sparse_weight(rng, 40, 72, 0.75, empty_rows=(5,))
+    b = rng.standard_normal(40).astype(np.float32)
+    for threads in (1, 2):
+        y, _ = spconv1x1(x, pack(w, b), act="hswish", threads=threads)
+        assert_close(y, conv_ref(x, w, b, "hswish"))
+
+
+def dw_ref(x, w, b, stride, pad, act="none", alpha=0.0, beta=0.0):
+    n, c, h, wd = x.shape
+    k = w.shape[-1]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+    y = np.zeros((n, c, ho, wo))
+    for ky in range(k):
+        for kx in range(k):
+            y += w[None, :, ky, kx, None, None] * xp[:, :, ky:ky + stride * ho:stride,
+                                                     kx:kx + stride * wo:stride]
+    return act_ref(y + b.reshape(1, -1, 1, 1), act, alpha, beta)
+
+
+# (n, c, h, w, k, stride, pad): 3x3/5x5, stride 1/2, odd and wide maps (> 64 columns: several
+# column chunks), maps smaller than the kernel, batch > 1
+DW_SHAPES = [(1, 8, 10, 10, 3, 1, 1), (2, 5, 9, 7, 5, 2, 2), (1, 4, 40, 40, 3, 2, 1),
+             (1, 3, 5, 5, 5, 1, 2), (1, 6, 11, 13, 3, 2, 1), (1, 2, 70, 90, 5, 1, 2),
+             (1, 2, 3, 3, 3, 2, 1), (3, 17, 1, 1, 3, 1, 1), (1, 4, 33, 131, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", DW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_depthwise_matches_reference(monkeypatch, isa, shape):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    n, c, h, wd, k, s, p = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+    w = rng.standard_normal((c, k, k)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    for threads, act in ((1, "none"), (2, "hswish")):
+        y, used = dwconv(x, w, b, s, (p, p, p, p), act=act, threads=threads)
+        assert used == isa
+        assert_close(y, dw_ref(x, w, b, s, p, act))
+
+
+def test_depthwise_vs_paddle():
+    from picosparse.paddle_env import stack
+    paddle = stack().paddle
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 24, 19, 23)).astype(np.float32)
+    w = rng.standard_normal((24, 1, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    for s in (1, 2):
+        ref = paddle.nn.functional.conv2d(paddle.to_tensor(x), paddle.to_tensor(w),
+                                          paddle.to_tensor(b), stride=s, padding=2,
+                                          groups=24).numpy()
+        y, _ = dwconv(x, w, b, s, (2, 2, 2, 2), threads=2)
+        assert_close(y, ref)
+
+
+def test_kernel_vs_paddle_conv2d():
+    from picosparse.paddle_env import stack
+    paddle = stack().paddle
+    rng = np.random.default_rng(2)
+    w = sparse_weight(rng, 45, 70, 0.8, empty_rows=(3,), dense_rows=(7,))
+    b = rng.standard_normal(45).astype(np.float32)
+    x = rng.standard_normal((2, 70, 13, 17)).astype(np.float32)
+    ref = paddle.nn.functional.conv2d(paddle.to_tensor(x), paddle.to_tensor(w[:, :, None, None]),
+                                      paddle.to_tensor(b)).numpy()
+    y, _ = spconv1x1(x, pack(w, b), threads=2)
+    assert_close(y, ref)
+
+
+def test_pack_format():
+    w = np.array([[0, 2, 0], [0, 0, 0], [1, 0, 3]], np.float32)
+    sw = pack(w)
+    assert sw.rowptr.tolist() == [0, 1, 1, 3]
+    assert sw.cols.tolist()[:3] == [1, 0, 2] and sw.vals.tolist()[:3] == [2, 1, 3]
+    assert sw.nnz == 3 and len(sw.cols) == 4  # one padding entry
+    assert pack(np.zeros((2, 4), np.float32)).nnz == 0
+
+
+def test_isa_env_validated(monkeypatch):
+    monkeypatch.setenv("PICOSPARSE_ISA", "sse9")
+    with pytest.raises(PicosparseError, match="PICOSPARSE_ISA"):
+        spconv1x1(np.zeros((1, 2, 1, 1), np.float32), pack(np.ones((1, 2), np.float32)))
+    monkeypatch.setenv("PICOSPARSE_ISA", "portable")
+    assert kernel.selected_isa() == "portable"
+
+
+def test_unsupported_isa_rejected(monkeypatch):
+    missing = [i for i in ("avx512", "avx2") if i not in ISAS]
+    if not missing:
+        pytest.skip("this CPU supports every path")
+    monkeypatch.setenv("PICOSPARSE_ISA", missing[0])
+    with pytest.raises(PicosparseError):
+        kernel.selected_isa()
+
+
+# ------------------------------------------------------------------ OpenVINO op and rewrite
+def _ov():
+    import openvino as ov
+    import openvino.opset13 as ops
+    return ov, ops
+
+
+def _compile(model, threads=1):
+    ov, _ = _ov()
+    from picosparse.ops import load
+    from picosparse.ops.runtime import set_op_threads
+    core = ov.Core()
+    load(core)
+    set_op_threads(model, threads)
+    return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                             "INFERENCE_NUM_THREADS": threads})
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_openvino_op_one_node(monkeypatch, isa):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    from openvino.utils.node_factory import NodeFactory
+    from picosparse.ops import load
+    ov, ops = _ov()
+    rng = np.random.default_rng(3)
+    w = sparse_weight(rng, 24, 40, 0.75, empty_rows=(1,))
+    b = rng.standard_normal(24).astype(np.float32)
+    sw = pack(w, b)
+    f = NodeFactory("opset13")
+    f.add_extension(str(load()))
+    x = ops.parameter([2, 40, 9, 13], np.float32)
+    node = f.create("SparseConv1x1", [x.output(0)] + [ops.constant(a).output(0) for a in
+                                                      (sw.rowptr, sw.cols, sw.vals, sw.bias)],
+                    {"activation": "hswish", "alpha": 0.0, "beta": 0.0})
+    assert list(node.get_output_partial_shape(0).to_shape()) == [2, 24, 9, 13]
+    xv = rng.standard_normal((2, 40, 9, 13)).astype(np.float32)
+    for threads in (1, 2):
+        y = _compile(ov.Model([node.output(0)], [x]), threads)(xv)[0]
+        assert_close(y, conv_ref(xv, w, b, "hswish"))
+
+
+def _toy_model(rng, sparse=0.8):
+    """x -> conv1x1+BN+HSwish -> conv1x1+bias+HardSigmoid -> (dense-ish conv1x1 + Relu) ->
+    depthwise 3x3 s2 + BN + Relu -> conv1x1 (two consumers: left unfused), covering every
+    folding/fusion rule."""
+    ov, ops = _ov()
+    x = ops.parameter([1, 20, 6, 7], np.float32, name="image")
+
+    def conv(inp, cout, cin, sp):
+        w = sparse_weight(rng, cout, cin, sp, empty_rows=(0,))
+        return ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0],
+                               [0, 0], [1, 1])
+
+    c1 = conv(x, 32, 20, sparse)
+    bn = ops.batch_norm_inference(c1, *(ops.constant(v.astype(np.float32)) for v in (
+        rng.uniform(0.5, 1.5, 32), rng.normal(0, 0.1, 32), rng.normal(0, 0.1, 32),
+        rng.uniform(0.5, 2, 32))), 1e-5)
+    a1 = ops.hswish(bn)
+    c2 = conv(a1, 16, 32, sparse)
+    add = ops.add(c2, ops.constant(rng.normal(0, 1, (1, 16, 1, 1)).astype(np.float32)))
+    a2 = ops.hard_sigmoid(add, ops.constant(np.float32(0.2)), ops.constant(np.float32(0.5)))
+    c3 = conv(a2, 16, 16, 0.3)  # below threshold: stays dense
+    a3 = ops.relu(c3)
+    dw = ops.group_convolution(a3, ops.constant(rng.standard_normal((16, 1, 1, 3, 3))
+                                                .astype(np.float32)), [2, 2], [1, 1], [1, 1],
+                               [1, 1])
+    dbn = ops.batch_norm_inference(dw, *(ops.constant(v.astype(np.float32)) for v in (
+        rng.uniform(0.5, 1.5, 16), rng.normal(0, 0.1, 16), rng.normal(0, 0.1, 16),
+        rng.uniform(0.5, 2, 16))), 1e-5)
+    c4 = conv(ops.relu(dbn), 8, 16, sparse)
+    out1 = ops.relu(c4)
+    out2 = ops.multiply(c4, ops.constant(np.float32(2.0)))
+    return ov.Model([out1.output(0), out2.output(0)], [x])
+
+
+def test_rewrite_folds_and_fuses():
+    from picosparse.ops.rewrite import rewrite_model
+    rng = np.random.default_rng(4)
+    ref_model, model = _toy_model(np.random.default_rng(4)), _toy_model(np.random.default_rng(4))
+    stats = rewrite_model(model, sparse_threshold=0.6)
+    assert stats["replaced"] == 3 and stats["kept_dense_1x1"] == 1 and stats["depthwise"] == 1
+    acts = [(tuple(l["folded"]), l["activation"]) for l in stats["layers"]
+            if l["kind"] == "sparse1x1"]
+    assert acts == [(("BatchNormInference",), "hswish"), (("Add",), "hsigmoid"), ((), "none")]
+    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert "BatchNormInference" not in types and "HSwish" not in types
+    assert types.count("Convolution") == 1 and types.count("SparseConv1x1") == 3
+    assert "GroupConvolution" not in types and types.count("DepthwiseConv2d") == 1
+    xv = rng.standard_normal((1, 20, 6, 7)).astype(np.float32)
+    want = _compile(ref_model)(xv)
+    for threads in (1, 2):
+        got = _compile(model, threads)(xv)
+        for i in range(2):
+            assert_close(got[i], want[i], 1e-5)
+    keep_dw = _toy_model(np.random.default_rng(4))
+    assert rewrite_model(keep_dw, 0.6, depthwise=False)["depthwise"] == 0
+    assert "GroupConvolution" in [op.get_type_name() for op in keep_dw.get_ordered_ops()]
+
+
+def test_export_rejects_missing_model(tmp_path):
+    from picosparse.errors import DataError
+    from picosparse.ops import export_x86_sparse
+    with pytest.raises(DataError, match="no model.pdmodel"):
+        export_x86_sparse(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_build_cache(tmp_path, monkeypatch, capsys):
+    from picosparse.ops import build
+    monkeypatch.setenv("PICOSPARSE_CACHE_DIR", str(tmp_path))
+    lib = build.library_path()
+    assert lib.is_file() and lib.parent.parent == tmp_path
+    assert "building sparse op" in capsys.readouterr().err
+    assert build.library_path() == lib
+    assert "building" not in capsys.readouterr().err  # cached: no second build
+
+
+@pytest.mark.slow
+def test_whole_picodet_matches_dense(tmp_path):
+    """Demo PicoDet, random init, 80% of each 1x1 weight zeroed: x86-sparse == dense OpenVINO."""
+    import openvino as ov
+    from picosparse.ops import export_x86_sparse, load_model
+    from picosparse.ops.refmodel import export_random_picodet
+    src = export_random_picodet("configs/demo/picodet_demo.yml", tmp_path / "dense", 160, 0.8)
+    info = export_x86_sparse(src, tmp_path / "x86", sparse_threshold=0.6)
+    assert info["replaced"] == info["conv_1x1_total"] > 50
+    assert info["sparse_weight_bytes"] < info["dense_1x1_weight_bytes"] / 2
+    meta = json.loads((tmp_path / "x86" / "x86_sparse.json").read_text())
+    assert all(l["zero_fraction"] >= 0.79 for l in meta["layers"] if l["kind"] == "sparse1x1")
+    assert info["depthwise"] > 10  # ESNet/CSPPAN depthwise convs moved to the plain-NCHW op
+    core = ov.Core()
+    dense = core.compile_model(core.read_model(str(src / "model.pdmodel")), "CPU",
+                               {"INFERENCE_PRECISION_HINT": "f32"})
+    x = np.random.default_rng(5).standard_normal((1, 3, 160, 160)).astype(np.float32)
+    want = [dense(x)[i] for i in range(len(dense.outputs))]
+    for threads in (1, 2):
+        got = load_model(tmp_path / "x86", threads=threads)(x)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            assert_close(g, w, 1e-4)
