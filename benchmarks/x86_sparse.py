@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 TARGETS = {0.75: 1.6, 0.85: 2.0}  # issue 6: minimum speedup over dense FP32 at 1 thread
 
 
-def prepare(work, cfg, size, sparsity, threshold, log):
+def prepare(work, cfg, size, sparsity, threshold, log, ov_depthwise=False):
     from picosparse.ops import export_x86_sparse
     from picosparse.ops.refmodel import export_random_picodet
     tag = f"{Path(cfg).stem}_{size}_s{int(round(sparsity * 100))}"
@@ -40,6 +40,9 @@ def prepare(work, cfg, size, sparsity, threshold, log):
         export_random_picodet(cfg, dense, size, sparsity)
     sparse = work / f"{tag}_x86"
     info = export_x86_sparse(dense, sparse, sparse_threshold=threshold)
+    if ov_depthwise:  # variant: OpenVINO's own depthwise convs (+ layout reorders)
+        export_x86_sparse(dense, work / f"{tag}_x86_ovdw", sparse_threshold=threshold,
+                          depthwise=False)
     return dense, sparse, info
 
 
@@ -150,6 +153,8 @@ def main(argv=None):
     ap.add_argument("--per-layer", action="store_true")
     ap.add_argument("--json", help="write the results here as JSON")
     ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--ov-depthwise", action="store_true",
+                    help="also time x86-sparse with OpenVINO's depthwise convs (depthwise=False)")
     args = ap.parse_args(argv)
 
     import openvino as ov
@@ -163,7 +168,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
     use_bf16 = not args.no_bf16 and bf16_supported()
-    models = {s: prepare(work, args.config, args.size, s, args.threshold, log)
+    models = {s: prepare(work, args.config, args.size, s, args.threshold, log, args.ov_depthwise)
               for s in args.sparsity}
 
     runners, nout = {}, {}
@@ -176,6 +181,9 @@ def main(argv=None):
                 runners[(s, t, "dense-bf16")] = compile_dense(dense_dir, t, "bf16") \
                     .create_infer_request()
             runners[(s, t, "x86-sparse")] = load_model(sparse_dir, t).request
+            if args.ov_depthwise:
+                runners[(s, t, "x86-sparse-ovdw")] = load_model(
+                    sparse_dir.with_name(sparse_dir.name + "_ovdw"), t).request
 
     # outputs must agree before any timing means anything
     agree = {}
@@ -206,6 +214,8 @@ def main(argv=None):
                    "replaced_1x1": info["replaced"], "depthwise_ops": info["depthwise"],
                    "max_rel_diff": agree[s]}
             row["target_met"] = None if row["target"] is None else row["speedup_vs_f32"] >= row["target"]
+            if args.ov_depthwise:
+                row["x86_sparse_ovdw_ms"] = round(med[(s, t, "x86-sparse-ovdw")], 3)
             rows.append(row)
 
     print(f"\nPicoDet {Path(args.config).stem} @ {args.size}, random init, FP32 unless noted; "
@@ -222,7 +232,9 @@ def main(argv=None):
         tgt = f">={r['target']}x" if r["target"] else ""
         print(f"{r['sparsity']:>8.0%} {r['threads']:>3} {r['dense_f32_ms']:>12.2f} {bf:>13} "
               f"{r['x86_sparse_ms']:>13.2f} {r['speedup_vs_f32']:>7.2f}x {tgt:>7} "
-              f"{r['cpu_speedup_vs_f32']:>15.2f}x {r['max_rel_diff']:>12.1e}")
+              f"{r['cpu_speedup_vs_f32']:>15.2f}x {r['max_rel_diff']:>12.1e}"
+              + (f"   (OV depthwise variant {r['x86_sparse_ovdw_ms']:.2f} ms)"
+                 if "x86_sparse_ovdw_ms" in r else ""))
 
     result = {"rows": rows, "config": args.config, "size": args.size,
               "rounds": args.rounds, "iters": args.iters, "isa": selected_isa(),

@@ -2,7 +2,9 @@
 
 Each runner is built for one model and one thread count; `feed(inputs)` sets the inputs once
 and `run()` is what gets timed. None of these runtimes has sparse kernels on x86: sparse
-weights run through the same dense convolutions.
+weights run through the same dense convolutions. bench runs them in a child process
+(deploy/worker.py): OpenVINO aborted ("munmap_chunk(): invalid pointer") in a process that had
+already exported models with paddle.jit, and loading an ARM .nb in Paddle-Lite aborts too.
 """
 
 from pathlib import Path
@@ -77,9 +79,8 @@ class OpenVINORunner:
             raise PicosparseError(f"--model {model_dir}: OpenVINO cannot compile it "
                                   f"({first[:200]})") from None
         self.request = self.compiled.create_infer_request()
-        got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
-            getattr(got, "type_name", None) or str(got), str(got))
+        got = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(got, got)
         self._inputs = None
 
     def input_names(self):

@@ -8,6 +8,7 @@ a trained checkpoint is not required for either.
 from pathlib import Path
 
 from picosparse.atomic import atomic_dir
+from picosparse.errors import StackError
 
 
 def prune_1x1_(model, ratio):
@@ -61,7 +62,8 @@ def export_random_picodet(cfg_path, out, size, sparsity=0.0, seed=0):
     r = subprocess.run([sys.executable, "-c", code, str(cfg_path), str(out), str(size),
                         str(sparsity), str(seed)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"exporting {cfg_path} failed:\n{r.stderr[-3000:]}")
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StackError(f"exporting a random-init {cfg_path} failed: {last}")
     return Path(out)
 
 

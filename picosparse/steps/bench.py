@@ -6,15 +6,17 @@ kernels exist. Models are timed round-robin (one run of each in turn) so drift i
 hits all of them alike.
 """
 
+import json
 import math
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-from picosparse import progress
+from picosparse import paddle_env, progress
 from picosparse.deploy import infer_cfg, nbfile, program
 from picosparse.errors import ConfigError, DataError, PicosparseError
 
@@ -182,41 +184,26 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
     notes.append(f"{LABEL[runtime]} has no sparse kernels on x86: sparse weights run the "
                  "same dense convolutions, so no speed-up is expected here; the seed's "
                  "speed-ups come from Paddle-Lite's ARM sparse_conv2d (time those with --adb)")
-    from picosparse.deploy.runtimes import RUNNERS, check_inputs
-    tmp = Path(tempfile.mkdtemp(prefix="picosparse-bench-")) if runtime == "lite" else None
+    tmp = Path(tempfile.mkdtemp(prefix="picosparse-bench-"))
     try:
-        run_paths = [_lite_nb(s, tmp, notes) if runtime == "lite" else s["path"]
-                     for s in specs]
-        feeds = [_inputs(s, image) for s in specs]
+        run_paths = [_lite_nb(s, tmp / f"lite{i}.nb", notes) if runtime == "lite"
+                     else s["path"] for i, s in enumerate(specs)]
+        np = paddle_env.stack().np
+        arrays = {f"{i}/{k}": v for i, s in enumerate(specs)
+                  for k, v in _inputs(s, image).items()}
+        np.savez(tmp / "inputs.npz", **arrays)
         results = {s["name"]: {} for s in specs}
         precisions = set()
         for t in ran:
-            runners = []
-            for s, path, feed in zip(specs, run_paths, feeds):
-                r = RUNNERS[runtime](path, t, precision)
-                check_inputs(r, feed, s["path"])
-                r.feed(feed)
-                precisions.add(r.precision)
-                runners.append(r)
-            with progress.Progress(len(runners) * (warmup + repeats),
-                                   f"bench {t} thread{'s' * (t > 1)}") as bar:
-                for r in runners:
-                    for _ in range(warmup):
-                        r.run()
-                        bar.update(1)
-                times = [[] for _ in runners]
-                for _ in range(repeats):
-                    for i, r in enumerate(runners):
-                        t0 = time.perf_counter()
-                        r.run()
-                        times[i].append((time.perf_counter() - t0) * 1e3)
-                        bar.update(1)
-            for s, ms in zip(specs, times):
+            progress.say(f"bench: {LABEL[runtime]}, {t} thread{'s' * (t > 1)}, "
+                         f"{len(specs)} model(s) x ({warmup} warm-up + {repeats} runs)")
+            got = _worker(tmp, runtime, run_paths, [s["path"] for s in specs], t, precision,
+                          warmup, repeats)
+            precisions.update(got["precisions"])
+            for s, ms in zip(specs, got["times_ms"]):
                 results[s["name"]][str(t)] = _stats(ms)
-            del runners
     finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     out_models = [_model_out(s, results[s["name"]]) for s in specs]
     keys = [str(t) for t in ran]
     _speedups(out_models, keys, "median")
@@ -229,19 +216,41 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
             "models": out_models}
 
 
+def _worker(tmp, runtime, paths, names, threads, precision, warmup, repeats):
+    """Time in a child process (deploy/worker.py): a runtime crash must not take us down."""
+    spec = {"runtime": runtime, "paths": [str(p) for p in paths], "names": names,
+            "inputs": str(tmp / "inputs.npz"), "threads": threads, "precision": precision,
+            "warmup": warmup, "repeats": repeats, "result": str(tmp / "result.json")}
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    result = tmp / "result.json"
+    if result.exists():
+        result.unlink()
+    r = subprocess.run([sys.executable, "-m", "picosparse.deploy.worker", str(tmp / "spec.json")],
+                       capture_output=True, text=True)
+    if r.returncode != 0 or not result.is_file():
+        why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit code {r.returncode}"
+        lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
+        detail = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "")
+        raise PicosparseError(f"--runtime {runtime} crashed ({why}) timing "
+                              f"{', '.join(map(str, names))}: {detail[:200]}")
+    got = json.loads(result.read_text())
+    if "error" in got:
+        raise PicosparseError(got["error"])
+    return got
+
+
 def _model_out(spec, latency):
     return {"name": spec["name"], "path": spec["path"], "size_bytes": spec["size_bytes"],
             "size_kind": spec["size_kind"], "input_size": spec["input_size"],
             "conv1x1_zero_fraction": spec["conv1x1_zero_fraction"], "latency_ms": latency}
 
 
-def _lite_nb(spec, tmp, notes):
+def _lite_nb(spec, out, notes):
     """A .nb for Paddle-Lite's x86 Python API: the given one, or one converted from a dir."""
     p = Path(spec["path"])
     if p.suffix == ".nb":
         return p
     from picosparse.steps.lite import optimize
-    out = tmp / f"{len(list(tmp.iterdir()))}.nb"
     optimize(p, out, sparse=False, valid_targets="x86")
     notes.append(f"{spec['name']}: converted to an x86 .nb for Paddle-Lite "
                  "(`picosparse opt --valid-targets x86 --no-sparse`)")
