@@ -331,7 +331,7 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
 
 
 def _echo_opt(r):
-    mb = r["size_bytes"] / 2**20
+    mb = r["size_bytes"] / 1e6
     what = (f"{r['sparse_conv2d']} of {r['conv1x1']} 1x1 convs -> sparse_conv2d "
             f"(threshold {r['sparse_threshold']:.0%})" if r["sparse"] else
             f"dense, {r['conv1x1']} 1x1 convs")

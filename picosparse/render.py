@@ -175,7 +175,7 @@ def bench_table(res):
         zf = m.get("conv1x1_zero_fraction")
         row = [m["name"] + (" (base)" if i == 0 else ""),
                f"{m['input_size']}*{m['input_size']}",
-               f"{zf:.0%}" if zf is not None else "-", f"{m['size_bytes'] / 2**20:.2f}"]
+               f"{zf:.0%}" if zf is not None else "-", f"{m['size_bytes'] / 1e6:.2f}"]
         for th in res["threads"]:
             lat = m["latency_ms"].get(str(th)) or {}
             v = lat.get(basis)

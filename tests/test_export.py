@@ -170,7 +170,6 @@ def _run_dir(tmp_path, kind):
     return run_dir
 
 
-@pytest.mark.slow
 def test_cli_export_lite_with_just_a_run_dir(tmp_path):
     run_dir = _run_dir(tmp_path, "sparse")
     r = run("export", "--run", str(run_dir), "--lite")

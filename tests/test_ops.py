@@ -283,7 +283,7 @@ def test_rewrite_folds_and_fuses():
     from picosparse.ops.rewrite import rewrite_model
     rng = np.random.default_rng(4)
     ref_model, model = _toy_model(np.random.default_rng(4)), _toy_model(np.random.default_rng(4))
-    stats = rewrite_model(model, sparse_threshold=0.6)
+    stats = rewrite_model(model, sparse_threshold=0.6, depthwise=True)
     assert stats["replaced"] == 3 and stats["kept_dense_1x1"] == 1 and stats["depthwise"] == 1
     acts = [(tuple(l["folded"]), l["activation"]) for l in stats["layers"]
             if l["kind"] == "sparse1x1"]
@@ -298,9 +298,10 @@ def test_rewrite_folds_and_fuses():
         got = _compile(model, threads)(xv)
         for i in range(2):
             assert_close(got[i], want[i], 1e-5)
-    keep_dw = _toy_model(np.random.default_rng(4))
-    assert rewrite_model(keep_dw, 0.6, depthwise=False)["depthwise"] == 0
-    assert "GroupConvolution" in [op.get_type_name() for op in keep_dw.get_ordered_ops()]
+    for mode in (False, "auto"):  # "auto": a stride-2 conv on a 6x7 map stays OpenVINO's
+        keep_dw = _toy_model(np.random.default_rng(4))
+        assert rewrite_model(keep_dw, 0.6, depthwise=mode)["depthwise"] == 0
+        assert "GroupConvolution" in [op.get_type_name() for op in keep_dw.get_ordered_ops()]
 
 
 def test_export_rejects_missing_model(tmp_path):
@@ -328,19 +329,20 @@ def test_whole_picodet_matches_dense(tmp_path):
     from picosparse.ops import export_x86_sparse, load_model
     from picosparse.ops.refmodel import export_random_picodet
     src = export_random_picodet("configs/demo/picodet_demo.yml", tmp_path / "dense", 160, 0.8)
-    info = export_x86_sparse(src, tmp_path / "x86", sparse_threshold=0.6)
+    info = export_x86_sparse(src, tmp_path / "x86", sparse_threshold=0.6)  # depthwise="auto"
     assert info["replaced"] == info["conv_1x1_total"] > 50
     assert info["sparse_weight_bytes"] < info["dense_1x1_weight_bytes"] / 2
     meta = json.loads((tmp_path / "x86" / "x86_sparse.json").read_text())
     assert all(l["zero_fraction"] >= 0.79 for l in meta["layers"] if l["kind"] == "sparse1x1")
-    assert info["depthwise"] > 10  # ESNet/CSPPAN depthwise convs moved to the plain-NCHW op
+    all_dw = export_x86_sparse(src, tmp_path / "x86_dw", sparse_threshold=0.6, depthwise=True)
+    assert all_dw["depthwise"] > 30 > info["depthwise"]  # every ESNet/CSPPAN/head depthwise
     core = ov.Core()
     dense = core.compile_model(core.read_model(str(src / "model.pdmodel")), "CPU",
                                {"INFERENCE_PRECISION_HINT": "f32"})
     x = np.random.default_rng(5).standard_normal((1, 3, 160, 160)).astype(np.float32)
     want = [dense(x)[i] for i in range(len(dense.outputs))]
-    for threads in (1, 2):
-        got = load_model(tmp_path / "x86", threads=threads)(x)
+    for d, threads in (("x86", 1), ("x86", 2), ("x86_dw", 1), ("x86_dw", 2)):
+        got = load_model(tmp_path / d, threads=threads)(x)
         assert len(got) == len(want)
         for g, w in zip(got, want):
             assert g.shape == w.shape

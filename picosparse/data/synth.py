@@ -53,7 +53,7 @@ def synthesize(out, seed=0, num_train=400, num_val=100, size=192):
         for split_id, split in enumerate(SPLITS):
             coco = _write_split(tmp, split, split_id, counts[split], seed, size)
             n_anns[split] = len(coco["annotations"])
-        # the marker goes in last: only a complete synth output carries it
+        # marks OUT as ours, so a later synth may replace it (and nothing else may)
         (tmp / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
     return {
         "out": str(out),

@@ -2,7 +2,7 @@
 
 Public entry points:
   load(core=None) -> Path             build (once, cached) + optionally register the extension
-  export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise=True) -> dict
+  export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto") -> dict
   load_model(model_dir, threads=1, perf_counters=False) -> CompiledSparseModel (callable)
   pack(weight, bias) / spconv1x1(x, w, ...)   direct kernel access (tests, per-layer bench)
 """
@@ -13,7 +13,7 @@ def load(core=None):
     return _load(core)
 
 
-def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise=True):
+def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto"):
     from picosparse.ops.rewrite import export_x86_sparse as _export
     return _export(model_dir, out_dir, sparse_threshold, depthwise)
 

@@ -52,6 +52,10 @@ public:
                               "SparseConv1x1 input must be f32");
         const auto& xs = get_input_partial_shape(0);
         const auto& bs = get_input_partial_shape(4);
+        const auto& rs = get_input_partial_shape(1);
+        if (rs.is_static() && bs.is_static())
+            NODE_VALIDATION_CHECK(this, rs.to_shape()[0] == bs.to_shape()[0] + 1,
+                                  "rowptr must have Cout + 1 entries");
         ov::PartialShape out = ov::PartialShape::dynamic(4);
         if (xs.rank().is_static()) {
             NODE_VALIDATION_CHECK(this, xs.rank().get_length() == 4, "input must be NCHW");
@@ -177,7 +181,8 @@ public:
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
-        dwconv(p, inputs[0].data<const float>(), outputs[0].data<float>(), (int)xs[0], isa, (int)m_threads);
+        dwconv(p, inputs[0].data<const float>(), outputs[0].data<float>(), (int)xs[0], isa,
+               (int)m_threads);
         return true;
     }
 

@@ -6,8 +6,8 @@ Rewrite, per Convolution read from model.pdmodel by OpenVINO's Paddle frontend:
     -> [BatchNormInference | Add(const) | Multiply(const)]*   (per-channel affine, folded)
     -> [Relu | HSwish | HardSigmoid | PRelu(scalar slope)]?   (fused)
 becomes one SparseConv1x1 node. Folding scales each weight row, so zeros stay exactly zero.
-Depthwise convs (GroupConvolution, groups = channels) with the same chain become
-DepthwiseConv2d nodes (dense, plain NCHW) unless depthwise=False; see rewrite_model.
+Depthwise convs (GroupConvolution, groups = channels) with the same chain can become
+DepthwiseConv2d nodes (dense, plain NCHW); see rewrite_model's `depthwise`.
 Each step of the chain is absorbed only if it is the sole consumer of the previous output.
 """
 
@@ -97,6 +97,21 @@ def _depthwise_geometry(node):
         return None
     pb, pe = list(a["pads_begin"]), list(a["pads_end"])
     return int(kh), int(st[0]), [int(pb[0]), int(pb[1]), int(pe[0]), int(pe[1])]
+
+
+# depthwise="auto": the picosparse depthwise op only where it measured at least as fast as
+# OpenVINO's (blocked-layout) one plus the two reorders it saves: stride 1 on maps of
+# >= 32x32 pixels. On small maps NCHW rows fill few vector lanes (10 of 16 at 10x10) and
+# OpenVINO's channel-blocked kernel wins by 2-3x, while the reorders it needs are small.
+DW_AUTO_MIN_PIXELS = 1024
+
+
+def _dw_pays(conv, stride):
+    shape = conv.get_output_partial_shape(0)
+    if not shape.is_static:
+        return False
+    _, _, h, w = shape.to_shape()
+    return stride == 1 and h * w >= DW_AUTO_MIN_PIXELS
 
 
 def _fold_chain(conv, cout):
@@ -198,6 +213,8 @@ def plan_replacements(model, sparse_threshold, depthwise=True):
             if w is None or w.dtype != np.float32:
                 continue
             k, stride, pads = _depthwise_geometry(conv)
+            if depthwise == "auto" and not _dw_pays(conv, stride):
+                continue
             c = w.shape[0]
             last, scale, shift, folded, act, alpha, beta = _fold_chain(conv, c)
             wf = (w.reshape(c, k, k).astype(np.float64) * scale[:, None, None]).astype(np.float32)
@@ -229,12 +246,13 @@ def plan_replacements(model, sparse_threshold, depthwise=True):
     return replace, skipped
 
 
-def rewrite_model(model, sparse_threshold=0.6, lib_path=None, depthwise=True):
+def rewrite_model(model, sparse_threshold=0.6, lib_path=None, depthwise="auto"):
     """Replace sparse 1x1 conv chains in `model` (an ov.Model, modified in place). Returns stats.
 
-    depthwise: also move depthwise convs (+BN+act) to the picosparse DepthwiseConv2d op. Why:
-    OpenVINO runs its depthwise conv in a blocked layout, so every sparse op (plain NCHW) would
-    get a reorder on each side; measured on PicoDet-m that cost about a third of the ops' time.
+    depthwise: True moves every depthwise conv (+BN+act) to the picosparse DepthwiseConv2d op,
+    "auto" only those where that pays (see DW_AUTO_MIN_PIXELS), False none. Why at all:
+    OpenVINO runs its depthwise conv in a blocked layout, so each one next to a sparse op
+    (plain NCHW) gets a layout reorder on both sides.
     """
     from openvino import passes
     import openvino.opset13 as ops
@@ -300,12 +318,12 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, depthwise=True):
             "sparse_weight_bytes": sparse_bytes}
 
 
-def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise=True):
+def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto"):
     """Convert MODEL_DIR/model.pdmodel into OUT_DIR/model.xml+.bin with sparse 1x1 ops.
 
     OUT_DIR also gets libpicosparse_ops.so (the OpenVINO extension, built for the installed
     OpenVINO) and x86_sparse.json (what was replaced); `picosparse.ops.load_model(OUT_DIR)`
-    runs it. depthwise=False keeps OpenVINO's own depthwise convs (slower: layout reorders).
+    runs it. depthwise: "auto" | True | False, see rewrite_model.
     Returns {"out_dir", "model_xml", "extension", "replaced", "depthwise", "kept_dense_1x1",
     "conv_1x1_total", "sparse_threshold", "dense_1x1_weight_bytes", "sparse_weight_bytes",
     "bin_bytes", "openvino"}.

@@ -483,7 +483,8 @@ __attribute__((target("avx512f"))) void dw_rows_avx512(const DepthwiseParams& p,
             mlo[kx][i] = lanes(c);
             mhi[kx][i] = S == 2 ? lanes(c + 16) : 0;
         }
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     // R output rows at once: R*NV independent accumulators hide the 4-cycle FMA latency
     // (one row of a 40-wide map is only 3 vectors: latency-bound). Input rows outside the
     // image read a zero row instead of branching.

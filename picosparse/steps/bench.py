@@ -230,9 +230,12 @@ def _worker(tmp, runtime, paths, names, threads, precision, warmup, repeats):
     if r.returncode != 0 or not result.is_file():
         why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit code {r.returncode}"
         lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
-        detail = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "")
+        detail = next((ln for ln in reversed(lines) if "Error" in ln or "fault" in ln),
+                      lines[-1] if lines else "")
+        hint = ("; OpenVINO 2026.4's multiclass_nms crashed here on some inputs: time "
+                "models exported with --no-postprocess" if runtime == "openvino" else "")
         raise PicosparseError(f"--runtime {runtime} crashed ({why}) timing "
-                              f"{', '.join(map(str, names))}: {detail[:200]}")
+                              f"{', '.join(map(str, names))}: {detail[:200]}{hint}")
     got = json.loads(result.read_text())
     if "error" in got:
         raise PicosparseError(got["error"])
