@@ -390,7 +390,8 @@ def bench(models, threads, repeats, warmup, runtime, precision, image, input_siz
     No x86 runtime has sparse kernels: expect no speed-up here. The seed's speed-ups are
     ARM numbers: with --adb SERIAL --benchmark-bin PATH the .nb files (OUT/model.nb of
     `export --lite`, or .nb paths) are pushed to /data/local/tmp/picosparse and timed with
-    Paddle-Lite's benchmark_bin (min/max/avg).
+    Paddle-Lite's benchmark_bin (min/max/avg). OpenVINO 2026.4's multiclass_nms crashed
+    on some inputs here: time OpenVINO on exports made with --no-postprocess.
 
     \b
     Example:

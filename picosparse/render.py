@@ -166,7 +166,9 @@ def bench_table(res):
     t.add_column("Input size", justify="right")
     t.add_column("1x1 zeros", justify="right")
     kinds = {m["size_kind"] for m in res["models"]}
-    t.add_column("Size (MB)" + (" .nb" if kinds == {"nb"} else ""), justify="right")
+    t.add_column("Size (MB)" + {frozenset({"nb"}): " .nb",
+                                frozenset({"pdmodel+pdiparams"}): " paddle"}.get(
+        frozenset(kinds), ""), justify="right")
     for th in res["threads"]:
         label = f"{th} thread" + ("s" if th != 1 else "")
         t.add_column(f"Latency {label} (ms)", justify="right")

@@ -38,12 +38,11 @@ def make_weights(path, sparsity=0.0, seed=0, cfg=None):
     images, and the classifier convs are scaled so their logits spread (std 2): healthy
     activations, distinct scores. Scaling keeps the exact zeros."""
     from picosparse import paddle_env
-    from picosparse.steps.export import fresh_model
     s = paddle_env.stack()
     np, paddle = s.np, s.paddle
     paddle.seed(seed)
     rs = np.random.RandomState(seed)
-    model = fresh_model(cfg or load_cfg())
+    model = paddle_env.build_model(cfg or load_cfg())
     for name, p in model.named_parameters():
         a = p.numpy().copy()
         if sparsity and is_1x1(a.shape):

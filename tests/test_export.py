@@ -1,7 +1,6 @@
 """`picosparse export`: files, exact zeros kept, same outputs as dygraph, errors, CLI."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,10 +83,9 @@ def test_exact_zeros_survive_export():
 
 
 def _dygraph(cfg, weights, feed, postprocess):
-    from picosparse import weights as weights_io
-    from picosparse.steps.export import fresh_model
+    from picosparse import paddle_env, weights as weights_io
     paddle = stack().paddle
-    model = fresh_model(cfg)
+    model = paddle_env.build_model(cfg)
     weights_io.load_into(model, weights)
     model.eval()
     model.export_post_process = model.export_nms = postprocess
@@ -183,6 +181,8 @@ def test_cli_export_lite_with_just_a_run_dir(tmp_path):
 
 
 @pytest.mark.slow
+
+
 def test_cli_export_lite_dense_weights_makes_dense_nb(tmp_path):
     run_dir = _run_dir(tmp_path, "dense")
     r = run("export", "--run", str(run_dir), "--lite", "--out", str(tmp_path / "inf"))

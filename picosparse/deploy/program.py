@@ -144,7 +144,8 @@ def conv1x1_sparsity(model_dir):
     """Zero fractions of the exported 1x1 conv weights (what the sparse pass looks at).
 
     Returns {"conv1x1": int, "eligible": int, "layers": {filter: zero_fraction},
-             "overall": float|None}   # eligible: 1x1 convs the Lite pass can convert
+             "eligible_layers": {filter: zero_fraction}, "overall": float|None}
+    (eligible: the 1x1 convs the Lite pass can convert; overall: zeros over all 1x1 weights)
     """
     model, params = model_files(model_dir)
     prog = read_program(model)

@@ -3,11 +3,11 @@
 Each runner is built for one model and one thread count; `feed(inputs)` sets the inputs once
 and `run()` is what gets timed. None of these runtimes has sparse kernels on x86: sparse
 weights run through the same dense convolutions. bench runs them in a child process
-(deploy/worker.py): OpenVINO aborted ("munmap_chunk(): invalid pointer") in a process that had
-already exported models with paddle.jit, and loading an ARM .nb in Paddle-Lite aborts too.
+(deploy/worker.py) because they can take the process down: OpenVINO 2026.4 crashed (SIGSEGV,
+or "munmap_chunk(): invalid pointer") inside the multiclass_nms of a PicoDet exported with NMS,
+on some inputs only (the same model without NMS never did), and Paddle-Lite aborts on an ARM
+.nb.
 """
-
-from pathlib import Path
 
 from picosparse.errors import DataError, PicosparseError, StackError
 
@@ -147,7 +147,6 @@ class LiteRunner:
     def outputs(self):
         names = self.predictor.get_output_names()
         return [self.predictor.get_output(i).numpy() for i in range(len(names))]
-
 
 RUNNERS = {"paddle": PaddleRunner, "openvino": OpenVINORunner, "lite": LiteRunner}
 

@@ -195,8 +195,7 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
         results = {s["name"]: {} for s in specs}
         precisions = set()
         for t in ran:
-            progress.say(f"bench: {LABEL[runtime]}, {t} thread{'s' * (t > 1)}, "
-                         f"{len(specs)} model(s) x ({warmup} warm-up + {repeats} runs)")
+            progress.say(f"bench {runtime}: {t} thread{'s' * (t > 1)}, {len(specs)} model(s)")
             got = _worker(tmp, runtime, run_paths, [s["path"] for s in specs], t, precision,
                           warmup, repeats)
             precisions.update(got["precisions"])

@@ -39,20 +39,6 @@ def check_input_size(size, flag="--input-size"):
     return size
 
 
-# ppdet 2.6's CSPPAN appends to its own default `spatial_scales` list when num_features == 4,
-# so every later CSPPAN in the process gets one more level (580 -> 650 keys for the demo).
-_CSPPAN_SCALES = [0.125, 0.0625, 0.03125]
-
-
-def fresh_model(cfg):
-    """paddle_env.build_model with ppdet's mutable-default leak pinned (see above)."""
-    data = dict(cfg.data)
-    neck = data.get("CSPPAN")
-    if isinstance(neck, dict) and "spatial_scales" not in neck:
-        data["CSPPAN"] = {**neck, "spatial_scales": list(_CSPPAN_SCALES)}
-    return paddle_env.build_model(dataclasses.replace(cfg, data=data))
-
-
 def _used_inputs(static_fn, spec):
     """Names in `spec` that the traced program reads (jit.save refuses unused feeds)."""
     prog = static_fn.concrete_program
@@ -78,7 +64,8 @@ def export(cfg, weights, out, input_size=None, postprocess=True, quiet_build=Tru
 
     Returns {"model_dir": Path, "model_file": Path, "params_file": Path, "infer_cfg": Path,
              "input_size": int, "inputs": {name: shape}, "postprocess": bool,
-             "conv1x1": int, "conv1x1_zero_fraction": float|None}.
+             "conv1x1": int, "conv1x1_zero_fraction": float|None,
+             "conv1x1_layers": {program param name: zero fraction}}.
     """
     if input_size is None:
         input_size = default_input_size(cfg)
@@ -93,7 +80,7 @@ def export(cfg, weights, out, input_size=None, postprocess=True, quiet_build=Tru
     data = dict(cfg.data)
     if data.get("eval_size"):
         data["eval_size"] = [input_size, input_size]  # PicoHead's anchors follow eval_size
-    model = fresh_model(dataclasses.replace(cfg, data=data))
+    model = paddle_env.build_model(dataclasses.replace(cfg, data=data))
     weights_io.load_into(model, weights)
     model.eval()
     if hasattr(model, "export_post_process"):
