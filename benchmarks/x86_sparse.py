@@ -91,55 +91,6 @@ def max_rel_diff(a, b):
                for u, v in zip(a, b))
 
 
-def per_layer(dense_dir, sparse_dir, x, reps=20):
-    """Per replaced layer at 1 thread: OpenVINO's dense node time vs the picosparse op time."""
-    from picosparse.ops import load_model
-    meta = json.loads((sparse_dir / "x86_sparse.json").read_text())
-    dense_c = compile_dense(dense_dir, 1, "f32", perf=True)
-    dense = dense_c.create_infer_request()
-    # the CPU plugin fuses conv+BN+act into one node named after an internal node; its runtime
-    # graph lists the original names, among them the one our op took (the chain's last node)
-    owner = {}
-    for op in dense_c.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if "originalLayersNames" in info:
-            for name in info["originalLayersNames"].astype(str).split(","):
-                owner[name] = op.get_friendly_name()
-    sparse = load_model(sparse_dir, 1, perf_counters=True).request
-
-    def prof(req):
-        acc, kinds = {}, {}
-        for i in range(reps + 3):
-            req.infer({0: x})
-            if i < 3:
-                continue
-            for p in req.get_profiling_info():
-                acc.setdefault(p.node_name, []).append(p.real_time.total_seconds() * 1e3)
-                kinds[p.node_name] = p.node_type
-        return {k: float(np.median(v)) for k, v in acc.items()}, kinds
-
-    pd, dkinds = prof(dense)
-    ps, _ = prof(sparse)
-    rows = []
-    for l in meta["layers"]:
-        td = pd.get(owner.get(l["op"], l["op"]))
-        rows.append(dict(l, dense_ms=td, sparse_ms=ps.get(l["op"])))
-    ours = {l["op"] for l in meta["layers"]}
-    total_dense, total_sparse = sum(pd.values()), sum(ps.values())
-    summary = {
-        "dense_total_ms": total_dense, "x86_sparse_total_ms": total_sparse,
-        "dense_1x1_ms": sum(v for k, v in pd.items() if dkinds[k] == "Convolution"),
-        "dense_depthwise_ms": sum(v for k, v in pd.items() if dkinds[k] == "GroupConvolution"),
-        "sparse_1x1_ms": sum(r["sparse_ms"] or 0 for r in rows if r["kind"] == "sparse1x1"),
-        "picosparse_depthwise_ms": sum(r["sparse_ms"] or 0 for r in rows
-                                       if r["kind"] == "depthwise"),
-        "x86_sparse_other_ms": sum(v for k, v in ps.items() if k not in ours),
-    }
-    summary["dense_other_ms"] = (total_dense - summary["dense_1x1_ms"]
-                                 - summary["dense_depthwise_ms"])
-    return rows, summary
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs/picodet/picodet_m_320_coco.yml"))
@@ -161,6 +112,7 @@ def main(argv=None):
     import openvino as ov
     from picosparse.ops import load_model
     from picosparse.ops.kernel import selected_isa
+    from picosparse.ops.perlayer import layer_shape, per_layer
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -247,21 +199,20 @@ def main(argv=None):
     if args.per_layer:
         result["per_layer"] = {}
         for s, (dense_dir, sparse_dir, _) in models.items():
-            layers, summary = per_layer(dense_dir, sparse_dir, x)
+            # the same implementation as `picosparse bench --per-layer`
+            layers, summary = per_layer(dense_dir, sparse_dir, {0: x})
             result["per_layer"][str(s)] = {"summary": summary, "layers": layers}
             print(f"\nper layer, {s:.0%} sparse, 1 thread (OpenVINO PERF_COUNT medians, ms):")
-            print("  " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
-            print(f"  {'kind':9} {'shape':>20} {'zeros':>6} {'dense':>7} {'ours':>7} {'x':>6}")
+            print("  " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()
+                                   if isinstance(v, float)))
+            print(f"  {'kind':9} {'shape':>20} {'zeros':>6} {'dense':>7} {'ours':>7} {'x':>6}"
+                  f" {'ideal':>6}")
+            nan = float("nan")
             for l in layers:
-                shape = (f"{l.get('cin', l['cout'])}->{l['cout']}@{l['hw'][0]}x{l['hw'][1]}"
-                         if l["kind"] == "sparse1x1" else
-                         f"{l['cout']}c k{l['k']}s{l['stride']}@{l['hw'][0]}x{l['hw'][1]}")
-                d = l["dense_ms"]
-                sp = l["sparse_ms"]
-                ratio = f"{d / sp:.2f}" if d and sp else "-"
-                print(f"  {l['kind']:9} {shape:>20} {l.get('zero_fraction', 0):>6.2f} "
-                      f"{(d if d is not None else float('nan')):>7.3f} {sp or float('nan'):>7.3f} "
-                      f"{ratio:>6}")
+                d, sp = l["dense_ms"], l["sparse_ms"]
+                print(f"  {l['kind']:9} {layer_shape(l):>20} {l.get('zero_fraction', 0):>6.2f} "
+                      f"{nan if d is None else d:>7.3f} {nan if sp is None else sp:>7.3f} "
+                      f"{l['speedup'] or nan:>6.2f} {l.get('ideal_speedup') or nan:>6.2f}")
 
     print("\n" + json.dumps({"rows": rows}, indent=1))
     if args.json:

@@ -269,9 +269,11 @@ def eval_(config, slim_config, overrides, weights, json_out):
 @click.option("--no-postprocess", is_flag=True, help="Export without NMS/decoding.")
 @click.option("--lite", is_flag=True, help="Also run `picosparse opt` into OUT/model.nb (ARM).")
 @click.option("--sparse/--no-sparse", default=None, help="With --lite: force the sparse pass on/off [auto: on when some 1x1 conv reaches --sparse-threshold zeros].")
-@click.option("--sparse-threshold", default=0.6, show_default=True, help="With --lite: min zero fraction for a 1x1 conv to become sparse.")
+@click.option("--sparse-threshold", default=0.6, show_default=True, help="With --lite / --x86-sparse: min zero fraction for a 1x1 conv to become sparse.")
+@click.option("--x86-sparse", "x86_sparse", is_flag=True, help="Also write OUT/x86_sparse: OpenVINO IR + picosparse's sparse 1x1 op (x86 CPUs).")
+@click.option("--depthwise", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]), help="With --x86-sparse: depthwise convs on picosparse's op (auto: where it measured faster).")
 def export(config, overrides, weights, run_dir, out, input_size, no_postprocess, lite, sparse,
-           sparse_threshold):
+           sparse_threshold, x86_sparse, depthwise):
     """Export an inference model (model.pdmodel/.pdiparams + infer_cfg.yml).
 
     Builds a fresh model from the config, loads the weights (pruner mask buffers are
@@ -283,6 +285,13 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
     Example:
       picosparse export --run runs/sparse75 --lite
       picosparse export -c configs/demo/picodet_demo.yml --weights w.pdparams --out inf
+      picosparse export --run runs/sparse75 --no-postprocess --x86-sparse
+
+    \b
+    --x86-sparse writes OUT/x86_sparse (model.xml/.bin, libpicosparse_ops.so, x86_sparse.json,
+    infer_cfg.yml): every 1x1 conv with >= --sparse-threshold zeros runs picosparse's sparse
+    op, BN folded. Run it with picosparse.ops.load_model(dir, threads) or time it with
+    `picosparse bench --runtime openvino --model OUT --model OUT/x86_sparse`.
     """
     from pathlib import Path
     from picosparse.errors import ConfigError, DataError
@@ -313,6 +322,9 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
             raise ConfigError(f"{config}: no `weights:` key; pass --weights W or --run RUN")
     if out is None:
         out = run / "inference" if run else Path("output") / Path(config).stem / "inference"
+    if x86_sparse:
+        from picosparse.steps.export import check_x86_sparse
+        check_x86_sparse(sparse_threshold, depthwise)  # no OpenVINO: fail before exporting
     res = do_export(cfg, weights, out, input_size=input_size, postprocess=not no_postprocess)
     zf = res["conv1x1_zero_fraction"]
     click.echo(f"exported {res['model_dir']}/ (model.pdmodel, model.pdiparams, infer_cfg.yml): "
@@ -328,6 +340,23 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
                            ".nb (pass --sparse to insist)")
         _echo_opt(optimize(res["model_dir"], Path(res["model_dir"]) / "model.nb", sparse=sparse,
                            sparse_threshold=sparse_threshold))
+    if x86_sparse:
+        from picosparse.steps.export import export_x86_sparse
+        _echo_x86(export_x86_sparse(res["model_dir"], sparse_threshold, depthwise),
+                  res["postprocess"])
+
+
+def _echo_x86(r, postprocess):
+    mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
+    dw = f", {r['depthwise']} depthwise convs on picosparse's op" if r["depthwise"] else ""
+    click.echo(f"wrote {r['out_dir']}/ (OpenVINO {r['openvino'].split('-')[0]} IR + sparse op): "
+               f"{r['replaced']} of {r['conv_1x1_total']} 1x1 convs -> SparseConv1x1 "
+               f"(threshold {r['sparse_threshold']:.0%}), 1x1 weights "
+               f"{mb(r['dense_1x1_weight_bytes'])} dense -> {mb(r['sparse_weight_bytes'])} "
+               f"sparse{dw}")
+    if postprocess:
+        click.echo("note: this model includes NMS; OpenVINO 2026.4's multiclass_nms crashed "
+                   "on some inputs here: for OpenVINO, export with --no-postprocess")
 
 
 def _echo_opt(r):
@@ -380,14 +409,19 @@ def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16, json_out)
 @click.option("--input-size", default=None, type=int, help="Input side for a .nb without infer_cfg.yml beside it.")
 @click.option("--adb", "adb_serial", metavar="SERIAL", help="Time on an ARM board over adb (needs --benchmark-bin).")
 @click.option("--benchmark-bin", type=click.Path(dir_okay=False), help="Paddle-Lite's benchmark_bin built for the board (same release as opt).")
+@click.option("--per-layer", is_flag=True, help="With --runtime openvino: per-layer times of each x86-sparse model vs the dense convs it replaced.")
 @click.option("--json", "json_out", metavar="FILE", help="Write results as JSON ('-' for stdout).")
 def bench(models, threads, repeats, warmup, runtime, precision, image, input_size, adb_serial,
-          benchmark_bin, json_out):
+          benchmark_bin, per_layer, json_out):
     """Dense vs sparse latency side by side, on this machine, in one run.
 
     Median and p90 per thread count (capped by the cores present), size, and the seed's
     speed-up (base - this) / this plus the ratio base / this, against the first --model.
-    No x86 runtime has sparse kernels: expect no speed-up here. The seed's speed-ups are
+    No x86 runtime has sparse kernels: expect no speed-up from sparse weights alone. With
+    --runtime openvino a --model may be the OUT/x86_sparse folder of `picosparse export
+    --x86-sparse`: it runs picosparse's sparse 1x1 op (always FP32) beside dense OpenVINO
+    (FP32 unless --precision bf16), same threads, one run; --per-layer adds a table of each
+    replaced layer's time against the dense conv it replaced. The seed's speed-ups are
     ARM numbers: with --adb SERIAL --benchmark-bin PATH the .nb files (OUT/model.nb of
     `export --lite`, or .nb paths) are pushed to /data/local/tmp/picosparse and timed with
     Paddle-Lite's benchmark_bin (min/max/avg). OpenVINO 2026.4's multiclass_nms crashed
@@ -397,6 +431,8 @@ def bench(models, threads, repeats, warmup, runtime, precision, image, input_siz
     Example:
       picosparse bench --model runs/dense/inference --model runs/sparse75/inference --threads 1,2
       picosparse bench --runtime openvino --model runs/dense/inference --model runs/sparse75/inference
+      picosparse bench --runtime openvino --model runs/sparse75/inference \\
+        --model runs/sparse75/inference/x86_sparse --threads 1,2 --per-layer
       picosparse bench --adb 0123456789ABCDEF --benchmark-bin build/benchmark_bin \\
         --model runs/dense/inference --model runs/sparse75/inference --threads 1,4
     """
@@ -408,12 +444,15 @@ def bench(models, threads, repeats, warmup, runtime, precision, image, input_siz
         raise ConfigError(f"--threads {threads}: expected comma-separated integers, e.g. 1,4") from None
     res = do_bench(list(models), threads=counts, repeats=repeats, warmup=warmup,
                    runtime=runtime, precision=precision, image=image, input_size=input_size,
-                   adb=adb_serial, benchmark_bin=benchmark_bin)
+                   adb=adb_serial, benchmark_bin=benchmark_bin, per_layer=per_layer)
     if json_out:
         _emit_json(res, json_out)
     if json_out != "-":
         from picosparse.render import bench_table
         bench_table(res)
+        if per_layer:
+            from picosparse.render import per_layer_tables
+            per_layer_tables(res)
 
 
 @cli.command()

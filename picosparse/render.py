@@ -192,3 +192,53 @@ def bench_table(res):
     out.print("speed-up = (base - this) / this, the seed's FPS gain; (x) = base / this")
     for n in res.get("notes", []):
         out.print(f"note: {n}", highlight=False)
+
+
+def per_layer_tables(res):
+    """bench --per-layer: per x86-sparse model, each replaced layer's dense vs sparse-op time
+    per thread count, and how far the whole model is from its bound."""
+    from picosparse.ops.perlayer import layer_shape
+    out = _out()
+
+    def ms(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    def x(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    for m in res["models"]:
+        pl = m.get("per_layer")
+        if not pl:
+            continue
+        keys = list(pl)
+        t = Table(title=f"per layer: {m['name']} vs the dense convs it replaced "
+                        f"(OpenVINO PERF_COUNT medians, ms)")
+        for col in ("#", "kind", "shape", "zeros"):
+            t.add_column(col, justify="left" if col in ("kind", "shape") else "right")
+        for k in keys:
+            sfx = f" {k}t"
+            t.add_column("dense" + sfx, justify="right")
+            t.add_column("sparse" + sfx, justify="right")
+            t.add_column("x" + sfx, justify="right")
+        t.add_column("ideal x", justify="right")
+        first = pl[keys[0]]["layers"]
+        for i, layer in enumerate(first):
+            zf = layer.get("zero_fraction")
+            row = [str(i), layer["kind"], layer_shape(layer), "-" if zf is None else f"{zf:.0%}"]
+            for k in keys:
+                r = pl[k]["layers"][i]
+                row += [ms(r["dense_ms"]), ms(r["sparse_ms"]), x(r["speedup"])]
+            row.append(x(layer.get("ideal_speedup")))
+            t.add_row(*row)
+        out.print(t)
+        for k in keys:
+            s = pl[k]["summary"]
+            out.print(
+                f"{k} thread{'s' * (k != '1')}: dense {s['dense_total_ms']:.2f} ms (1x1 it "
+                f"replaced {s['dense_replaced_1x1_ms']:.2f}) -> x86-sparse "
+                f"{s['x86_sparse_total_ms']:.2f} ms (sparse 1x1 {s['sparse_1x1_ms']:.2f}, ideal "
+                f"{s['ideal_sparse_1x1_ms']:.2f}; depthwise {s['picosparse_depthwise_ms']:.2f}; "
+                f"other {s['x86_sparse_other_ms']:.2f}): {x(s['profile_speedup'])} of a "
+                f"{x(s['bound_speedup'])} bound", highlight=False)
+        out.print("ideal x = 1 / (1 - zeros): the speed-up if time fell with the nonzeros; the "
+                  "bound = the model's speed-up if every sparse 1x1 reached it", highlight=False)

@@ -24,5 +24,4 @@ def tiny_overrides(data_dir, epochs=2):
             f"epoch={epochs}", "TrainReader.batch_size=4", "EvalReader.batch_size=4",
             "TrainReader.batch_transforms.0.BatchRandomResize.target_size=[64,96]",
             "EvalReader.sample_transforms.1.Resize.target_size=[96,96]",
-            f"LearningRate.schedulers.0.max_epochs={epochs}",
-            "LearningRate.schedulers.1.steps=4", "log_iter=1", "snapshot_epoch=1"]
+            f"LearningRate.schedulers.0.max_epochs={epochs}", "log_iter=1", "snapshot_epoch=1"]

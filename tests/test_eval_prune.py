@@ -42,7 +42,8 @@ def ppdet_trainer_map(cfg, weights, tmp):
 
 
 def test_eval_matches_paddledetection(trained, tiny_data, tmp_path):
-    ov = tiny_overrides(tiny_data, 2)
+    # a barely trained model: keep low-score boxes so both sides have detections to score
+    ov = tiny_overrides(tiny_data, 2) + ["PicoHead.nms.score_threshold=0.0001"]
     args = ["-q", "eval", "-c", str(DEMO_CFG), "--weights", str(trained), "--json", "-"]
     for o in ov:
         args += ["-o", o]
@@ -53,6 +54,7 @@ def test_eval_matches_paddledetection(trained, tiny_data, tmp_path):
     assert ours["images"] == 8 and 0 <= ours["mAP"] <= ours["mAP50"] <= 1
     cfg = load_detector(DEMO_CFG, overrides=ov)
     theirs = ppdet_trainer_map(cfg, trained, tmp_path)
+    assert theirs[1] > 0  # something was detected, so the comparison means something
     assert [ours["mAP"], ours["mAP50"], ours["mAP75"]] == pytest.approx(
         [max(x, 0.0) for x in theirs], abs=1e-9)
     assert ours["sparsity"]["overall"] == pytest.approx(0.0, abs=0.01)  # dense weights
@@ -64,7 +66,8 @@ def test_prune_oneshot_then_eval_sparsity(trained, tiny_data, tmp_path):
             str(trained), "--sparsity", "0.8", "--out", str(out)]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    assert "80.00% zeros" in r.output
+    import re
+    assert 80.0 <= float(re.search(r"([\d.]+)% zeros", r.output).group(1)) < 80.1
     ev = ["-q", "eval", "-c", str(DEMO_CFG), "--slim-config", str(DEMO_PRUNE), "--weights",
           str(out), "--json", str(tmp_path / "m.json")]
     for o in tiny_overrides(tiny_data, 2):

@@ -2,11 +2,12 @@
 
 Each runner is built for one model and one thread count; `feed(inputs)` sets the inputs once
 and `run()` is what gets timed. None of these runtimes has sparse kernels on x86: sparse
-weights run through the same dense convolutions. bench runs them in a child process
-(deploy/worker.py) because they can take the process down: OpenVINO 2026.4 crashed (SIGSEGV,
-or "munmap_chunk(): invalid pointer") inside the multiclass_nms of a PicoDet exported with NMS,
-on some inputs only (the same model without NMS never did), and Paddle-Lite aborts on an ARM
-.nb.
+weights run through the same dense convolutions; X86SparseRunner runs an `export --x86-sparse`
+model, whose sparse 1x1 convs are picosparse's own OpenVINO op (picosparse.ops). bench runs
+them in a child process (deploy/worker.py) because they can take the process down: OpenVINO
+2026.4 crashed (SIGSEGV, or "munmap_chunk(): invalid pointer") inside the multiclass_nms of a
+PicoDet exported with NMS, on some inputs only (the same model without NMS never did; its
+x86-sparse export crashed there too), and Paddle-Lite aborts on an ARM .nb.
 """
 
 from picosparse.errors import DataError, PicosparseError, StackError
@@ -66,12 +67,12 @@ class OpenVINORunner:
             import openvino as ov
         except ImportError as e:
             raise StackError(f"openvino is not importable ({e}); `make install`") from None
+        from picosparse.ops.runtime import compile_config
         model, _ = model_files(model_dir, "--model")
         core = ov.Core()
-        # FP32 unless asked: on AMX/AVX512-BF16 CPUs OpenVINO's default is bf16
-        conf = {"INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
-                "INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": 1,
-                "PERFORMANCE_HINT": "LATENCY"}
+        # FP32 unless asked: on AMX/AVX512-BF16 CPUs OpenVINO's default is bf16. The same
+        # config as the x86-sparse models get (ops.runtime), so only the kernels differ.
+        conf = compile_config(threads, False, OV_PRECISION[precision])
         try:
             self.compiled = core.compile_model(core.read_model(str(model)), "CPU", conf)
         except RuntimeError as e:
@@ -79,8 +80,7 @@ class OpenVINORunner:
             raise PicosparseError(f"--model {model_dir}: OpenVINO cannot compile it "
                                   f"({first[:200]})") from None
         self.request = self.compiled.create_infer_request()
-        got = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(got, got)
+        self.precision = _ov_precision(self.compiled)
         self._inputs = None
 
     def input_names(self):
@@ -102,6 +102,37 @@ class OpenVINORunner:
 def _ov_tensor(array):
     import openvino as ov
     return ov.Tensor(array)
+
+
+def _ov_precision(compiled):
+    """The precision OpenVINO actually picked (it may differ from the hint)."""
+    got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(got, got)
+
+
+class X86SparseRunner(OpenVINORunner):
+    """An `export --x86-sparse` folder via picosparse.ops.load_model: OpenVINO with the sparse
+    op library, `threads` for OpenVINO and for every picosparse op. Always FP32 (the op is
+    FP32-only); `precision` applies to the dense models of the same bench run."""
+
+    name = "x86-sparse"
+    sets_threads = True
+
+    def __init__(self, model_dir, threads, precision="f32"):
+        try:
+            import openvino  # noqa: F401
+        except ImportError as e:
+            raise StackError(f"openvino is not importable ({e}); `make install`") from None
+        from picosparse.ops import load_model
+        try:
+            net = load_model(model_dir, int(threads))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PicosparseError(f"--model {model_dir}: OpenVINO cannot compile this "
+                                  f"x86-sparse model ({first[:200]})") from None
+        self.compiled, self.request = net.compiled, net.request
+        self.precision = _ov_precision(self.compiled)
+        self._inputs = None
 
 
 class LiteRunner:

@@ -13,12 +13,13 @@ Each step of the chain is absorbed only if it is the sole consumer of the previo
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from picosparse.atomic import atomic_dir
-from picosparse.errors import DataError
+from picosparse.errors import DataError, PicosparseError
 
 META_NAME = "x86_sparse.json"
 XML_NAME = "model.xml"
@@ -322,15 +323,53 @@ def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto"
     """Convert MODEL_DIR/model.pdmodel into OUT_DIR/model.xml+.bin with sparse 1x1 ops.
 
     OUT_DIR also gets libpicosparse_ops.so (the OpenVINO extension, built for the installed
-    OpenVINO) and x86_sparse.json (what was replaced); `picosparse.ops.load_model(OUT_DIR)`
-    runs it. depthwise: "auto" | True | False, see rewrite_model.
+    OpenVINO), x86_sparse.json (what was replaced) and MODEL_DIR's infer_cfg.yml if any;
+    `picosparse.ops.load_model(OUT_DIR)` runs it. depthwise: "auto" | True | False, see
+    rewrite_model. Raises DataError when no 1x1 conv reaches `sparse_threshold`, and checks
+    that OpenVINO compiles the result; OUT_DIR is written atomically (nothing on error).
     Returns {"out_dir", "model_xml", "extension", "replaced", "depthwise", "kept_dense_1x1",
     "conv_1x1_total", "sparse_threshold", "dense_1x1_weight_bytes", "sparse_weight_bytes",
     "bin_bytes", "openvino"}.
     """
-    import openvino as ov
+    if "paddle" in sys.modules:
+        # ov.save_model of a model holding our ops segfaulted in a process that had imported
+        # paddle before loading the extension (`picosparse export` has): convert in a clean one
+        return _export_in_child(model_dir, out_dir, sparse_threshold, depthwise)
+    return _export(model_dir, out_dir, sparse_threshold, depthwise)
 
-    from picosparse.ops.build import LIB_NAME, library_path
+
+def _export_in_child(model_dir, out_dir, sparse_threshold, depthwise):
+    import subprocess
+    import tempfile
+
+    from picosparse import errors
+    from picosparse.ops.build import library_path
+    library_path()  # build (with its message) here, so the child finds it cached
+    with tempfile.TemporaryDirectory(prefix="picosparse-x86-") as tmp:
+        result = Path(tmp) / "result.json"
+        args = [str(model_dir), str(out_dir), repr(float(sparse_threshold)),
+                json.dumps(depthwise), str(result)]
+        r = subprocess.run([sys.executable, "-m", "picosparse.ops.rewrite", *args],
+                           capture_output=True, text=True)
+        if r.returncode != 0 or not result.is_file():
+            why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit code {r.returncode}"
+            lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
+            raise PicosparseError(f"converting {model_dir} to x86-sparse crashed ({why}): "
+                                  f"{(lines[-1] if lines else 'no output')[:200]}")
+        got = json.loads(result.read_text())
+    if "error" in got:
+        raise getattr(errors, got["type"], PicosparseError)(got["error"])
+    res = got["result"]
+    for k in ("out_dir", "model_xml", "extension"):
+        res[k] = Path(res[k])
+    return res
+
+
+def _export(model_dir, out_dir, sparse_threshold, depthwise):
+    from picosparse.ops.build import LIB_NAME, library_path, openvino_dirs
+
+    openvino_dirs()  # a one-line StackError when openvino (or its C++ files) is missing
+    import openvino as ov
 
     if not 0.0 <= sparse_threshold <= 1.0:
         raise DataError(f"--sparse-threshold must be in [0, 1], got {sparse_threshold}")
@@ -345,14 +384,32 @@ def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto"
             raise DataError(f"{src}: input {p.get_any_name()} has a dynamic shape "
                             f"{p.get_partial_shape()}; export with a fixed input size")
     lib = library_path()
-    stats = rewrite_model(model, sparse_threshold, lib, depthwise)
+    try:
+        stats = rewrite_model(model, sparse_threshold, lib, depthwise)
+    except RuntimeError as e:  # OpenVINO's errors (node creation, shape inference)
+        raise PicosparseError(f"{src}: rewriting it for the x86 sparse op failed in OpenVINO "
+                              f"({_first_line(e)})") from e
+    if stats["replaced"] == 0:
+        # a model with no sparse op is only a slower dense model: refuse, before writing
+        if not stats["skipped"]:
+            raise DataError(f"{src}: no 1x1 convolution (stride 1, no padding, groups 1) "
+                            "to make sparse")
+        zfs = [s["zero_fraction"] for s in stats["skipped"] if "zero_fraction" in s]
+        most = f", the sparsest {max(zfs):.1%} zeros" if zfs else ""
+        raise DataError(f"--sparse-threshold {sparse_threshold}: no 1x1 conv of {src} has "
+                        f"that many zeros ({len(stats['skipped'])} 1x1 convs{most}); lower "
+                        "the threshold or export sparse weights")
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         ov.save_model(model, str(tmp / XML_NAME), compress_to_fp16=False)
         shutil.copy2(lib, tmp / LIB_NAME)
-        meta = {"source": str(src), "sparse_threshold": sparse_threshold,
+        cfg = src.parent / "infer_cfg.yml"
+        if cfg.is_file():  # preprocessing and input size travel with the deployable model
+            shutil.copy2(cfg, tmp / cfg.name)
+        meta = {"source": str(src.resolve()), "sparse_threshold": sparse_threshold,
                 "extension": LIB_NAME, "openvino": ov.__version__, **stats}
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        _check_compiles(tmp, lib)
     return {
         "out_dir": out, "model_xml": out / XML_NAME, "extension": out / LIB_NAME,
         "replaced": stats["replaced"], "depthwise": stats["depthwise"],
@@ -363,3 +420,40 @@ def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto"
         "sparse_weight_bytes": stats["sparse_weight_bytes"],
         "bin_bytes": (out / "model.bin").stat().st_size, "openvino": ov.__version__,
     }
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def _check_compiles(model_dir, lib):
+    """Compile the saved IR once (FP32, 1 thread) so a broken export fails here, not at deploy
+    time; nothing is run (an OpenVINO crash in NMS shows up only when running)."""
+    import openvino as ov
+
+    from picosparse.ops.runtime import compile_config
+    core = ov.Core()
+    core.add_extension(str(lib))
+    try:
+        core.compile_model(str(Path(model_dir) / XML_NAME), "CPU", compile_config(1))
+    except RuntimeError as e:
+        raise PicosparseError(f"OpenVINO cannot compile the x86-sparse model "
+                              f"({_first_line(e)})") from e
+
+
+def _main(argv):
+    """`python -m picosparse.ops.rewrite MODEL_DIR OUT_DIR THRESHOLD DEPTHWISE_JSON RESULT`:
+    export_x86_sparse in a process without paddle; RESULT gets {"result": ...} or
+    {"error": message, "type": PicosparseError subclass name}."""
+    model_dir, out_dir, thr, dw, result = argv
+    try:
+        res = _export(model_dir, out_dir, float(thr), json.loads(dw))
+        out = {"result": {k: str(v) if isinstance(v, Path) else v for k, v in res.items()}}
+    except PicosparseError as e:
+        out = {"error": str(e), "type": type(e).__name__}
+    Path(result).write_text(json.dumps(out))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -1,9 +1,11 @@
 """Latency of several models side by side, first one the baseline (issue 4).
 
 On this machine (x86) with Paddle Inference, Paddle-Lite's Python API or OpenVINO; or on an ARM
-board over adb with Paddle-Lite's benchmark_bin (deploy/adb.py), the only place sparse_conv2d
-kernels exist. Models are timed round-robin (one run of each in turn) so drift in machine load
-hits all of them alike.
+board over adb with Paddle-Lite's benchmark_bin (deploy/adb.py), where sparse_conv2d kernels
+exist. With --runtime openvino a model may also be an x86-sparse export (`picosparse export
+--x86-sparse`, issue 6): it runs picosparse's sparse 1x1 op, the others OpenVINO's dense ops,
+in the same child process, same threads. Models are timed round-robin (one run of each in
+turn) so drift in machine load hits all of them alike.
 """
 
 import json
@@ -26,9 +28,21 @@ LABEL = {"paddle": "Paddle Inference (CPU, oneDNN)", "lite": "Paddle-Lite x86 (P
          "openvino": "OpenVINO (CPU)"}
 
 
-def model_name(path):
-    """runs/sparse75/inference -> sparse75; x/model.nb -> x; other.nb -> other."""
+X86_META = "x86_sparse.json"
+
+
+def is_x86_sparse(path):
+    """An `export --x86-sparse` output folder (x86_sparse.json, or an IR + the op library)."""
     p = Path(path)
+    return p.is_dir() and ((p / X86_META).is_file() or (p / "model.xml").is_file())
+
+
+def model_name(path):
+    """runs/sparse75/inference -> sparse75; x/model.nb -> x; other.nb -> other;
+    runs/sparse75/inference/x86_sparse -> sparse75/x86_sparse."""
+    p = Path(path)
+    if is_x86_sparse(p) and not (p / program.MODEL_FILE).is_file():
+        return f"{model_name(p.resolve().parent)}/{p.resolve().name}"
     if p.suffix == ".nb":
         return p.parent.name if p.stem == "model" and p.parent.name else p.stem
     p = p.resolve()
@@ -41,6 +55,9 @@ def _sizes(path):
     if p.suffix == ".nb":
         return {"nb": p.stat().st_size}
     out = {}
+    ir = [p / "model.xml", p / "model.bin"]
+    if all(f.is_file() for f in ir) and not (p / program.MODEL_FILE).is_file():
+        out["xml+bin"] = sum(f.stat().st_size for f in ir)
     if (p / "model.nb").is_file():
         out["nb"] = (p / "model.nb").stat().st_size
     files = [p / program.MODEL_FILE, p / program.PARAMS_FILE]
@@ -52,19 +69,38 @@ def _sizes(path):
 def _pick_sizes(specs, notes):
     """One kind of size for the whole table: the .nb (the seed's "deploy model size") when
     every model has one, else the Paddle files."""
-    for kind in ("nb", "pdmodel+pdiparams"):
+    for kind in ("nb", "pdmodel+pdiparams", "xml+bin"):
         if all(kind in s["sizes"] for s in specs):
             for s in specs:
                 s["size_bytes"], s["size_kind"] = s["sizes"][kind], kind
             return
     for s in specs:
         s["size_kind"], s["size_bytes"] = next(iter(s["sizes"].items()))
-    notes.append("sizes mix .nb files and Paddle model files (see size_kind)")
+    kinds = sorted({s["size_kind"] for s in specs})
+    notes.append(f"sizes mix {' and '.join(kinds)} files (see size_kind)")
+
+
+def _x86_spec(p, runtime, adb):
+    """The x86-sparse export's metadata, or a one-line error when it cannot run here."""
+    if runtime != "openvino" or adb:
+        raise ConfigError(f"--model {p}: an x86-sparse export runs on OpenVINO only; "
+                          "use --runtime openvino")
+    for f in (p / "model.xml", p / X86_META):
+        if not f.is_file():
+            raise DataError(f"--model {p}: no {f.name} (not a complete x86-sparse export; "
+                            "remake it with `picosparse export --x86-sparse`)")
+    try:
+        return json.loads((p / X86_META).read_text())
+    except ValueError as e:
+        raise DataError(f"--model {p}: unreadable {X86_META} ({e})") from None
 
 
 def _spec(path, runtime, input_size, adb):
     p = Path(path)
-    if p.suffix == ".nb":
+    x86 = None
+    if is_x86_sparse(p) and not (p / program.MODEL_FILE).is_file():
+        x86 = _x86_spec(p, runtime, adb)
+    elif p.suffix == ".nb":
         if not p.is_file():
             raise DataError(f"--model {p}: file does not exist")
         if runtime != "lite" and not adb:
@@ -78,6 +114,8 @@ def _spec(path, runtime, input_size, adb):
     else:
         program.model_files(p, "--model")
     cfg_file = infer_cfg.find(p)
+    if cfg_file is None and x86:  # made before infer_cfg.yml was copied in: the source's
+        cfg_file = infer_cfg.find(p.parent) or infer_cfg.find(Path(x86.get("source", p)))
     cfg = infer_cfg.read(cfg_file) if cfg_file else None
     size = input_size or (infer_cfg.input_size(cfg) if cfg else None)
     if not size:
@@ -85,7 +123,8 @@ def _spec(path, runtime, input_size, adb):
                         "from; pass --input-size")
     zeros = ((cfg or {}).get("picosparse") or {}).get("conv1x1_zero_fraction")
     return {"name": model_name(p), "path": str(p), "input_size": int(size), "cfg": cfg,
-            "sizes": _sizes(p), "conv1x1_zero_fraction": zeros}
+            "sizes": _sizes(p), "conv1x1_zero_fraction": zeros,
+            "kind": "x86-sparse" if x86 else "dense", "x86_sparse": x86}
 
 
 def _unique_names(specs):
@@ -124,7 +163,7 @@ def _inputs(spec, image):
     return infer_cfg.preprocess(rgb, pre, spec["input_size"])
 
 
-def _check_args(models, threads, repeats, warmup, runtime, precision):
+def _check_args(models, threads, repeats, warmup, runtime, precision, per_layer=False):
     if not models:
         raise ConfigError("--model: give at least one model (the first is the baseline)")
     if runtime not in RUNTIMES:
@@ -139,10 +178,13 @@ def _check_args(models, threads, repeats, warmup, runtime, precision):
         raise ConfigError(f"--threads {','.join(map(str, threads))}: expected integers >= 1")
     if repeats < 1 or warmup < 0:
         raise ConfigError("--repeats must be >= 1 and --warmup >= 0")
+    if per_layer and runtime != "openvino":
+        raise ConfigError(f"--per-layer: needs --runtime openvino (it profiles x86-sparse "
+                          f"models), got --runtime {runtime}")
 
 
 def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precision="f32",
-          image=None, input_size=None, adb=None, benchmark_bin=None):
+          image=None, input_size=None, adb=None, benchmark_bin=None, per_layer=False):
     """Time each model (inference dir or .nb) at each thread count, in one process.
 
     Returns {"runtime": str, "precision": str, "threads": [int], "notes": [str],
@@ -151,12 +193,18 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
                          "conv1x1_zero_fraction": float|None,
                          "latency_ms": {"1": {"median", "p90", "mean", "min", "max"}, ...},
                          "speedup_fps_gain": {"1": float, ...},  # (base - this) / this
-                         "speedup_ratio": {"1": float, ...}}]}   # base / this
+                         "speedup_ratio": {"1": float, ...},     # base / this
+                         "kind": "dense"|"x86-sparse", "precision": "fp32"|"bf16"|None,
+                         # x86-sparse only:
+                         "x86_sparse": {"replaced", "conv_1x1_total", "depthwise",
+                                        "sparse_threshold"},
+                         # with per_layer, x86-sparse only (picosparse.ops.perlayer):
+                         "per_layer": {"1": {"summary": {...}, "layers": [...]}, ...}}]}
     Thread keys are strings (JSON). Over adb, benchmark_bin gives min/max/avg only: median and
     p90 are None and the speed-ups use the mean ("basis").
     """
     threads = list(threads)
-    _check_args(models, threads, repeats, warmup, runtime, precision)
+    _check_args(models, threads, repeats, warmup, runtime, precision, per_layer)
     if input_size is not None and (input_size <= 0 or input_size % 32):
         raise ConfigError(f"--input-size {input_size}: must be a positive multiple of 32")
     if adb and not benchmark_bin:
@@ -164,7 +212,12 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
                           "built for the board)")
     if benchmark_bin and not adb:
         raise ConfigError("--benchmark-bin needs --adb SERIAL")
+    if adb and per_layer:
+        raise ConfigError("--per-layer: not over --adb (it profiles x86-sparse models here)")
     specs = [_spec(m, runtime, input_size, adb) for m in models]
+    if per_layer and not any(s["x86_sparse"] for s in specs):
+        raise ConfigError("--per-layer: no x86-sparse model among --model (give the "
+                          "OUT/x86_sparse folder of `picosparse export --x86-sparse`)")
     _unique_names(specs)
     if image:
         infer_cfg.read_image(image)  # fail before any timing
@@ -181,9 +234,12 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
     if runtime == "lite" and ran != [1]:
         notes.append("Paddle-Lite's Python MobileConfig has no thread setting: ran 1 thread only")
         ran = [1]
-    notes.append(f"{LABEL[runtime]} has no sparse kernels on x86: sparse weights run the "
-                 "same dense convolutions, so no speed-up is expected here; the seed's "
-                 "speed-ups come from Paddle-Lite's ARM sparse_conv2d (time those with --adb)")
+    notes += _kernel_notes(specs, runtime, precision)
+    dense_of = {}  # model index -> the dense model.pdmodel its x86-sparse export came from
+    if per_layer:
+        from picosparse.ops.perlayer import dense_model_of
+        dense_of = {str(i): str(dense_model_of(s["path"])) for i, s in enumerate(specs)
+                    if s["x86_sparse"]}
     tmp = Path(tempfile.mkdtemp(prefix="picosparse-bench-"))
     try:
         run_paths = [_lite_nb(s, tmp / f"lite{i}.nb", notes) if runtime == "lite"
@@ -197,15 +253,22 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
         for t in ran:
             progress.say(f"bench {runtime}: {t} thread{'s' * (t > 1)}, {len(specs)} model(s)")
             got = _worker(tmp, runtime, run_paths, [s["path"] for s in specs], t, precision,
-                          warmup, repeats)
+                          warmup, repeats, [s["kind"] for s in specs], dense_of)
             precisions.update(got["precisions"])
-            for s, ms in zip(specs, got["times_ms"]):
+            for s, ms, prec in zip(specs, got["times_ms"], got["precisions"]):
                 results[s["name"]][str(t)] = _stats(ms)
+                s["precision"] = prec
+            for i, pl in (got.get("per_layer") or {}).items():
+                specs[int(i)].setdefault("per_layer", {})[str(t)] = pl
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out_models = [_model_out(s, results[s["name"]]) for s in specs]
     keys = [str(t) for t in ran]
     _speedups(out_models, keys, "median")
+    for s, m in zip(specs, out_models):
+        m["precision"] = s.get("precision")
+        if s.get("per_layer"):
+            m["per_layer"] = s["per_layer"]
     prec = "/".join(sorted(precisions))
     if runtime == "openvino":
         notes.append(f"OpenVINO ran {prec} (INFERENCE_PRECISION_HINT; --precision {precision})")
@@ -215,11 +278,40 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
             "models": out_models}
 
 
-def _worker(tmp, runtime, paths, names, threads, precision, warmup, repeats):
+def _kernel_notes(specs, runtime, precision):
+    """Which models can be faster here: only x86-sparse ones (picosparse's op) on OpenVINO."""
+    dense = [s["name"] for s in specs if not s["x86_sparse"]]
+    x86 = [s for s in specs if s["x86_sparse"]]
+    notes = []
+    if dense:
+        who = (f": {', '.join(dense)} run{'s' * (len(dense) == 1)} sparse weights through "
+               "the same dense convolutions, so no speed-up is expected for "
+               f"{'it' if len(dense) == 1 else 'them'}") if x86 else \
+            ": sparse weights run the same dense convolutions, so no speed-up is expected here"
+        notes.append(f"{LABEL[runtime]} has no sparse kernels on x86{who}; the seed's "
+                     "speed-ups come from Paddle-Lite's ARM sparse_conv2d (time those with "
+                     "--adb)" + ("; picosparse's x86-sparse export has them (`picosparse "
+                                 "export --x86-sparse`)" if not x86 else ""))
+    for s in x86:
+        m = s["x86_sparse"]
+        total = m.get("replaced", 0) + m.get("kept_dense_1x1", 0)
+        notes.append(f"{s['name']}: x86-sparse export, {m.get('replaced')} of {total} 1x1 "
+                     f"convs on picosparse's sparse op (>= {m.get('sparse_threshold')} zeros)"
+                     + (f", {m['depthwise']} depthwise convs on its NCHW op"
+                        if m.get("depthwise") else "")
+                     + "; the rest on OpenVINO's dense ops, always FP32"
+                     + (f" (--precision {precision} applies to the dense models only)"
+                        if precision != "f32" else ""))
+    return notes
+
+
+def _worker(tmp, runtime, paths, names, threads, precision, warmup, repeats, kinds=None,
+            per_layer=None):
     """Time in a child process (deploy/worker.py): a runtime crash must not take us down."""
     spec = {"runtime": runtime, "paths": [str(p) for p in paths], "names": names,
             "inputs": str(tmp / "inputs.npz"), "threads": threads, "precision": precision,
-            "warmup": warmup, "repeats": repeats, "result": str(tmp / "result.json")}
+            "warmup": warmup, "repeats": repeats, "result": str(tmp / "result.json"),
+            "kinds": list(kinds or ["dense"] * len(paths)), "per_layer": dict(per_layer or {})}
     (tmp / "spec.json").write_text(json.dumps(spec))
     result = tmp / "result.json"
     if result.exists():
@@ -242,9 +334,16 @@ def _worker(tmp, runtime, paths, names, threads, precision, warmup, repeats):
 
 
 def _model_out(spec, latency):
-    return {"name": spec["name"], "path": spec["path"], "size_bytes": spec["size_bytes"],
-            "size_kind": spec["size_kind"], "input_size": spec["input_size"],
-            "conv1x1_zero_fraction": spec["conv1x1_zero_fraction"], "latency_ms": latency}
+    out = {"name": spec["name"], "path": spec["path"], "size_bytes": spec["size_bytes"],
+           "size_kind": spec["size_kind"], "input_size": spec["input_size"],
+           "conv1x1_zero_fraction": spec["conv1x1_zero_fraction"], "latency_ms": latency,
+           "kind": spec.get("kind", "dense")}
+    m = spec.get("x86_sparse")
+    if m:
+        out["x86_sparse"] = {"replaced": m.get("replaced"), "depthwise": m.get("depthwise"),
+                             "conv_1x1_total": m.get("replaced", 0) + m.get("kept_dense_1x1", 0),
+                             "sparse_threshold": m.get("sparse_threshold")}
+    return out
 
 
 def _lite_nb(spec, out, notes):

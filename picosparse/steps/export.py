@@ -121,3 +121,37 @@ def export(cfg, weights, out, input_size=None, postprocess=True, quiet_build=Tru
             "input_size": input_size, "inputs": shapes, "postprocess": bool(postprocess),
             "conv1x1": sp["conv1x1"], "conv1x1_zero_fraction": sp["overall"],
             "conv1x1_layers": sp["layers"]}
+
+
+X86_SPARSE_DIR = "x86_sparse"
+DEPTHWISE = {"auto": "auto", "on": True, "off": False}
+
+
+def check_x86_sparse(sparse_threshold, depthwise="auto"):
+    """Fail before the (slow) Paddle export when --x86-sparse cannot work: bad flags, no
+    OpenVINO, or an extension that does not build (built once here and cached)."""
+    if depthwise not in DEPTHWISE:
+        raise ConfigError(f"--depthwise {depthwise}: expected one of {', '.join(DEPTHWISE)}")
+    if isinstance(sparse_threshold, bool) or not 0.0 <= float(sparse_threshold) <= 1.0:
+        raise ConfigError(f"--sparse-threshold {sparse_threshold}: must be in [0, 1]")
+    from picosparse.ops.build import library_path, openvino_dirs
+    openvino_dirs()
+    library_path()
+
+
+def export_x86_sparse(model_dir, sparse_threshold=0.6, depthwise="auto"):
+    """MODEL_DIR (a `picosparse export` output) -> MODEL_DIR/x86_sparse: OpenVINO IR whose
+    1x1 convs with >= sparse_threshold zeros run picosparse's sparse op (issue 6).
+
+    depthwise: "auto" | "on" | "off" (which depthwise convs move to picosparse's NCHW op).
+    Written atomically: on any error MODEL_DIR/x86_sparse does not exist afterwards.
+    Returns picosparse.ops.export_x86_sparse's dict.
+    """
+    check_x86_sparse(sparse_threshold, depthwise)
+    from picosparse.ops import export_x86_sparse as convert
+    out = Path(model_dir) / X86_SPARSE_DIR
+    if out.exists():
+        # the export it was made from was just replaced; never leave a stale sparse model
+        import shutil
+        shutil.rmtree(out)
+    return convert(model_dir, out, float(sparse_threshold), DEPTHWISE[depthwise])

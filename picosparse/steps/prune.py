@@ -38,8 +38,10 @@ def _np(v):
 
 
 def _prune_local(a, ratio):
-    """Zero exactly round(ratio * n) smallest-|w| entries (ties broken by position)."""
+    """Zero the ceil(ratio * n) smallest-|w| entries (ties broken by position): never fewer
+    zeros than asked, as in training."""
+    import math
     import numpy as np
     flat = a.ravel().copy()
-    flat[np.argsort(np.abs(flat), kind="stable")[:int(round(ratio * flat.size))]] = 0
+    flat[np.argsort(np.abs(flat), kind="stable")[:math.ceil(ratio * flat.size - 1e-9)]] = 0
     return flat.reshape(a.shape)
