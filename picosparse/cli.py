@@ -147,9 +147,14 @@ def data_check(ann, images, as_json):
     table(f"data check {rep['ann']}", ["Item", "count"], rows)
     for title, items, totals in (("errors", rep["errors"], rep["error_counts"]),
                                  ("warnings", rep["warnings"], rep["warning_counts"])):
-        if items:
-            table(title, ["Kind", "Total", "Detail"],
-                  [(it["kind"], totals[it["kind"]], it["detail"]) for it in items])
+        rows, prev = [], None
+        for it in items:  # grouped by kind: name and total on each group's first row
+            new = it["kind"] != prev
+            rows.append((it["kind"] if new else "", totals[it["kind"]] if new else "",
+                         it["detail"]))
+            prev = it["kind"]
+        if rows:
+            table(title, ["Kind", "Total", "Detail"], rows)
     n = sum(rep["error_counts"].values())
     capped = f" (at most {MAX_PER_KIND} listed per kind)" if n > len(rep["errors"]) else ""
     click.echo("ok: no errors" if rep["ok"] else

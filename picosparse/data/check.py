@@ -24,13 +24,18 @@ class _Findings:
     """Findings by kind: every one counted, the first MAX_PER_KIND kept with their detail."""
 
     def __init__(self):
-        self.items = []
+        self.by_kind = {}
         self.counts = Counter()
 
     def add(self, kind, detail):
         self.counts[kind] += 1
         if self.counts[kind] <= MAX_PER_KIND:
-            self.items.append({"kind": kind, "detail": detail})
+            self.by_kind.setdefault(kind, []).append({"kind": kind, "detail": detail})
+
+    @property
+    def items(self):
+        """Kept findings grouped by kind, kinds in the order first seen."""
+        return [it for group in self.by_kind.values() for it in group]
 
 
 def check_coco(ann, images, decode=True):
@@ -69,6 +74,7 @@ def check_coco(ann, images, decode=True):
             "images": len(data["images"]),
             "annotations": len(data["annotations"]),
             "categories": len(data["categories"]),
+            # boxes that passed every check, by category name
             "per_category": {_cat_label(cid, cats): per_cat.get(cid, 0) for cid in cats},
             "images_without_annotations": len(without),
         },

@@ -148,7 +148,9 @@ def export_x86_sparse(model_dir, sparse_threshold=0.6, depthwise="auto"):
     Returns picosparse.ops.export_x86_sparse's dict.
     """
     check_x86_sparse(sparse_threshold, depthwise)
+    from picosparse import progress
     from picosparse.ops import export_x86_sparse as convert
+    progress.say(f"x86-sparse: rewriting {model_dir} for OpenVINO + picosparse's sparse op")
     out = Path(model_dir) / X86_SPARSE_DIR
     if out.exists():
         # the export it was made from was just replaced; never leave a stale sparse model
