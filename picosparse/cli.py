@@ -299,34 +299,10 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
     `picosparse bench --runtime openvino --model OUT --model OUT/x86_sparse`.
     """
     from pathlib import Path
-    from picosparse.errors import ConfigError, DataError
-    from picosparse.steps.export import export as do_export
-    run = Path(run_dir) if run_dir else None
-    if run is not None and not run.is_dir():
-        raise DataError(f"--run {run}: folder does not exist")
-    if config is None:
-        if run is None:
-            raise ConfigError("export: pass --run RUN (a `picosparse train` output folder) "
-                              "or -c CONFIG --weights W")
-        config = run / "config.yml"
-        if not config.is_file():
-            raise ConfigError(f"--run {run}: no config.yml (not a `picosparse train` output "
-                              "folder?); pass -c CONFIG")
+    from picosparse.steps.export import export as do_export, resolve_inputs, weights_from_config
+    config, weights, out = resolve_inputs(run_dir, config, weights, out)
     cfg = _load_cfg(config, overrides=overrides)
-    if weights is None:
-        if run is not None:
-            weights = run / "model_final.pdparams"
-            if not weights.is_file():
-                raise DataError(f"--run {run}: no model_final.pdparams (training not "
-                                "finished?); pass --weights")
-        elif cfg.get("weights"):
-            weights = Path(str(cfg.get("weights")))
-            if weights.suffix != ".pdparams":
-                weights = weights.with_name(weights.name + ".pdparams")
-        else:
-            raise ConfigError(f"{config}: no `weights:` key; pass --weights W or --run RUN")
-    if out is None:
-        out = run / "inference" if run else Path("output") / Path(config).stem / "inference"
+    weights = weights or weights_from_config(cfg, config)
     if x86_sparse:
         from picosparse.steps.export import check_x86_sparse
         check_x86_sparse(sparse_threshold, depthwise)  # no OpenVINO: fail before exporting

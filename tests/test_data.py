@@ -99,8 +99,10 @@ def test_images_and_boxes_are_consistent(dataset):
 
 def test_boxes_are_the_tight_extent_of_separate_shapes(monkeypatch):
     # grey background, white shapes: each connected bright blob must be exactly one box
-    monkeypatch.setattr(synth, "_background", lambda rng, size: np.full((size, size, 3), 128, np.uint8))
-    monkeypatch.setattr(synth, "_contrasting_color", lambda rng, img, mask: np.array([255] * 3, np.uint8))
+    monkeypatch.setattr(synth, "_background",
+                        lambda rng, size: np.full((size, size, 3), 128, np.uint8))
+    monkeypatch.setattr(synth, "_contrasting_color",
+                        lambda rng, img, mask: np.array([255] * 3, np.uint8))
     for i in range(20):
         img, objects = synth.render_image(np.random.default_rng(i), 160)
         fg = (img.min(axis=2) > 200).astype(np.uint8)

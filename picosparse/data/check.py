@@ -134,7 +134,8 @@ def _cat_label(cid, cats):
 def _categories(entries, errors):
     cats = {}
     for n, c in enumerate(entries):
-        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
+        if not (isinstance(c, dict) and _is_int(c.get("id"))
+                and isinstance(c.get("name"), str)):
             errors.add("malformed_category", f"categories[{n}] needs an integer 'id' and a "
                        f"string 'name': {_short(c)}")
         elif c["id"] in cats:

@@ -18,6 +18,39 @@ from picosparse.deploy import infer_cfg, program
 from picosparse.errors import ConfigError, PicosparseError
 
 
+def resolve_inputs(run_dir, config=None, weights=None, out=None):
+    """(config, weights or None, out) for `export`: a `picosparse train` folder supplies its
+    config.yml and model_final.pdparams unless -c / --weights are given."""
+    from picosparse.errors import DataError
+    run = Path(run_dir) if run_dir else None
+    if run is not None and not run.is_dir():
+        raise DataError(f"--run {run}: folder does not exist")
+    if config is None:
+        if run is None:
+            raise ConfigError("export: pass --run RUN (a `picosparse train` output folder) "
+                              "or -c CONFIG --weights W")
+        config = run / "config.yml"
+        if not config.is_file():
+            raise ConfigError(f"--run {run}: no config.yml (not a `picosparse train` output "
+                              "folder?); pass -c CONFIG")
+    if weights is None and run is not None:
+        weights = run / "model_final.pdparams"
+        if not weights.is_file():
+            raise DataError(f"--run {run}: no model_final.pdparams (training not finished?); "
+                            "pass --weights")
+    if out is None:
+        out = run / "inference" if run else Path("output") / Path(config).stem / "inference"
+    return Path(config), weights, Path(out)
+
+
+def weights_from_config(cfg, config):
+    """The config's own `weights:` key (PaddleDetection writes it without the suffix)."""
+    if not cfg.get("weights"):
+        raise ConfigError(f"{config}: no `weights:` key; pass --weights W or --run RUN")
+    w = Path(str(cfg.get("weights")))
+    return w if w.suffix == ".pdparams" else w.with_name(w.name + ".pdparams")
+
+
 def default_input_size(cfg):
     """TestReader.inputs_def.image_shape, else EvalReader's Resize target_size (None if neither)."""
     shape = ((cfg.get("TestReader") or {}).get("inputs_def") or {}).get("image_shape")
