@@ -201,8 +201,9 @@ def _train(cfg, out, pretrained, from_scratch, resume, do_eval, seed):
                            "ips": round(n_log * bs / dt, 2) if dt > 0 else None}
                     rec.metric(row)
                     rec.line(" ".join(f"{k}={v}" for k, v in row.items()))
-                    bar.fields.update(epoch=epoch, loss=row["loss"], ratio=row["ratio"],
-                                      sparsity=row["sparsity"] or 0.0, ips=row["ips"] or 0.0)
+                    bar.fields.update(epoch=epoch, loss=row["loss"], ips=row["ips"] or 0.0)
+                    if pruner:
+                        bar.fields.update(ratio=row["ratio"], sparsity=row["sparsity"])
                     t_log, n_log = time.monotonic(), 0
                 bar.update(1)
             last = epoch == epochs - 1
