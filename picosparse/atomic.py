@@ -8,6 +8,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(dest):
     """Yield a temp path beside `dest`; rename it onto `dest` only if the block succeeds."""
@@ -16,6 +22,7 @@ def atomic_path(dest):
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -30,6 +37,7 @@ def atomic_dir(dest):
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make results private
     try:
         yield tmp
         if dest.exists():

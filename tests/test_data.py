@@ -345,3 +345,18 @@ def test_odd_json_values_are_errors_not_crashes(copy):
     rep = check_coco(copy / "train.json", copy / "train")
     assert rep["error_counts"] == {"unknown_category": 1, "unknown_image": 1,
                                    "malformed_bbox": 1}
+
+
+def test_outputs_get_umask_permissions_not_private(tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700); results must not stay private."""
+    import os
+    from picosparse.atomic import write_text
+    from picosparse.data.synth import synthesize
+    old = os.umask(0o022)
+    try:
+        synthesize(tmp_path / "ds", num_train=1, num_val=1, size=64)
+        write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ds").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644

@@ -8,7 +8,6 @@ every box is the true tight extent of what is visible.
 
 import json
 import math
-import os
 from pathlib import Path
 
 import cv2
@@ -49,7 +48,6 @@ def synthesize(out, seed=0, num_train=400, num_val=100, size=192):
     counts = {"train": num_train, "val": num_val}
     n_anns = {}
     with atomic_dir(out) as tmp:
-        _chmod_like_mkdir(tmp)
         for split_id, split in enumerate(SPLITS):
             coco = _write_split(tmp, split, split_id, counts[split], seed, size)
             n_anns[split] = len(coco["annotations"])
@@ -88,12 +86,6 @@ def _check_replaceable(out):
         raise DataError(f"{out}: folder is not empty and is not a `picosparse data synth` "
                         f"output (no {MARKER}); choose another --out or empty it")
 
-
-def _chmod_like_mkdir(path):
-    # mkdtemp makes 0700 folders; a dataset should get the usual umask-based mode
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o777 & ~mask)
 
 
 def _write_split(root, split, split_id, n, seed, size):
