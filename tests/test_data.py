@@ -360,3 +360,18 @@ def test_outputs_get_umask_permissions_not_private(tmp_path):
         os.umask(old)
     assert (tmp_path / "ds").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_truncated_jpeg_caught_even_after_ppdet_import(copy):
+    """ppdet flips PIL's global LOAD_TRUNCATED_IMAGES on import; the check must not care."""
+    from PIL import ImageFile
+    from picosparse import paddle_env
+    paddle_env.stack()
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # as ppdet.engine.trainer leaves it
+    try:
+        _truncated_image(copy)
+        assert check_coco(copy / "train.json", copy / "train")["error_counts"] == {
+            "unreadable_image": 1}
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for ppdet's readers
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 from picosparse import progress
 from picosparse.errors import DataError
@@ -227,6 +227,9 @@ def _image_file(path, im, errors, decode):
     if not path.is_file():
         errors.add("missing_image", f"{path}: not found (image id {im['id']})")
         return
+    # ppdet's trainer sets PIL's process-wide LOAD_TRUNCATED_IMAGES on import, which would
+    # let truncated files pass; the check must not depend on what was imported before it
+    strict, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with Image.open(path) as f:
             size = f.size
@@ -235,6 +238,8 @@ def _image_file(path, im, errors, decode):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         errors.add("unreadable_image", f"{path}: cannot be read ({_one_line(e)})")
         return
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = strict
     if size != (im["width"], im["height"]):
         errors.add("size_mismatch", f"{path}: is {size[0]}x{size[1]}, the JSON says "
                    f"{im['width']}x{im['height']} (image id {im['id']})")
