@@ -367,6 +367,7 @@ def test_truncated_jpeg_caught_even_after_ppdet_import(copy):
     from PIL import ImageFile
     from picosparse import paddle_env
     paddle_env.stack()
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = True  # as ppdet.engine.trainer leaves it
     try:
         _truncated_image(copy)
@@ -374,4 +375,4 @@ def test_truncated_jpeg_caught_even_after_ppdet_import(copy):
             "unreadable_image": 1}
         assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for ppdet's readers
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
