@@ -277,12 +277,7 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, depthwise="auto"):
             node = factory.create(DW_TYPE, [x, ops.constant(r["weight"]).output(0),
                                             ops.constant(r["bias"]).output(0)],
                                   {"stride": r["stride"], "pads": r["pads"], **act})
-            last = r["last"]
-            node.set_friendly_name(last.get_friendly_name())
-            names = set(last.output(0).get_names())
-            last.output(0).replace(node.output(0))
-            if names:
-                node.output(0).get_tensor().set_names(names)
+            _swap_in(r["last"], node)
             n_dw += 1
             shape = node.get_output_partial_shape(0)
             layers.append({"kind": "depthwise", "name": r["name"], "cout": r["cout"],
@@ -296,12 +291,7 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, depthwise="auto"):
             x, ops.constant(sw.rowptr).output(0), ops.constant(sw.cols).output(0),
             ops.constant(sw.vals).output(0), ops.constant(sw.bias).output(0),
         ], act)
-        last = r["last"]
-        node.set_friendly_name(last.get_friendly_name())
-        names = set(last.output(0).get_names())
-        last.output(0).replace(node.output(0))
-        if names:
-            node.output(0).get_tensor().set_names(names)
+        _swap_in(r["last"], node)
         dense_bytes += r["weight"].nbytes + r["bias"].nbytes
         sparse_bytes += sw.nbytes()
         shape = node.get_output_partial_shape(0)
@@ -317,6 +307,15 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, depthwise="auto"):
             "layers": layers,
             "skipped": skipped, "dense_1x1_weight_bytes": dense_bytes,
             "sparse_weight_bytes": sparse_bytes}
+
+
+def _swap_in(last, node):
+    """Put `node` where `last` (the end of the fused conv pattern) was, keeping its names."""
+    node.set_friendly_name(last.get_friendly_name())
+    names = set(last.output(0).get_names())
+    last.output(0).replace(node.output(0))
+    if names:
+        node.output(0).get_tensor().set_names(names)
 
 
 def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto"):
