@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from picosparse import paddle_env
+from picosparse.weights import strip_masks
 from picosparse.atomic import atomic_dir, write_text
 from picosparse.errors import DataError
 
@@ -51,8 +52,7 @@ def save(out, epoch, state, model_state, optimizer, masks=None, ema=None):
     paddle = paddle_env.stack().paddle
     name = f"epoch_{epoch}"
     with atomic_dir(root(out) / name) as tmp:
-        paddle.save({k: v for k, v in model_state.items() if not k.endswith("_mask")},
-                    str(tmp / "model.pdparams"))
+        paddle.save(strip_masks(model_state), str(tmp / "model.pdparams"))
         paddle.save(optimizer.state_dict(), str(tmp / "optimizer.pdopt"))
         if masks is not None:
             paddle.save(masks, str(tmp / "masks.pdparams"))

@@ -13,6 +13,11 @@ from picosparse.errors import DataError
 MASK_SUFFIX = "_mask"  # PaddleSlim registers `<param>_mask` buffers; they never leave picosparse
 
 
+def strip_masks(state):
+    """`state` without PaddleSlim's mask buffers."""
+    return {k: v for k, v in state.items() if not k.endswith(MASK_SUFFIX)}
+
+
 def cache_dir():
     return Path(os.environ.get("PICOSPARSE_CACHE", Path.home() / ".cache" / "picosparse"))
 
@@ -80,13 +85,13 @@ def read(path, flag="--weights"):
                         f"({type(e).__name__})") from None
     if not isinstance(state, dict):
         raise DataError(f"{flag} {path}: not a state dict")
-    return {k: v for k, v in state.items() if not k.endswith(MASK_SUFFIX)}
+    return strip_masks(state)
 
 
 def load_into(model, path, flag="--weights"):
     """Load weights into `model`; every key and shape must match the config's model."""
     state = read(path, flag)
-    own = {k: v for k, v in model.state_dict().items() if not k.endswith(MASK_SUFFIX)}
+    own = strip_masks(model.state_dict())
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
     bad = sorted(k for k in set(own) & set(state)
@@ -105,7 +110,6 @@ def load_into(model, path, flag="--weights"):
 def save(state, dest):
     """paddle.save a state dict atomically (no mask buffers)."""
     paddle = paddle_env.stack().paddle
-    clean = {k: v for k, v in state.items() if not k.endswith(MASK_SUFFIX)}
     with atomic_path(dest) as tmp:
-        paddle.save(clean, str(tmp))
+        paddle.save(strip_masks(state), str(tmp))
     return Path(dest)

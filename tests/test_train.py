@@ -163,6 +163,17 @@ def test_dense_training_sparsity_zero(tiny_data, tmp_path):
     assert len(read_jsonl(out / "metrics.jsonl")) == 8  # 32 images / batch 4, log_iter 1
     assert all(x["ratio"] == 0.0 and x["sparsity"] is None for x in read_jsonl(out / "metrics.jsonl"))
     assert (out / "checkpoints" / "latest").read_text().strip() == "epoch_1"
+    # resuming a finished run trains nothing and rewrites the same final weights
+    first = (out / "model_final.pdparams").read_bytes()
+    r = CliRunner().invoke(cli, args + ["--resume"])
+    assert r.exit_code == 0, r.output
+    from picosparse import paddle_env
+    paddle = paddle_env.stack().paddle
+    a = paddle.load(str(out / "model_final.pdparams"))
+    (out / "first.pdparams").write_bytes(first)
+    b = paddle.load(str(out / "first.pdparams"))
+    assert set(a) == set(b) and all((a[k].numpy() == b[k].numpy()).all() for k in a)
+    assert len(read_jsonl(out / "metrics.jsonl")) == 8
 
 
 def _err(args):

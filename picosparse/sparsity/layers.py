@@ -16,9 +16,5 @@ def layer_table(cfg, weights=None):
     for d in policy.decide(model, cfg.prune):
         rows.append({"name": d.name, "paddle_name": d.pname, "shape": list(d.shape),
                      "numel": d.numel, "pruned": d.pruned, "reason": d.reason, "why": d.why,
-                     "zeros": report.zero_fraction(_np(state[d.name]))})
+                     "zeros": report.zero_fraction(report.to_numpy(state[d.name]))})
     return rows
-
-
-def _np(v):
-    return v.numpy() if hasattr(v, "numpy") else v

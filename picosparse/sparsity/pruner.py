@@ -13,6 +13,7 @@ import io
 import math
 
 from picosparse import paddle_env
+from picosparse.weights import strip_masks
 from picosparse.errors import ConfigError
 from picosparse.sparsity import policy
 from picosparse.sparsity.schedule import GMPSchedule
@@ -107,7 +108,7 @@ class GMP:
 
     def masked(self, state):
         """A copy of `state` (e.g. EMA weights) with our masks applied and no mask buffers."""
-        out = {k: v for k, v in state.items() if not k.endswith("_mask")}
+        out = strip_masks(state)
         for d in self.pruned:
             if d.name in out:
                 out[d.name] = out[d.name] * self._slim.masks[d.pname].astype(out[d.name].dtype)

@@ -14,7 +14,7 @@ def sparsity(state, decisions):
     for d in decisions:
         if not d.pruned or d.name not in state:
             continue
-        arr = _np(state[d.name])
+        arr = to_numpy(state[d.name])
         z = int((arr == 0).sum())
         layers[d.name] = z / arr.size
         zeros += z
@@ -22,5 +22,5 @@ def sparsity(state, decisions):
     return {"overall": (zeros / total) if total else None, "layers": layers}
 
 
-def _np(v):
+def to_numpy(v):
     return v.numpy() if hasattr(v, "numpy") else np.asarray(v)

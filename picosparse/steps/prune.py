@@ -5,6 +5,7 @@ from pathlib import Path
 from picosparse import paddle_env, weights as W
 from picosparse.errors import ConfigError
 from picosparse.sparsity import policy, report
+from picosparse.sparsity.report import to_numpy
 
 
 def oneshot(cfg, weights, out):
@@ -18,9 +19,9 @@ def oneshot(cfg, weights, out):
     state = W.load_into(model, weights)
     decisions = policy.decide(model, cfg.prune)
     pruned = [d for d in decisions if d.pruned]
-    arrays = {d.name: _np(state[d.name]) for d in pruned}
+    arrays = {d.name: to_numpy(state[d.name]) for d in pruned}
     ratio = cfg.prune.ratio
-    new = {k: _np(v) for k, v in state.items()}
+    new = {k: to_numpy(v) for k, v in state.items()}
     if cfg.prune.local_sparsity:
         new.update({n: _prune_local(a, ratio) for n, a in arrays.items()})
     else:
@@ -31,10 +32,6 @@ def oneshot(cfg, weights, out):
     W.save(new, out)
     sp = report.sparsity(new, decisions)
     return {"weights": Path(out), "sparsity": sp["overall"], "layers": sp["layers"]}
-
-
-def _np(v):
-    return v.numpy() if hasattr(v, "numpy") else v
 
 
 def _prune_local(a, ratio):

@@ -118,9 +118,8 @@ def _train(cfg, out, pretrained, from_scratch, resume, do_eval, seed):
     if pretrained is not None and ck is None:
         W.load_into(model, W.resolve(pretrained), flag="--pretrained")
     with contextlib.redirect_stdout(io.StringIO()):
-        loader = paddle_env.create("TrainReader")(paddle_env.create("TrainDataset")(),
-                                                  cfg.get("worker_num", 0))
-    iters_per_epoch = len(loader)
+        loader, sampler = _train_loader(cfg)
+    iters_per_epoch = len(sampler)
     if iters_per_epoch < 1:
         raise DataError("TrainDataset: fewer images than one batch "
                         f"(TrainReader.batch_size={cfg.get('TrainReader')['batch_size']})")
@@ -171,11 +170,9 @@ def _train(cfg, out, pretrained, from_scratch, resume, do_eval, seed):
     with progress.Progress(total if main else None, "train", every=log_iter) as bar:
         for epoch in range(start_epoch, epochs):
             loader.dataset.set_epoch(epoch)
-            loader._batch_sampler.set_epoch(epoch)  # shuffle order depends on the epoch only
+            sampler.set_epoch(epoch)  # shuffle order depends on the epoch only
             net.train()
-            # paddle's DataLoader, not ppdet's wrapper: the wrapper starts prefetching the next
-            # epoch (drawing random augmentations) the moment one ends, racing the checkpoint
-            for data in loader.dataloader:
+            for data in loader:
                 data["epoch_id"] = epoch
                 loss = net(data)["loss"]
                 loss.backward()
@@ -230,7 +227,7 @@ def _train(cfg, out, pretrained, from_scratch, resume, do_eval, seed):
                                 masks=pruner.masks() if pruner else None, ema=ema)
 
     if final_state is None:  # resumed from the final checkpoint: nothing left to train
-        final_state = _final_from_checkpoint(out, model, pruner, ema)
+        final_state = _final_from_checkpoint(model, pruner, ema)
     result = {"out": out, "config": out / "config.yml", "weights": out / "model_final.pdparams",
               "epochs": epochs, "iters": it, "iters_per_epoch": iters_per_epoch,
               "best": best or None, "evals": evals,
@@ -246,18 +243,36 @@ def _train(cfg, out, pretrained, from_scratch, resume, do_eval, seed):
     return result
 
 
+def _train_loader(cfg):
+    """(paddle DataLoader, its batch sampler) from cfg's TrainReader and TrainDataset.
+
+    Not ppdet's reader call: it starts an iterator at once, and ppdet's wrapper restarts one
+    the moment an epoch ends. Their prefetch threads draw random augmentations from numpy's
+    global generator at unpredictable times, so a seeded run or a resume would not repeat.
+    Here an iterator exists only inside the epoch loop.
+    """
+    s = paddle_env.stack()
+    reader = paddle_env.create("TrainReader")
+    dataset = paddle_env.create("TrainDataset")()
+    dataset.check_or_download_dataset()
+    dataset.parse_dataset()
+    dataset.set_transform(reader._sample_transforms)
+    dataset.set_kwargs(**reader.kwargs)
+    sampler = s.paddle.io.DistributedBatchSampler(dataset, batch_size=reader.batch_size,
+                                                  shuffle=reader.shuffle,
+                                                  drop_last=reader.drop_last)
+    loader = s.paddle.io.DataLoader(dataset, batch_sampler=sampler,
+                                    collate_fn=reader._batch_transforms,
+                                    num_workers=cfg.get("worker_num", 0), return_list=False)
+    return loader, sampler
+
+
 def _live_sparsity(model, pruner):
     if pruner is None:
         return None
     return report.sparsity(model.state_dict(), pruner.decisions)["overall"]
 
 
-def _final_from_checkpoint(out, model, pruner, ema):
-    if ema is not None:
-        state = dict(ema.state_dict)
-        if ema.step and getattr(ema, "_decay", None) is not None and ema.ema_decay_type != "exponential":
-            state = {k: (v if k in ema.ema_black_list else v / (1 - ema._decay ** ema.step))
-                     for k, v in state.items()}
-    else:
-        state = model.state_dict()
+def _final_from_checkpoint(model, pruner, ema):
+    state = ema.apply() if ema is not None else model.state_dict()
     return pruner.masked(state) if pruner else state
