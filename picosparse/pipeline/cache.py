@@ -34,7 +34,8 @@ def cache_key(kind, params, inputs):
 
 
 def now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    # microseconds: two fast reruns must not share a "finished" stamp
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 class Hasher:
