@@ -35,7 +35,7 @@ def test_shipped_configs_resolve():
     assert s.data["ESNet"]["scale"] == 0.75 and s.data["PicoHead"]["feat_in_chan"] == 96
     assert s.prune is None
     demo = load_detector(DEMO_CFG, slim_config=DEMO_PRUNE)
-    assert demo.prune.ratio == 0.75 and demo.data["epoch"] == 5
+    assert demo.prune.ratio == 0.75 and demo.data["epoch"] == 8
 
 
 def test_base_later_wins_and_file_wins(tmp_path):
