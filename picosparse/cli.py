@@ -276,9 +276,9 @@ def eval_(config, slim_config, overrides, weights, json_out):
 @click.option("--sparse/--no-sparse", default=None, help="With --lite: force the sparse pass on/off [auto: on when some 1x1 conv reaches --sparse-threshold zeros].")
 @click.option("--sparse-threshold", default=0.6, show_default=True, help="With --lite / --x86-sparse: min zero fraction for a 1x1 conv to become sparse.")
 @click.option("--x86-sparse", "x86_sparse", is_flag=True, help="Also write OUT/x86_sparse: OpenVINO IR + picosparse's sparse 1x1 op (x86 CPUs).")
-@click.option("--depthwise", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]), help="With --x86-sparse: depthwise convs on picosparse's op (auto: where it measured faster).")
+@click.option("--nchw-ops", "nchw_ops", default="on", show_default=True, type=click.Choice(["on", "off"]), help="With --x86-sparse: depthwise/KxK convs (+ the stem's max pool) and upsampling also on picosparse's NCHW ops, so no layout reorders surround the sparse ops (off: OpenVINO's own).")
 def export(config, overrides, weights, run_dir, out, input_size, no_postprocess, lite, sparse,
-           sparse_threshold, x86_sparse, depthwise):
+           sparse_threshold, x86_sparse, nchw_ops):
     """Export an inference model (model.pdmodel/.pdiparams + infer_cfg.yml).
 
     Builds a fresh model from the config, loads the weights (pruner mask buffers are
@@ -295,7 +295,8 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
     \b
     --x86-sparse writes OUT/x86_sparse (model.xml/.bin, libpicosparse_ops.so, x86_sparse.json,
     infer_cfg.yml): every 1x1 conv with >= --sparse-threshold zeros runs picosparse's sparse
-    op, BN folded. Run it with picosparse.ops.load_model(dir, threads) or time it with
+    op, BN folded; with --nchw-ops on (default) the depthwise/KxK convs and upsampling between
+    them run picosparse's dense NCHW ops too. Run it with picosparse.ops.load_model(dir, threads) or time it with
     `picosparse bench --runtime openvino --model OUT --model OUT/x86_sparse`.
     """
     from pathlib import Path
@@ -305,7 +306,7 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
     weights = weights or weights_from_config(cfg, config)
     if x86_sparse:
         from picosparse.steps.export import check_x86_sparse
-        check_x86_sparse(sparse_threshold, depthwise)  # no OpenVINO: fail before exporting
+        check_x86_sparse(sparse_threshold, nchw_ops)  # no OpenVINO: fail before exporting
     res = do_export(cfg, weights, out, input_size=input_size, postprocess=not no_postprocess)
     zf = res["conv1x1_zero_fraction"]
     click.echo(f"exported {res['model_dir']}/ (model.pdmodel, model.pdiparams, infer_cfg.yml): "
@@ -323,13 +324,15 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
                            sparse_threshold=sparse_threshold))
     if x86_sparse:
         from picosparse.steps.export import export_x86_sparse
-        _echo_x86(export_x86_sparse(res["model_dir"], sparse_threshold, depthwise),
+        _echo_x86(export_x86_sparse(res["model_dir"], sparse_threshold, nchw_ops),
                   res["postprocess"])
 
 
 def _echo_x86(r, postprocess):
     mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
-    dw = f", {r['depthwise']} depthwise convs on picosparse's op" if r["depthwise"] else ""
+    n = r["depthwise"] + r.get("dense_kxk", 0) + r.get("upsample", 0)
+    dw = (f", {r['depthwise']} depthwise + {r.get('dense_kxk', 0)} dense KxK convs and "
+          f"{r.get('upsample', 0)} upsamplings on picosparse's NCHW ops") if n else ""
     click.echo(f"wrote {r['out_dir']}/ (OpenVINO {r['openvino'].split('-')[0]} IR + sparse op): "
                f"{r['replaced']} of {r['conv_1x1_total']} 1x1 convs -> SparseConv1x1 "
                f"(threshold {r['sparse_threshold']:.0%}), 1x1 weights "

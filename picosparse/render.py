@@ -211,7 +211,7 @@ def per_layer_tables(res):
         if not pl:
             continue
         keys = list(pl)
-        t = Table(title=f"per layer: {m['name']} vs the dense convs it replaced "
+        t = Table(title=f"per layer: {m['name']} vs the dense nodes it replaced "
                         f"(OpenVINO PERF_COUNT medians, ms)")
         for col in ("#", "kind", "shape", "zeros"):
             t.add_column(col, justify="left" if col in ("kind", "shape") else "right")
@@ -238,6 +238,7 @@ def per_layer_tables(res):
                 f"replaced {s['dense_replaced_1x1_ms']:.2f}) -> x86-sparse "
                 f"{s['x86_sparse_total_ms']:.2f} ms (sparse 1x1 {s['sparse_1x1_ms']:.2f}, ideal "
                 f"{s['ideal_sparse_1x1_ms']:.2f}; depthwise {s['picosparse_depthwise_ms']:.2f}; "
+                f"stem/upsample {s.get('picosparse_other_ops_ms', 0):.2f}; "
                 f"other {s['x86_sparse_other_ms']:.2f}): {x(s['profile_speedup'])} of a "
                 f"{x(s['bound_speedup'])} bound", highlight=False)
         out.print("ideal x = 1 / (1 - zeros): the speed-up if time fell with the nonzeros; the "

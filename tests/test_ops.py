@@ -8,7 +8,7 @@ import pytest
 
 from picosparse.errors import PicosparseError
 from picosparse.ops import kernel
-from picosparse.ops.kernel import dwconv, pack, spconv1x1, supported_isas
+from picosparse.ops.kernel import conv2d, pack, spconv1x1, supported_isas
 
 ISAS = supported_isas()
 
@@ -145,9 +145,108 @@ def test_depthwise_matches_reference(monkeypatch, isa, shape):
     w = rng.standard_normal((c, k, k)).astype(np.float32)
     b = rng.standard_normal(c).astype(np.float32)
     for threads, act in ((1, "none"), (2, "hswish")):
-        y, used = dwconv(x, w, b, s, (p, p, p, p), act=act, threads=threads)
+        y, used = conv2d(x, w, b, s, (p, p, p, p), groups=c, act=act, threads=threads)
         assert used == isa
         assert_close(y, dw_ref(x, w, b, s, p, act))
+
+
+def direct_ref(x, w, b, groups, stride, pads, act="none", pool=None):
+    """float64 grouped KxK conv (+ act, + max pool with -inf padding); pads = (t, l, b, r)."""
+    n, cin, h, wd = x.shape
+    cout, cin_g, k, _ = w.shape
+    t, l, bt, r = pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (t, bt), (l, r)))
+    ho, wo = (h + t + bt - k) // stride + 1, (wd + l + r - k) // stride + 1
+    y = np.zeros((n, cout, ho, wo))
+    cout_g = cout // groups
+    for o in range(cout):
+        g = o // cout_g
+        for ci in range(cin_g):
+            for ky in range(k):
+                for kx in range(k):
+                    y[:, o] += w[o, ci, ky, kx] * xp[:, g * cin_g + ci,
+                                                     ky:ky + stride * ho:stride,
+                                                     kx:kx + stride * wo:stride]
+    y = act_ref(y + b.reshape(1, -1, 1, 1), act)
+    if pool is None:
+        return y
+    pk, ps, pt, pl, pb, pr = pool
+    yp = np.pad(y, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=-np.inf)
+    fh, fw = (ho + pt + pb - pk) // ps + 1, (wo + pl + pr - pk) // ps + 1
+    out = np.full((n, cout, fh, fw), -np.inf)
+    for ky in range(pk):
+        for kx in range(pk):
+            out = np.maximum(out, yp[:, :, ky:ky + ps * fh:ps, kx:kx + ps * fw:ps])
+    return out
+
+
+# (n, cin, cout, groups, h, w, k, stride, pads t/l/b/r, pool): the stem (3->24, 3x3/2, fused
+# 3x3/2 max pool, 4-channel blocks), dense 3x3/1 with 4-channel blocks (generic path) and with
+# Cout % 4 != 0 (fast path, 1 channel), dense 5x5, 7x7 and stride 3 (generic), groups = 2,
+# asymmetric pads, "valid" convs, maps wider than 4 vectors, batch > 1, a pool with
+# asymmetric pads.
+CONV_SHAPES = [
+    (1, 3, 24, 1, 37, 41, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
+    (2, 5, 8, 1, 11, 13, 3, 1, (1, 1, 1, 1), None),
+    (1, 4, 6, 1, 9, 70, 3, 1, (1, 1, 1, 1), None),
+    (1, 3, 5, 1, 12, 10, 5, 2, (2, 2, 2, 2), (2, 2, 0, 0, 1, 1)),
+    (1, 2, 4, 1, 15, 16, 7, 1, (3, 3, 3, 3), None),
+    (1, 4, 4, 1, 17, 19, 3, 3, (1, 1, 1, 1), None),
+    (1, 8, 12, 2, 10, 11, 3, 2, (0, 1, 1, 0), None),
+    (1, 6, 6, 6, 9, 9, 5, 1, (0, 0, 0, 0), (3, 1, 1, 1, 1, 1)),
+    (2, 3, 16, 1, 20, 140, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "x".join(map(str, s[:8])))
+def test_conv2d_matches_reference(monkeypatch, isa, shape):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    n, cin, cout, g, h, wd, k, s, pads, pool = shape
+    rng = np.random.default_rng(sum(shape[:8]))
+    x = rng.standard_normal((n, cin, h, wd)).astype(np.float32)
+    w = rng.standard_normal((cout, cin // g, k, k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    for threads, act in ((1, "none"), (2, "hswish")):  # "none": negatives meet the -inf pad
+        y, used = conv2d(x, w, b, s, pads, groups=g, act=act, threads=threads, pool=pool)
+        assert used == isa
+        assert_close(y, direct_ref(x, w, b, g, s, pads, act, pool))
+
+
+def test_conv2d_rejects_bad_groups():
+    x = np.zeros((1, 6, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="groups=4"):
+        conv2d(x, np.zeros((8, 1, 3, 3), np.float32), groups=4)
+
+
+def test_upsample_op_replaces_nearest_interpolate():
+    """Interpolate(nearest, asymmetric, integer scales) -> picosparse Upsample, same output;
+    other interpolations stay OpenVINO's."""
+    import openvino as ov
+    import openvino.opset13 as ops
+    from picosparse.ops.rewrite import rewrite_model
+
+    def model(mode, scales):
+        x = ops.parameter([2, 3, 5, 4], np.float32)
+        y = ops.interpolate(x, ops.constant(np.array(scales, np.float32)), mode, "scales",
+                            coordinate_transformation_mode="asymmetric", nearest_mode="simple",
+                            axes=ops.constant(np.array([2, 3], np.int64)))
+        w = np.ones((4, 3, 1, 1), np.float32)
+        w[:, :, 0, 0] = np.random.default_rng(0).standard_normal((4, 3)) * (
+            np.random.default_rng(1).random((4, 3)) > 0.7)
+        z = ops.convolution(y, ops.constant(w), [1, 1], [0, 0], [0, 0], [1, 1])
+        return ov.Model([z], [x])
+
+    xv = np.random.default_rng(2).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    for scales, want_up in (([2, 2], 1), ([3, 2], 1), ([1.5, 2], 0)):
+        ref, m = model("nearest", scales), model("nearest", scales)
+        stats = rewrite_model(m, sparse_threshold=0.6)
+        assert stats["upsample"] == want_up
+        types = [op.get_type_name() for op in m.get_ordered_ops()]
+        assert ("Upsample" in types) == bool(want_up) and ("Interpolate" in types) != bool(want_up)
+        assert_close(_compile(m)(xv)[0], _compile(ref)(xv)[0], 1e-6)
+    lin = model("linear", [2, 2])
+    assert rewrite_model(lin, sparse_threshold=0.6)["upsample"] == 0
 
 
 def test_depthwise_vs_paddle():
@@ -161,7 +260,7 @@ def test_depthwise_vs_paddle():
         ref = paddle.nn.functional.conv2d(paddle.to_tensor(x), paddle.to_tensor(w),
                                           paddle.to_tensor(b), stride=s, padding=2,
                                           groups=24).numpy()
-        y, _ = dwconv(x, w, b, s, (2, 2, 2, 2), threads=2)
+        y, _ = conv2d(x, w, b, s, (2, 2, 2, 2), groups=24, threads=2)
         assert_close(y, ref)
 
 
@@ -283,7 +382,7 @@ def test_rewrite_folds_and_fuses():
     from picosparse.ops.rewrite import rewrite_model
     rng = np.random.default_rng(4)
     ref_model, model = _toy_model(np.random.default_rng(4)), _toy_model(np.random.default_rng(4))
-    stats = rewrite_model(model, sparse_threshold=0.6, depthwise=True)
+    stats = rewrite_model(model, sparse_threshold=0.6, nchw_ops=True)
     assert stats["replaced"] == 3 and stats["kept_dense_1x1"] == 1 and stats["depthwise"] == 1
     acts = [(tuple(l["folded"]), l["activation"]) for l in stats["layers"]
             if l["kind"] == "sparse1x1"]
@@ -291,17 +390,16 @@ def test_rewrite_folds_and_fuses():
     types = [op.get_type_name() for op in model.get_ordered_ops()]
     assert "BatchNormInference" not in types and "HSwish" not in types
     assert types.count("Convolution") == 1 and types.count("SparseConv1x1") == 3
-    assert "GroupConvolution" not in types and types.count("DepthwiseConv2d") == 1
+    assert "GroupConvolution" not in types and types.count("Conv2d") == 1
     xv = rng.standard_normal((1, 20, 6, 7)).astype(np.float32)
     want = _compile(ref_model)(xv)
     for threads in (1, 2):
         got = _compile(model, threads)(xv)
         for i in range(2):
             assert_close(got[i], want[i], 1e-5)
-    for mode in (False, "auto"):  # "auto": a stride-2 conv on a 6x7 map stays OpenVINO's
-        keep_dw = _toy_model(np.random.default_rng(4))
-        assert rewrite_model(keep_dw, 0.6, depthwise=mode)["depthwise"] == 0
-        assert "GroupConvolution" in [op.get_type_name() for op in keep_dw.get_ordered_ops()]
+    keep_dw = _toy_model(np.random.default_rng(4))
+    assert rewrite_model(keep_dw, 0.6, nchw_ops=False)["depthwise"] == 0
+    assert "GroupConvolution" in [op.get_type_name() for op in keep_dw.get_ordered_ops()]
 
 
 def test_export_rejects_missing_model(tmp_path):
@@ -329,19 +427,22 @@ def test_whole_picodet_matches_dense(tmp_path):
     from picosparse.ops import export_x86_sparse, load_model
     from picosparse.ops.refmodel import export_random_picodet
     src = export_random_picodet("configs/demo/picodet_demo.yml", tmp_path / "dense", 160, 0.8)
-    info = export_x86_sparse(src, tmp_path / "x86", sparse_threshold=0.6)  # depthwise="auto"
+    info = export_x86_sparse(src, tmp_path / "x86", sparse_threshold=0.6)  # nchw_ops=True
     assert info["replaced"] == info["conv_1x1_total"] > 50
     assert info["sparse_weight_bytes"] < info["dense_1x1_weight_bytes"] / 2
+    assert info["depthwise"] > 30  # every ESNet/CSPPAN/head depthwise conv
     meta = json.loads((tmp_path / "x86" / "x86_sparse.json").read_text())
     assert all(l["zero_fraction"] >= 0.79 for l in meta["layers"] if l["kind"] == "sparse1x1")
-    all_dw = export_x86_sparse(src, tmp_path / "x86_dw", sparse_threshold=0.6, depthwise=True)
-    assert all_dw["depthwise"] > 30 > info["depthwise"]  # every ESNet/CSPPAN/head depthwise
+    stem = [l for l in meta["layers"] if l["kind"] == "conv"]
+    assert info["dense_kxk"] == 1 and stem[0]["folded"][-1] == "MaxPool"  # 3x3/2 + pool fused
+    ov_dw = export_x86_sparse(src, tmp_path / "x86_ovdw", sparse_threshold=0.6, nchw_ops=False)
+    assert ov_dw["depthwise"] == ov_dw["dense_kxk"] == 0
     core = ov.Core()
     dense = core.compile_model(core.read_model(str(src / "model.pdmodel")), "CPU",
                                {"INFERENCE_PRECISION_HINT": "f32"})
     x = np.random.default_rng(5).standard_normal((1, 3, 160, 160)).astype(np.float32)
     want = [dense(x)[i] for i in range(len(dense.outputs))]
-    for d, threads in (("x86", 1), ("x86", 2), ("x86_dw", 1), ("x86_dw", 2)):
+    for d, threads in (("x86", 1), ("x86", 2), ("x86_ovdw", 1), ("x86_ovdw", 2)):
         got = load_model(tmp_path / d, threads=threads)(x)
         assert len(got) == len(want)
         for g, w in zip(got, want):

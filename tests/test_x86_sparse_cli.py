@@ -86,6 +86,10 @@ def test_export_x86_sparse_writes_ir_and_summary(exported_run):
     assert sparse_mb < dense_mb / 2
     assert f"1x1 weights {dense_mb:.2f} MB dense -> {sparse_mb:.2f} MB sparse" in line
     assert "includes NMS" not in r.output  # exported with --no-postprocess
+    # default --nchw-ops on: every depthwise conv, the stem (+ its max pool) and both
+    # upsamplings also run picosparse's NCHW ops
+    assert (meta["depthwise"], meta["dense_kxk"], meta["upsample"]) == (35, 1, 2)
+    assert "35 depthwise + 1 dense KxK convs and 2 upsamplings on picosparse's NCHW ops" in line
 
 
 def test_export_x86_sparse_matches_dense_openvino(exported_run):
@@ -93,17 +97,17 @@ def test_export_x86_sparse_matches_dense_openvino(exported_run):
     assert_outputs_match(inf / "x86_sparse", inf)
 
 
-def test_export_with_lite_and_depthwise_on(tmp_path):
-    """-c/--weights instead of --run, with --lite and every depthwise conv on picosparse's op."""
+def test_export_with_lite_and_nchw_ops_off(tmp_path):
+    """-c/--weights instead of --run, with --lite, and OpenVINO's own depthwise convs."""
     out = tmp_path / "inf"
     r = run("export", "-c", h.DEMO_CFG, "--weights", h.weights("sparse"), "--out", out,
-            "--no-postprocess", "--lite", "--x86-sparse", "--depthwise", "on")
+            "--no-postprocess", "--lite", "--x86-sparse", "--nchw-ops", "off")
     assert r.exit_code == 0, r.output
     assert "97 of 97 1x1 convs -> sparse_conv2d" in r.output  # the .nb step still ran
     assert (out / "model.nb").is_file()
     meta = json.loads((out / "x86_sparse" / "x86_sparse.json").read_text())
-    assert meta["depthwise"] > 30  # "on": every ESNet/CSPPAN/head depthwise conv
-    assert "depthwise convs on picosparse's op" in r.output
+    assert meta["depthwise"] == meta["dense_kxk"] == meta["upsample"] == 0
+    assert "on picosparse's NCHW ops" not in r.output
     assert_outputs_match(out / "x86_sparse", out, threads=(2,))
 
 
@@ -129,8 +133,8 @@ def test_bad_flags_and_missing_openvino_fail_before_exporting(tmp_path, monkeypa
             "--x86-sparse"]
     r = run(*base, "--sparse-threshold", "1.5")
     assert r.exit_code == 2 and "--sparse-threshold 1.5: must be in [0, 1]" in r.output
-    r = run(*base, "--depthwise", "maybe")
-    assert r.exit_code == 2 and "'maybe' is not one of 'auto', 'on', 'off'" in r.output
+    r = run(*base, "--nchw-ops", "maybe")
+    assert r.exit_code == 2 and "'maybe' is not one of 'on', 'off'" in r.output
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
     r = run(*base)
     assert r.exit_code == 2 and r.output.startswith("Error: openvino is not importable")
@@ -152,8 +156,8 @@ def test_bench_dense_vs_x86_sparse_with_per_layer(exported_run, tmp_path):
     assert (base["name"], sp["name"]) == ("run", "run/x86_sparse")
     assert (base["kind"], sp["kind"]) == ("dense", "x86-sparse")
     assert base["precision"] == sp["precision"] == "fp32" and res["precision"] == "fp32"
-    assert sp["x86_sparse"] == {"replaced": 97, "depthwise": 0, "conv_1x1_total": 97,
-                                "sparse_threshold": 0.6}
+    assert sp["x86_sparse"] == {"replaced": 97, "depthwise": 35, "dense_kxk": 1, "upsample": 2,
+                                "conv_1x1_total": 97, "sparse_threshold": 0.6}
     assert sp["size_kind"] == "xml+bin" and sp["size_bytes"] < base["size_bytes"]
     for t in threads:
         b, x = base["latency_ms"][t]["median"], sp["latency_ms"][t]["median"]
@@ -171,12 +175,14 @@ def test_bench_dense_vs_x86_sparse_with_per_layer(exported_run, tmp_path):
     assert sorted(sp["per_layer"]) == sorted(threads)
     for t in threads:
         pl = sp["per_layer"][t]
-        assert len(pl["layers"]) == 97 and pl["summary"]["unmatched_layers"] == 0
+        assert len(pl["layers"]) == 97 + 35 + 1 + 2 and pl["summary"]["unmatched_layers"] == 0
         assert all(l["dense_ms"] >= 0 and l["sparse_ms"] > 0 for l in pl["layers"])
         s = pl["summary"]
-        assert s["sparse_1x1_ms"] == pytest.approx(sum(l["sparse_ms"] for l in pl["layers"]))
+        assert s["sparse_1x1_ms"] == pytest.approx(sum(l["sparse_ms"] for l in pl["layers"]
+                                                       if l["kind"] == "sparse1x1"))
         assert 1 < s["bound_speedup"] < 5  # Amdahl: only the 1x1 convs get faster
-    assert "per layer: run/x86_sparse vs the dense convs it replaced" in r.output
+    assert "per layer: run/x86_sparse vs the dense nodes it replaced" in r.output
+    assert "24->" in r.output and "+pool" in r.output  # the stem, its max pool fused
     assert "128->128@5x5" in r.output and "of a " in r.output and " bound" in r.output
 
 

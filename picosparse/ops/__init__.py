@@ -1,8 +1,9 @@
-"""The x86 sparse 1x1-conv operator (issue 6): kernel, OpenVINO host, model rewrite, loader.
+"""The x86 sparse 1x1-conv operator (issue 6): kernels (sparse 1x1, plus dense NCHW depthwise /
+KxK convs and upsampling around it), OpenVINO host, model rewrite, loader.
 
 Public entry points:
   load(core=None) -> Path             build (once, cached) + optionally register the extension
-  export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto") -> dict
+  export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, nchw_ops=True) -> dict
   load_model(model_dir, threads=1, perf_counters=False) -> CompiledSparseModel (callable)
   pack(weight, bias) / spconv1x1(x, w, ...)   direct kernel access (tests, per-layer bench)
 """
@@ -13,9 +14,9 @@ def load(core=None):
     return _load(core)
 
 
-def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto"):
+def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, nchw_ops=True):
     from picosparse.ops.rewrite import export_x86_sparse as _export
-    return _export(model_dir, out_dir, sparse_threshold, depthwise)
+    return _export(model_dir, out_dir, sparse_threshold, nchw_ops)
 
 
 def load_model(model_dir, threads=1, perf_counters=False):

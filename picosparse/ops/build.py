@@ -18,13 +18,14 @@ from picosparse.atomic import atomic_path
 from picosparse.errors import StackError
 
 SRC_DIR = Path(__file__).resolve().parent
-SOURCES = ("spconv.cpp", "extension.cpp")
-HEADERS = ("spconv.h",)
+SOURCES = ("spconv.cpp", "conv2d.cpp", "upsample.cpp", "extension.cpp")
+HEADERS = ("spconv.h", "simd.h", "parallel.h", "activate.inc", "spconv_impl.inc",
+           "conv2d_impl.inc")
 LIB_NAME = "libpicosparse_ops.so"
 # Baseline x86-64 on purpose: the AVX2/AVX-512 kernels carry their own target attributes and
 # are picked at run time, so the cached library is valid on any x86-64 CPU.
 CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fvisibility=hidden",
-            "-Wall", "-Wno-maybe-uninitialized")
+            "-Wall", "-Wno-maybe-uninitialized", "-Wno-uninitialized")
 
 
 def cache_root():

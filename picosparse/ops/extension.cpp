@@ -1,5 +1,6 @@
-// OpenVINO host for the sparse 1x1 convolution, plus a tiny C API (for ctypes tests) in the
-// same shared library.
+// OpenVINO host for picosparse's ops - the sparse 1x1 convolution, and the dense NCHW ops that
+// keep its neighbours out of OpenVINO's blocked layouts (Conv2d, Upsample) - plus a tiny C API
+// (for ctypes tests) in the same shared library.
 //
 // Op "SparseConv1x1" (opset "picosparse"):
 //   inputs  0: x      f32 [N, Cin, H, W]
@@ -14,6 +15,8 @@
 //   output  0: y      f32 [N, Cout, H, W]
 // The CPU plugin runs it through evaluate() on plain NCHW buffers.
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -100,72 +103,109 @@ public:
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
-        spconv1x1(w, x.data<const float>(), outputs[0].data<float>(), (int)xs[0],
-                  (int64_t)(xs[2] * xs[3]), isa, (int)m_threads);
+        const int64_t hw = (int64_t)(xs[2] * xs[3]);
+        const auto offs = offsets(w, sp_tile_width(isa, w.cin, hw));
+        spconv1x1(w, x.data<const float>(), outputs[0].data<float>(), (int)xs[0], hw, isa,
+                  (int)m_threads, offs->data());
         return true;
     }
 
 private:
+    // The nonzeros' tile offsets for tile width tw, computed on the first call and kept (the
+    // weights are constants; tw changes only if the input shape does). Shared so a concurrent
+    // call that recomputes them never frees what another is reading.
+    std::shared_ptr<const std::vector<int32_t>> offsets(const SparseWeights& w, int tw) const {
+        std::lock_guard<std::mutex> lock(m_cache_mutex);
+        if (!m_offs || m_offs_tw != tw) {
+            auto offs = std::make_shared<std::vector<int32_t>>((size_t)w.rowptr[w.cout] + 1);
+            sp_offsets(w, tw, offs->data());
+            m_offs = std::move(offs);
+            m_offs_tw = tw;
+        }
+        return m_offs;
+    }
+
     std::string m_activation = "none";
     float m_alpha = 0.f, m_beta = 0.f;
     int64_t m_threads = 0;
+    mutable std::mutex m_cache_mutex;
+    mutable std::shared_ptr<const std::vector<int32_t>> m_offs;
+    mutable int m_offs_tw = 0;
 };
 
-// Op "DepthwiseConv2d" (opset "picosparse"): inputs x f32 [N, C, H, W], weights f32 [C, K, K]
-// (BN folded), bias f32 [C]; attrs stride, pads (top, left, bottom, right), activation/alpha/
-// beta. Plain NCHW like SparseConv1x1, so no layout reorders sit between the two.
-class DepthwiseConv2d : public ov::op::Op {
+// Op "Conv2d" (opset "picosparse"): inputs x f32 [N, Cin, H, W], weights f32 [Cout, Cin/groups,
+// K, K] (BN folded), bias f32 [Cout]; attrs groups, stride, pads (top, left, bottom, right),
+// activation/alpha/beta, pool (empty, or a max pool fused after the activation: kernel, stride,
+// pads top/left/bottom/right), threads. The depthwise convs (groups == Cin == Cout) and the small dense
+// stem conv: plain NCHW like SparseConv1x1, so no layout reorders sit between them.
+class Conv2d : public ov::op::Op {
 public:
-    OPENVINO_OP("DepthwiseConv2d", "picosparse");
+    OPENVINO_OP("Conv2d", "picosparse");
 
-    DepthwiseConv2d() = default;
-    DepthwiseConv2d(const ov::OutputVector& args, int64_t stride, std::vector<int64_t> pads,
-                    std::string activation, float alpha, float beta)
-        : Op(args), m_stride(stride), m_pads(std::move(pads)),
-          m_activation(std::move(activation)), m_alpha(alpha), m_beta(beta) {
+    Conv2d() = default;
+    Conv2d(const ov::OutputVector& args, int64_t groups, int64_t stride, std::vector<int64_t> pads,
+           std::string activation, float alpha, float beta, std::vector<int64_t> pool)
+        : Op(args), m_groups(groups), m_stride(stride), m_pads(std::move(pads)),
+          m_activation(std::move(activation)), m_alpha(alpha), m_beta(beta),
+          m_pool(std::move(pool)) {
         constructor_validate_and_infer_types();
     }
 
-    DepthwiseParams params(const ov::Shape& xs, const ov::Shape& ws) const {
-        DepthwiseParams p;
-        p.c = (int)xs[1], p.h = (int)xs[2], p.w = (int)xs[3], p.k = (int)ws[1];
+    ConvParams params(const ov::Shape& xs, const ov::Shape& ws) const {
+        ConvParams p;
+        p.cin = (int)xs[1], p.cout = (int)ws[0], p.groups = (int)m_groups;
+        p.h = (int)xs[2], p.w = (int)xs[3], p.k = (int)ws[2];
         p.stride = (int)m_stride;
         p.pad_t = (int)m_pads[0], p.pad_l = (int)m_pads[1];
         p.pad_b = (int)m_pads[2], p.pad_r = (int)m_pads[3];
         p.act = act_code(m_activation), p.alpha = m_alpha, p.beta = m_beta;
+        if (m_pool.size() == 6) {
+            p.pool_k = (int)m_pool[0], p.pool_s = (int)m_pool[1];
+            p.pool_pad_t = (int)m_pool[2], p.pool_pad_l = (int)m_pool[3];
+            p.pool_pad_b = (int)m_pool[4], p.pool_pad_r = (int)m_pool[5];
+        }
         return p;
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 3, "DepthwiseConv2d takes 3 inputs");
+        NODE_VALIDATION_CHECK(this, get_input_size() == 3, "Conv2d takes 3 inputs");
+        NODE_VALIDATION_CHECK(this, m_pool.empty() || (m_pool.size() == 6 && m_pool[0] >= 1 &&
+                                                        m_pool[1] >= 1),
+                              "pool must be empty or [k, stride, pad t, l, b, r]");
         NODE_VALIDATION_CHECK(this, act_code(m_activation) >= 0, "unknown activation");
-        NODE_VALIDATION_CHECK(this, m_pads.size() == 4 && m_stride >= 1, "bad stride/pads");
+        NODE_VALIDATION_CHECK(this, m_pads.size() == 4 && m_stride >= 1 && m_groups >= 1,
+                              "bad groups/stride/pads");
         const auto& xs = get_input_partial_shape(0);
         const auto& ws = get_input_partial_shape(1);
         if (xs.is_static() && ws.is_static()) {
-            const auto p = params(xs.to_shape(), ws.to_shape());
-            NODE_VALIDATION_CHECK(this, ws.to_shape()[0] == xs.to_shape()[1],
-                                  "weights must be [C, K, K]");
+            const ov::Shape x = xs.to_shape(), w = ws.to_shape();
+            NODE_VALIDATION_CHECK(this, w.size() == 4 && w[2] == w[3], "weights must be "
+                                  "[Cout, Cin/groups, K, K]");
+            NODE_VALIDATION_CHECK(this, x[1] % m_groups == 0 && w[0] % m_groups == 0 &&
+                                  w[1] * m_groups == x[1], "channels do not match groups");
+            const auto p = params(x, w);
             set_output_type(0, ov::element::f32,
-                            ov::PartialShape{xs[0], xs[1], p.out_h(), p.out_w()});
+                            ov::PartialShape{xs[0], ws[0], p.final_h(), p.final_w()});
         } else {
             set_output_type(0, ov::element::f32, ov::PartialShape::dynamic(4));
         }
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        auto op = std::make_shared<DepthwiseConv2d>(args, m_stride, m_pads, m_activation,
-                                                    m_alpha, m_beta);
+        auto op = std::make_shared<Conv2d>(args, m_groups, m_stride, m_pads, m_activation,
+                                           m_alpha, m_beta, m_pool);
         op->m_threads = m_threads;
         return op;
     }
 
     bool visit_attributes(ov::AttributeVisitor& v) override {
+        v.on_attribute("groups", m_groups);
         v.on_attribute("stride", m_stride);
         v.on_attribute("pads", m_pads);
         v.on_attribute("activation", m_activation);
         v.on_attribute("alpha", m_alpha);
         v.on_attribute("beta", m_beta);
+        v.on_attribute("pool", m_pool);
         v.on_attribute("threads", m_threads);
         return true;
     }
@@ -174,31 +214,86 @@ public:
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const ov::Shape xs = inputs[0].get_shape();
-        DepthwiseParams p = params(xs, inputs[1].get_shape());
+        ConvParams p = params(xs, inputs[1].get_shape());
         p.wt = inputs[1].data<const float>();
         p.bias = inputs[2].data<const float>();
-        outputs[0].set_shape(ov::Shape{xs[0], xs[1], (size_t)p.out_h(), (size_t)p.out_w()});
+        outputs[0].set_shape(ov::Shape{xs[0], (size_t)p.cout, (size_t)p.final_h(),
+                                       (size_t)p.final_w()});
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
-        dwconv(p, inputs[0].data<const float>(), outputs[0].data<float>(), (int)xs[0], isa,
+        conv2d(p, inputs[0].data<const float>(), outputs[0].data<float>(), (int)xs[0], isa,
                (int)m_threads);
         return true;
     }
 
 private:
-    int64_t m_stride = 1;
+    int64_t m_groups = 1, m_stride = 1;
     std::vector<int64_t> m_pads{0, 0, 0, 0};
     std::string m_activation = "none";
     float m_alpha = 0.f, m_beta = 0.f;
+    std::vector<int64_t> m_pool;
     int64_t m_threads = 0;
+};
+
+// Op "Upsample" (opset "picosparse"): x f32 [N, C, H, W] -> [N, C, H * factor_h, W * factor_w],
+// nearest neighbour (OpenVINO Interpolate nearest/asymmetric/simple at integer scales).
+class Upsample : public ov::op::Op {
+public:
+    OPENVINO_OP("Upsample", "picosparse");
+
+    Upsample() = default;
+    Upsample(const ov::OutputVector& args, int64_t fh, int64_t fw)
+        : Op(args), m_fh(fh), m_fw(fw) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == 1 && m_fh >= 1 && m_fw >= 1,
+                              "Upsample takes 1 input and factors >= 1");
+        auto s = get_input_partial_shape(0);
+        if (s.rank().is_static()) {
+            NODE_VALIDATION_CHECK(this, s.rank().get_length() == 4, "input must be NCHW");
+            if (s[2].is_static()) s[2] = s[2].get_length() * m_fh;
+            if (s[3].is_static()) s[3] = s[3].get_length() * m_fw;
+        }
+        set_output_type(0, ov::element::f32, s);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        auto op = std::make_shared<Upsample>(args, m_fh, m_fw);
+        op->m_threads = m_threads;
+        return op;
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& v) override {
+        v.on_attribute("factor_h", m_fh);
+        v.on_attribute("factor_w", m_fw);
+        v.on_attribute("threads", m_threads);
+        return true;
+    }
+
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const ov::Shape xs = inputs[0].get_shape();
+        outputs[0].set_shape(ov::Shape{xs[0], xs[1], xs[2] * m_fh, xs[3] * m_fw});
+        upsample_nearest(inputs[0].data<const float>(), outputs[0].data<float>(),
+                         (int64_t)(xs[0] * xs[1]), (int)xs[2], (int)xs[3], (int)m_fh, (int)m_fw,
+                         (int)m_threads);
+        return true;
+    }
+
+private:
+    int64_t m_fh = 2, m_fw = 2, m_threads = 0;
 };
 
 }  // namespace picosparse
 
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
     {std::make_shared<ov::OpExtension<picosparse::SparseConv1x1>>(),
-     std::make_shared<ov::OpExtension<picosparse::DepthwiseConv2d>>()}));
+     std::make_shared<ov::OpExtension<picosparse::Conv2d>>(),
+     std::make_shared<ov::OpExtension<picosparse::Upsample>>()}));
 
 // ------------------------------------------------------------------ C API (ctypes, tests, bench)
 extern "C" {
@@ -230,22 +325,29 @@ __attribute__((visibility("default"))) int ps_spconv1x1(
     return isa;
 }
 
-// Depthwise conv; pads = {top, left, bottom, right}. Returns the ISA used or -1 (see above).
-__attribute__((visibility("default"))) int ps_dwconv(
-    const float* wt, const float* bias, int c, int h, int w, int k, int stride, const int* pads,
-    int act, float alpha, float beta, const float* x, float* y, int n, int threads, char* err,
-    int errlen) {
+// Direct conv (weights [cout, cin/groups, k, k]); pads = {top, left, bottom, right}; pool =
+// null or {k, stride, pad top, left, bottom, right} of a fused max pool. Returns the ISA used
+// or -1 (see above).
+__attribute__((visibility("default"))) int ps_conv2d(
+    const float* wt, const float* bias, int cin, int cout, int groups, int h, int w, int k,
+    int stride, const int* pads, int act, float alpha, float beta, const int* pool,
+    const float* x, float* y, int n, int threads, char* err, int errlen) {
     const char* e = nullptr;
     const int isa = picosparse::select_isa(&e);
     if (isa < 0) {
         if (err && errlen > 0) std::strncpy(err, e, (size_t)errlen - 1), err[errlen - 1] = 0;
         return -1;
     }
-    picosparse::DepthwiseParams p;
-    p.c = c, p.h = h, p.w = w, p.k = k, p.stride = stride;
+    picosparse::ConvParams p;
+    p.cin = cin, p.cout = cout, p.groups = groups, p.h = h, p.w = w, p.k = k, p.stride = stride;
     p.pad_t = pads[0], p.pad_l = pads[1], p.pad_b = pads[2], p.pad_r = pads[3];
     p.wt = wt, p.bias = bias, p.act = act, p.alpha = alpha, p.beta = beta;
-    picosparse::dwconv(p, x, y, n, isa, threads < 1 ? 1 : threads);
+    if (pool) {
+        p.pool_k = pool[0], p.pool_s = pool[1];
+        p.pool_pad_t = pool[2], p.pool_pad_l = pool[3], p.pool_pad_b = pool[4];
+        p.pool_pad_r = pool[5];
+    }
+    picosparse::conv2d(p, x, y, n, isa, threads < 1 ? 1 : threads);
     return isa;
 }
 

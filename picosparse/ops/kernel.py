@@ -72,10 +72,11 @@ def _lib():
                                      ctypes.c_int, ctypes.c_float, ctypes.c_float, f32p, f32p,
                                      ctypes.c_int, ctypes.c_int64, ctypes.c_int,
                                      ctypes.c_char_p, ctypes.c_int]
-        lib.ps_dwconv.restype = ctypes.c_int
-        lib.ps_dwconv.argtypes = [f32p, f32p] + [ctypes.c_int] * 5 + [
-            ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_float, ctypes.c_float, f32p,
-            f32p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.ps_conv2d.restype = ctypes.c_int
+        lib.ps_conv2d.argtypes = [f32p, f32p] + [ctypes.c_int] * 7 + [
+            ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_float, ctypes.c_float,
+            ctypes.POINTER(ctypes.c_int), f32p, f32p, ctypes.c_int, ctypes.c_int,
+            ctypes.c_char_p, ctypes.c_int]
         lib.ps_select_isa.restype = ctypes.c_int
         lib.ps_cpu_supports.restype = ctypes.c_int
         lib.ps_cpu_supports.argtypes = [ctypes.c_int]
@@ -118,24 +119,36 @@ def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None):
     return y, {v: k for k, v in ISAS.items()}[code]
 
 
-def dwconv(x, weight, bias=None, stride=1, pads=(0, 0, 0, 0), act="none", alpha=0.0, beta=0.0,
-           threads=1):
-    """Depthwise conv (groups = channels) of NCHW fp32 x with weight [C, K, K];
-    pads = (top, left, bottom, right). Returns (y, isa name used)."""
+def conv2d(x, weight, bias=None, stride=1, pads=(0, 0, 0, 0), groups=1, act="none", alpha=0.0,
+           beta=0.0, threads=1, pool=None):
+    """Direct KxK conv of NCHW fp32 x with weight [Cout, Cin/groups, K, K] (depthwise: groups =
+    Cin = Cout, weight [C, 1, K, K] or [C, K, K]); pads = (top, left, bottom, right); pool =
+    None or (k, stride, pad top, left, bottom, right) of a max pool after the activation.
+    Returns (y, isa name used)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n, c, h, w = x.shape
-    wt = np.ascontiguousarray(np.asarray(weight, np.float32).reshape(c, *weight.shape[-2:]))
-    k = wt.shape[-1]
-    b = np.zeros(c, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    n, cin, h, w = x.shape
+    wt = np.asarray(weight, np.float32)
+    if wt.ndim == 3:
+        wt = wt[:, None]
+    wt = np.ascontiguousarray(wt)
+    cout, k = wt.shape[0], wt.shape[-1]
+    if cin % groups or cout % groups or wt.shape[1] * groups != cin:
+        raise ValueError(f"weight {wt.shape} does not fit x {x.shape} with groups={groups}")
+    b = np.zeros(cout, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
     ho = (h + pads[0] + pads[2] - k) // stride + 1
     wo = (w + pads[1] + pads[3] - k) // stride + 1
-    y = np.empty((n, c, ho, wo), np.float32)
+    if pool is not None:
+        ho = (ho + pool[2] + pool[4] - pool[0]) // pool[1] + 1
+        wo = (wo + pool[3] + pool[5] - pool[0]) // pool[1] + 1
+    y = np.empty((n, cout, ho, wo), np.float32)
     f32p = ctypes.POINTER(ctypes.c_float)
     pd = (ctypes.c_int * 4)(*pads)
+    pl = (ctypes.c_int * 6)(*pool) if pool is not None else None
     err = ctypes.create_string_buffer(256)
-    code = _lib().ps_dwconv(wt.ctypes.data_as(f32p), b.ctypes.data_as(f32p), c, h, w, k,
-                            stride, pd, ACTS[act], alpha, beta, x.ctypes.data_as(f32p),
-                            y.ctypes.data_as(f32p), n, threads, err, len(err))
+    code = _lib().ps_conv2d(wt.ctypes.data_as(f32p), b.ctypes.data_as(f32p), cin, cout, groups,
+                            h, w, k, stride, pd, ACTS[act], alpha, beta, pl,
+                            x.ctypes.data_as(f32p), y.ctypes.data_as(f32p), n, threads, err,
+                            len(err))
     if code < 0:
-        raise PicosparseError(f"depthwise op: {err.value.decode()}")
+        raise PicosparseError(f"conv op: {err.value.decode()}")
     return y, {v: k for k, v in ISAS.items()}[code]

@@ -1,6 +1,7 @@
 """Per-layer timing of an x86-sparse model against the dense model it was made from.
 
-For every node the rewrite replaced (a sparse 1x1 conv chain, or a depthwise conv chain) the
+For every node the rewrite replaced (a sparse 1x1 conv chain, a depthwise or KxK conv chain, an
+upsampling) the
 OpenVINO PERF_COUNT time of our op is set beside the time of the dense node that ran the same
 chain, plus a bound: what the 1x1 convs would take if they got exactly faster by the fraction
 of their weights that is zero. `benchmarks/x86_sparse.py --per-layer` and `picosparse bench
@@ -89,7 +90,10 @@ def per_layer(dense_model, sparse_dir, inputs, threads=1, reps=20):
 
     rows = []
     for layer in meta["layers"]:
-        td, tsp = pd.get(owner.get(layer["op"], layer["op"])), ps.get(layer["op"])
+        # the dense runtime nodes that ran this chain (the stem's conv and its max pool are two)
+        nodes = {owner.get(n, n) for n in (layer["name"], layer["op"])}
+        td = sum(pd[n] for n in nodes if n in pd) if nodes & pd.keys() else None
+        tsp = ps.get(layer["op"])
         row = dict(layer, dense_ms=td, sparse_ms=tsp,
                    speedup=td / tsp if td and tsp else None)
         if layer["kind"] == "sparse1x1":
@@ -113,6 +117,8 @@ def per_layer(dense_model, sparse_dir, inputs, threads=1, reps=20):
         "ideal_sparse_1x1_ms": ideal,
         "picosparse_depthwise_ms": sum(r["sparse_ms"] or 0 for r in rows
                                        if r["kind"] == "depthwise"),
+        "picosparse_other_ops_ms": sum(r["sparse_ms"] or 0 for r in rows
+                                       if r["kind"] in ("conv", "upsample")),
         "x86_sparse_other_ms": sum(v for k, v in ps.items() if k not in ours),
         "bound_ms": bound_ms,
         "bound_speedup": total_dense / bound_ms if bound_ms > 0 else None,
@@ -125,8 +131,15 @@ def per_layer(dense_model, sparse_dir, inputs, threads=1, reps=20):
 
 
 def layer_shape(layer):
-    """'Cin->Cout@HxW' of a sparse 1x1 layer, 'Cc kKsS@HxW' of a depthwise one."""
+    """'Cin->Cout@HxW' of a sparse 1x1 layer, 'Cc kKsS@HxW' of a depthwise one, 'Cin->Cout
+    kKsS@HxW' of a dense KxK one (+pool), 'x2x2' of an upsampling (HxW: the output)."""
     hw = "x".join(map(str, layer.get("hw") or ["?", "?"]))
     if layer["kind"] == "sparse1x1":
         return f"{layer['cin']}->{layer['cout']}@{hw}"
-    return f"{layer['cout']}c k{layer['k']}s{layer['stride']}@{hw}"
+    if layer["kind"] == "upsample":
+        return "x" + "x".join(map(str, layer.get("factors", [])))
+    geo = f"k{layer['k']}s{layer['stride']}@{hw}"
+    if layer["kind"] == "conv":
+        pool = "+pool" if "MaxPool" in layer.get("folded", []) else ""
+        return f"{layer['cin']}->{layer['cout']} {geo}{pool}"
+    return f"{layer['cout']}c {geo}"

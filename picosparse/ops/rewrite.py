@@ -6,8 +6,9 @@ Rewrite, per Convolution read from model.pdmodel by OpenVINO's Paddle frontend:
     -> [BatchNormInference | Add(const) | Multiply(const)]*   (per-channel affine, folded)
     -> [Relu | HSwish | HardSigmoid | PRelu(scalar slope)]?   (fused)
 becomes one SparseConv1x1 node. Folding scales each weight row, so zeros stay exactly zero.
-Depthwise convs (GroupConvolution, groups = channels) with the same chain can become
-DepthwiseConv2d nodes (dense, plain NCHW); see rewrite_model's `depthwise`.
+Depthwise convs (GroupConvolution, groups = channels) and dense KxK convs (PicoDet's stem) with
+the same chain (+ a max pool after the stem) can become picosparse Conv2d nodes (dense, plain
+NCHW), and nearest 2x Interpolates Upsample nodes; see rewrite_model's `nchw_ops`.
 Each step of the chain is absorbed only if it is the sole consumer of the previous output.
 """
 
@@ -24,7 +25,8 @@ from picosparse.errors import DataError, PicosparseError
 META_NAME = "x86_sparse.json"
 XML_NAME = "model.xml"
 OP_TYPE = "SparseConv1x1"
-DW_TYPE = "DepthwiseConv2d"
+CONV_TYPE = "Conv2d"
+UPSAMPLE_TYPE = "Upsample"
 
 
 def _find_model(model_dir):
@@ -83,36 +85,36 @@ def _is_1x1(conv):
             and a.get("auto_pad", "explicit") in ("explicit", "valid", "notset"))
 
 
-def _depthwise_geometry(node):
-    """(k, stride, pads t/l/b/r) if node is a square depthwise conv the picosparse op runs."""
-    if node.get_type_name() != "GroupConvolution":
+def _conv_geometry(node):
+    """(groups, k, stride, pads t/l/b/r) if node is a square KxK conv the picosparse Conv2d op
+    runs: a depthwise GroupConvolution, or a dense Convolution with K > 1; else None."""
+    t = node.get_type_name()
+    if t not in ("GroupConvolution", "Convolution"):
         return None
     ws, xs = node.get_input_partial_shape(1), node.get_input_partial_shape(0)
-    if not (ws.is_static and xs.is_static) or len(ws) != 5 or len(xs) != 4:
+    if not (ws.is_static and xs.is_static) or len(xs) != 4:
         return None
-    g, co, ci, kh, kw = ws.to_shape()
+    cin = xs.to_shape()[1]
+    if t == "GroupConvolution":
+        if len(ws) != 5:
+            return None
+        g, co, ci, kh, kw = ws.to_shape()
+        if not (co == 1 and ci == 1 and g == cin):  # depthwise only
+            return None
+    else:
+        if len(ws) != 4:
+            return None
+        g = 1
+        _, ci, kh, kw = ws.to_shape()
+        if kh == 1 or ci != cin:
+            return None
     a = node.get_attributes()
     st, dil = list(a["strides"]), list(a["dilations"])
-    if not (co == 1 and ci == 1 and g == xs.to_shape()[1] and kh == kw and st[0] == st[1]
-            and st[0] in (1, 2) and dil == [1, 1] and a.get("auto_pad", "explicit") == "explicit"):
+    if not (kh == kw and st[0] == st[1] and st[0] in (1, 2) and dil == [1, 1]
+            and a.get("auto_pad", "explicit") == "explicit"):
         return None
     pb, pe = list(a["pads_begin"]), list(a["pads_end"])
-    return int(kh), int(st[0]), [int(pb[0]), int(pb[1]), int(pe[0]), int(pe[1])]
-
-
-# depthwise="auto": the picosparse depthwise op only where it measured at least as fast as
-# OpenVINO's (blocked-layout) one plus the two reorders it saves: stride 1 on maps of
-# >= 32x32 pixels. On small maps NCHW rows fill few vector lanes (10 of 16 at 10x10) and
-# OpenVINO's channel-blocked kernel wins by 2-3x, while the reorders it needs are small.
-DW_AUTO_MIN_PIXELS = 1024
-
-
-def _dw_pays(conv, stride):
-    shape = conv.get_output_partial_shape(0)
-    if not shape.is_static:
-        return False
-    _, _, h, w = shape.to_shape()
-    return stride == 1 and h * w >= DW_AUTO_MIN_PIXELS
+    return int(g), int(kh), int(st[0]), [int(pb[0]), int(pb[1]), int(pe[0]), int(pe[1])]
 
 
 def _fold_chain(conv, cout):
@@ -137,6 +139,45 @@ def _fold_chain(conv, cout):
         act, alpha, beta = _activation(nxt)
         last = nxt
     return last, scale, shift, folded, act, alpha, beta
+
+
+def _upsample_factors(node):
+    """(fh, fw) if node is a nearest, integer-factor Interpolate the Upsample op reproduces
+    exactly (asymmetric coordinates: out[y] = in[floor(y / f)]), else None."""
+    if node.get_type_name() != "Interpolate":
+        return None
+    a = node.get_attributes()
+    if (a.get("mode") != "nearest" or a.get("antialias")
+            or a.get("coordinate_transformation_mode") != "asymmetric"
+            or a.get("nearest_mode") not in ("simple", "floor")
+            or any(a.get("pads_begin", [0])) or any(a.get("pads_end", [0]))):
+        return None
+    xs, ys = node.get_input_partial_shape(0), node.get_output_partial_shape(0)
+    if not (xs.is_static and ys.is_static) or len(xs) != 4:
+        return None
+    (n, c, h, w), (n2, c2, h2, w2) = xs.to_shape(), ys.to_shape()
+    if (n, c) != (n2, c2) or h2 % h or w2 % w or node.get_input_element_type(0).get_type_name() != "f32":
+        return None
+    return h2 // h, w2 // w
+
+
+def _fused_pool(node):
+    """(max pool node, [k, stride, pad t, l, b, r]) if `node`'s sole consumer is a square max
+    pool the Conv2d op can fuse (floor rounding, explicit pads, no indices used), else None."""
+    pool = _sole_consumer(node)
+    if pool is None or pool.get_type_name() != "MaxPool":
+        return None
+    a = pool.get_attributes()
+    k, st = list(a["kernel"]), list(a["strides"])
+    if (k[0] != k[1] or st[0] != st[1] or a.get("rounding_type", "floor") != "floor"
+            or a.get("auto_pad", "explicit") != "explicit"
+            or list(a.get("dilations", [1, 1])) != [1, 1]
+            or any(len(pool.output(i).get_target_inputs()) for i in range(1, pool.get_output_size()))):
+        return None
+    pb, pe = list(a["pads_begin"]), list(a["pads_end"])
+    if max(pb + pe) >= k[0]:  # a window entirely in the padding has no defined max
+        return None
+    return pool, [int(k[0]), int(st[0]), int(pb[0]), int(pb[1]), int(pe[0]), int(pe[1])]
 
 
 def _absorb_affine(node, prev, scale, shift, cout):
@@ -199,29 +240,40 @@ def _activation(node):
     return None
 
 
-def plan_replacements(model, sparse_threshold, depthwise=True):
+def plan_replacements(model, sparse_threshold, nchw_ops=True):
     """What the rewrite would replace; nothing is modified.
 
-    Returns (replace, skipped): replace is a list of dicts (kind "sparse1x1" or "depthwise",
-    conv, last node of the fused chain, folded float32 weight, bias [Cout], act, alpha, beta,
-    ...); skipped lists the 1x1 convs left dense with the reason.
+    Returns (replace, skipped): replace is a list of dicts (kind "sparse1x1", "depthwise",
+    "conv" (dense KxK) or "upsample"; conv = the first node, last = the end of the fused chain,
+    folded float32 weight, bias [Cout], act, alpha, beta, ...); skipped lists the 1x1 convs
+    left dense with the reason.
     """
     replace, skipped = [], []
     for conv in model.get_ordered_ops():
         name = conv.get_friendly_name()
-        if depthwise and _depthwise_geometry(conv) is not None:
+        if nchw_ops and _upsample_factors(conv) is not None:
+            replace.append(dict(kind="upsample", conv=conv, last=conv, name=name,
+                                factors=_upsample_factors(conv)))
+            continue
+        geo = _conv_geometry(conv) if nchw_ops else None
+        if geo is not None:
             w = _const(conv.input_value(1))
             if w is None or w.dtype != np.float32:
                 continue
-            k, stride, pads = _depthwise_geometry(conv)
-            if depthwise == "auto" and not _dw_pays(conv, stride):
-                continue
-            c = w.shape[0]
-            last, scale, shift, folded, act, alpha, beta = _fold_chain(conv, c)
-            wf = (w.reshape(c, k, k).astype(np.float64) * scale[:, None, None]).astype(np.float32)
-            replace.append(dict(kind="depthwise", conv=conv, last=last, name=name, weight=wf,
-                                bias=shift.astype(np.float32), act=act, alpha=alpha, beta=beta,
-                                folded=folded, k=k, stride=stride, pads=pads, cout=int(c)))
+            groups, k, stride, pads = geo
+            cout = w.shape[0] * (w.shape[1] if groups > 1 else 1)  # group conv: [G, 1, 1, K, K]
+            w = w.reshape(cout, -1, k, k)
+            last, scale, shift, folded, act, alpha, beta = _fold_chain(conv, cout)
+            pool = _fused_pool(last)
+            if pool is not None:
+                last, pool = pool
+                folded = folded + ["MaxPool"]
+            wf = (w.astype(np.float64) * scale[:, None, None, None]).astype(np.float32)
+            replace.append(dict(kind="depthwise" if groups > 1 else "conv", conv=conv, last=last,
+                                name=name, weight=wf, bias=shift.astype(np.float32), act=act,
+                                alpha=alpha, beta=beta, folded=folded, k=k, stride=stride,
+                                pads=pads, groups=groups, cin=int(w.shape[1] * groups),
+                                cout=int(cout), pool=pool or []))
             continue
         if not _is_1x1(conv):
             continue
@@ -247,13 +299,14 @@ def plan_replacements(model, sparse_threshold, depthwise=True):
     return replace, skipped
 
 
-def rewrite_model(model, sparse_threshold=0.6, lib_path=None, depthwise="auto"):
+def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
     """Replace sparse 1x1 conv chains in `model` (an ov.Model, modified in place). Returns stats.
 
-    depthwise: True moves every depthwise conv (+BN+act) to the picosparse DepthwiseConv2d op,
-    "auto" only those where that pays (see DW_AUTO_MIN_PIXELS), False none. Why at all:
-    OpenVINO runs its depthwise conv in a blocked layout, so each one next to a sparse op
-    (plain NCHW) gets a layout reorder on both sides.
+    nchw_ops: True also moves every depthwise and dense KxK conv (+BN+act, + a following max
+    pool) to the picosparse Conv2d op and nearest integer upsampling to its Upsample op; False
+    leaves them to OpenVINO. Why: OpenVINO runs those in a blocked or NHWC layout, so each one
+    next to a sparse op (plain NCHW) gets a layout reorder on both sides (measured ~3 ms of a
+    17 ms PicoDet-m, with the stem's NCHW max pool ~1 ms more).
     """
     from openvino import passes
     import openvino.opset13 as ops
@@ -268,19 +321,30 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, depthwise="auto"):
 
     factory = NodeFactory("opset13")
     factory.add_extension(str(lib_path or library_path()))
-    replace, skipped = plan_replacements(model, sparse_threshold, depthwise)
-    layers, dense_bytes, sparse_bytes, n_dw = [], 0, 0, 0
+    replace, skipped = plan_replacements(model, sparse_threshold, nchw_ops)
+    layers, dense_bytes, sparse_bytes, n_dw, n_kxk, n_up = [], 0, 0, 0, 0, 0
     for r in replace:
         x = r["conv"].input_value(0)
-        act = {"activation": r["act"], "alpha": float(r["alpha"]), "beta": float(r["beta"])}
-        if r["kind"] == "depthwise":
-            node = factory.create(DW_TYPE, [x, ops.constant(r["weight"]).output(0),
-                                            ops.constant(r["bias"]).output(0)],
-                                  {"stride": r["stride"], "pads": r["pads"], **act})
+        if r["kind"] == "upsample":
+            node = factory.create(UPSAMPLE_TYPE, [x], {"factor_h": r["factors"][0],
+                                                       "factor_w": r["factors"][1]})
             _swap_in(r["last"], node)
-            n_dw += 1
+            n_up += 1
+            layers.append({"kind": "upsample", "name": r["name"], "factors": list(r["factors"]),
+                           "op": node.get_friendly_name()})
+            continue
+        act = {"activation": r["act"], "alpha": float(r["alpha"]), "beta": float(r["beta"])}
+        if r["kind"] in ("depthwise", "conv"):
+            node = factory.create(CONV_TYPE, [x, ops.constant(r["weight"]).output(0),
+                                              ops.constant(r["bias"]).output(0)],
+                                  {"groups": r["groups"], "stride": r["stride"],
+                                   "pads": r["pads"], "pool": r["pool"], **act})
+            _swap_in(r["last"], node)
+            n_dw += r["kind"] == "depthwise"
+            n_kxk += r["kind"] == "conv"
             shape = node.get_output_partial_shape(0)
-            layers.append({"kind": "depthwise", "name": r["name"], "cout": r["cout"],
+            layers.append({"kind": r["kind"], "name": r["name"], "cin": r["cin"],
+                           "cout": r["cout"], "groups": r["groups"],
                            "k": r["k"], "stride": r["stride"],
                            "hw": [int(d.get_length()) for d in list(shape)[2:]],
                            "folded": r["folded"], "activation": r["act"],
@@ -303,7 +367,9 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, depthwise="auto"):
                        "folded": r["folded"], "activation": r["act"],
                        "op": node.get_friendly_name()})
     model.validate_nodes_and_infer_types()
-    return {"replaced": len(layers) - n_dw, "depthwise": n_dw, "kept_dense_1x1": len(skipped),
+    return {"replaced": len(layers) - n_dw - n_kxk - n_up, "depthwise": n_dw, "dense_kxk": n_kxk,
+            "upsample": n_up,
+            "kept_dense_1x1": len(skipped),
             "layers": layers,
             "skipped": skipped, "dense_1x1_weight_bytes": dense_bytes,
             "sparse_weight_bytes": sparse_bytes}
@@ -318,12 +384,12 @@ def _swap_in(last, node):
         node.output(0).get_tensor().set_names(names)
 
 
-def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto"):
+def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, nchw_ops=True):
     """Convert MODEL_DIR/model.pdmodel into OUT_DIR/model.xml+.bin with sparse 1x1 ops.
 
     OUT_DIR also gets libpicosparse_ops.so (the OpenVINO extension, built for the installed
     OpenVINO), x86_sparse.json (what was replaced) and MODEL_DIR's infer_cfg.yml if any;
-    `picosparse.ops.load_model(OUT_DIR)` runs it. depthwise: "auto" | True | False, see
+    `picosparse.ops.load_model(OUT_DIR)` runs it. nchw_ops: see
     rewrite_model. Raises DataError when no 1x1 conv reaches `sparse_threshold`, and checks
     that OpenVINO compiles the result; OUT_DIR is written atomically (nothing on error).
     Returns {"out_dir", "model_xml", "extension", "replaced", "depthwise", "kept_dense_1x1",
@@ -333,11 +399,11 @@ def export_x86_sparse(model_dir, out_dir, sparse_threshold=0.6, depthwise="auto"
     if "paddle" in sys.modules:
         # ov.save_model of a model holding our ops segfaulted in a process that had imported
         # paddle before loading the extension (`picosparse export` has): convert in a clean one
-        return _export_in_child(model_dir, out_dir, sparse_threshold, depthwise)
-    return _export(model_dir, out_dir, sparse_threshold, depthwise)
+        return _export_in_child(model_dir, out_dir, sparse_threshold, nchw_ops)
+    return _export(model_dir, out_dir, sparse_threshold, nchw_ops)
 
 
-def _export_in_child(model_dir, out_dir, sparse_threshold, depthwise):
+def _export_in_child(model_dir, out_dir, sparse_threshold, nchw_ops):
     import subprocess
     import tempfile
 
@@ -347,7 +413,7 @@ def _export_in_child(model_dir, out_dir, sparse_threshold, depthwise):
     with tempfile.TemporaryDirectory(prefix="picosparse-x86-") as tmp:
         result = Path(tmp) / "result.json"
         args = [str(model_dir), str(out_dir), repr(float(sparse_threshold)),
-                json.dumps(depthwise), str(result)]
+                json.dumps(nchw_ops), str(result)]
         r = subprocess.run([sys.executable, "-m", "picosparse.ops.rewrite", *args],
                            capture_output=True, text=True)
         if r.returncode != 0 or not result.is_file():
@@ -364,7 +430,7 @@ def _export_in_child(model_dir, out_dir, sparse_threshold, depthwise):
     return res
 
 
-def _export(model_dir, out_dir, sparse_threshold, depthwise):
+def _export(model_dir, out_dir, sparse_threshold, nchw_ops):
     from picosparse.ops.build import LIB_NAME, library_path, openvino_dirs
 
     openvino_dirs()  # a one-line StackError when openvino (or its C++ files) is missing
@@ -384,7 +450,7 @@ def _export(model_dir, out_dir, sparse_threshold, depthwise):
                             f"{p.get_partial_shape()}; export with a fixed input size")
     lib = library_path()
     try:
-        stats = rewrite_model(model, sparse_threshold, lib, depthwise)
+        stats = rewrite_model(model, sparse_threshold, lib, nchw_ops)
     except RuntimeError as e:  # OpenVINO's errors (node creation, shape inference)
         raise PicosparseError(f"{src}: rewriting it for the x86 sparse op failed in OpenVINO "
                               f"({_first_line(e)})") from e
@@ -412,6 +478,7 @@ def _export(model_dir, out_dir, sparse_threshold, depthwise):
     return {
         "out_dir": out, "model_xml": out / XML_NAME, "extension": out / LIB_NAME,
         "replaced": stats["replaced"], "depthwise": stats["depthwise"],
+        "dense_kxk": stats["dense_kxk"], "upsample": stats["upsample"],
         "kept_dense_1x1": stats["kept_dense_1x1"],
         "conv_1x1_total": stats["replaced"] + stats["kept_dense_1x1"],
         "sparse_threshold": sparse_threshold,

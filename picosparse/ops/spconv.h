@@ -32,23 +32,43 @@ const char* isa_name(int isa);
 
 // x: [n, cin, hw], y: [n, cout, hw]. threads <= 0: use the current TBB arena's concurrency
 // (inside OpenVINO that is the plugin's thread count); threads >= 1: exactly that many.
+// offs: optional, sp_offsets(w, sp_tile_width(isa, w.cin, hw)) kept from an earlier call (the
+// OpenVINO op caches it: computing it is a pass over the weights, allocating it a page-faulting
+// malloc for large layers, on every call); null: computed here.
 void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t hw, int isa,
-               int threads);
+               int threads, const int32_t* offs = nullptr);
+int sp_tile_width(int isa, int cin, int64_t hw);
+void sp_offsets(const SparseWeights& w, int tw, int32_t* offs);  // offs[k] = cols[k] * tw
 
-// Depthwise KxK convolution (groups == channels), NCHW fp32, BN folded into wt/bias, fused act.
-// Exists so the sparse 1x1 ops' neighbours stay in plain NCHW: with OpenVINO's own depthwise
-// conv the CPU plugin puts a layout reorder on both sides of every sparse op.
-struct DepthwiseParams {
-    int c = 0, h = 0, w = 0, k = 0, stride = 1;
+// Direct KxK convolution (any groups dividing cin and cout), NCHW fp32, BN folded into wt/bias,
+// fused activation: depthwise convs (groups == cin == cout) and small dense ones (the stem).
+// Exists so the sparse 1x1 ops' neighbours stay in plain NCHW: with OpenVINO's own convs the
+// CPU plugin puts a layout reorder on both sides of every sparse op.
+struct ConvParams {
+    int cin = 0, cout = 0, groups = 1, h = 0, w = 0, k = 0, stride = 1;
     int pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
-    const float* wt = nullptr;    // [c, k, k]
-    const float* bias = nullptr;  // [c], may be null
+    const float* wt = nullptr;    // [cout, cin / groups, k, k]
+    const float* bias = nullptr;  // [cout], may be null
     int act = ACT_NONE;
     float alpha = 0.f, beta = 0.f;
+    // optional max pool fused after the activation (PicoDet's stem: conv 3x3/2 + maxpool 3x3/2;
+    // fused, the conv's output never leaves the cache): pool_k = 0 means none
+    int pool_k = 0, pool_s = 1, pool_pad_t = 0, pool_pad_l = 0, pool_pad_b = 0, pool_pad_r = 0;
     int out_h() const { return (h + pad_t + pad_b - k) / stride + 1; }
     int out_w() const { return (w + pad_l + pad_r - k) / stride + 1; }
+    int final_h() const {
+        return pool_k ? (out_h() + pool_pad_t + pool_pad_b - pool_k) / pool_s + 1 : out_h();
+    }
+    int final_w() const {
+        return pool_k ? (out_w() + pool_pad_l + pool_pad_r - pool_k) / pool_s + 1 : out_w();
+    }
 };
 
-void dwconv(const DepthwiseParams& p, const float* x, float* y, int n, int isa, int threads);
+// y: [n, cout, final_h, final_w]
+void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads);
+
+// y[p, r, c] = x[p, r / fh, c / fw] over `planes` planes of h x w (nearest, integer factors)
+void upsample_nearest(const float* x, float* y, int64_t planes, int h, int w, int fh, int fw,
+                      int threads);
 
 }  // namespace picosparse

@@ -197,7 +197,7 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
                          "kind": "dense"|"x86-sparse", "precision": "fp32"|"bf16"|None,
                          # x86-sparse only:
                          "x86_sparse": {"replaced", "conv_1x1_total", "depthwise",
-                                        "sparse_threshold"},
+                                        "dense_kxk", "upsample", "sparse_threshold"},
                          # with per_layer, x86-sparse only (picosparse.ops.perlayer):
                          "per_layer": {"1": {"summary": {...}, "layers": [...]}, ...}}]}
     Thread keys are strings (JSON). Over adb, benchmark_bin gives min/max/avg only: median and
@@ -297,8 +297,9 @@ def _kernel_notes(specs, runtime, precision):
         total = m.get("replaced", 0) + m.get("kept_dense_1x1", 0)
         notes.append(f"{s['name']}: x86-sparse export, {m.get('replaced')} of {total} 1x1 "
                      f"convs on picosparse's sparse op (>= {m.get('sparse_threshold')} zeros)"
-                     + (f", {m['depthwise']} depthwise convs on its NCHW op"
-                        if m.get("depthwise") else "")
+                     + (f", {m['depthwise']} depthwise + {m.get('dense_kxk', 0)} dense KxK "
+                        f"convs and {m.get('upsample', 0)} upsamplings on its NCHW ops"
+                        if m.get("depthwise") or m.get("dense_kxk") else "")
                      + "; the rest on OpenVINO's dense ops, always FP32"
                      + (f" (--precision {precision} applies to the dense models only)"
                         if precision != "f32" else ""))
@@ -341,6 +342,7 @@ def _model_out(spec, latency):
     m = spec.get("x86_sparse")
     if m:
         out["x86_sparse"] = {"replaced": m.get("replaced"), "depthwise": m.get("depthwise"),
+                             "dense_kxk": m.get("dense_kxk", 0), "upsample": m.get("upsample", 0),
                              "conv_1x1_total": m.get("replaced", 0) + m.get("kept_dense_1x1", 0),
                              "sparse_threshold": m.get("sparse_threshold")}
     return out

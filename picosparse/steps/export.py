@@ -157,14 +157,14 @@ def export(cfg, weights, out, input_size=None, postprocess=True, quiet_build=Tru
 
 
 X86_SPARSE_DIR = "x86_sparse"
-DEPTHWISE = {"auto": "auto", "on": True, "off": False}
+NCHW_OPS = {"on": True, "off": False}
 
 
-def check_x86_sparse(sparse_threshold, depthwise="auto"):
+def check_x86_sparse(sparse_threshold, nchw_ops="on"):
     """Fail before the (slow) Paddle export when --x86-sparse cannot work: bad flags, no
     OpenVINO, or an extension that does not build (built once here and cached)."""
-    if depthwise not in DEPTHWISE:
-        raise ConfigError(f"--depthwise {depthwise}: expected one of {', '.join(DEPTHWISE)}")
+    if nchw_ops not in NCHW_OPS:
+        raise ConfigError(f"--nchw-ops {nchw_ops}: expected one of {', '.join(NCHW_OPS)}")
     if isinstance(sparse_threshold, bool) or not 0.0 <= float(sparse_threshold) <= 1.0:
         raise ConfigError(f"--sparse-threshold {sparse_threshold}: must be in [0, 1]")
     from picosparse.ops.build import library_path, openvino_dirs
@@ -172,15 +172,16 @@ def check_x86_sparse(sparse_threshold, depthwise="auto"):
     library_path()
 
 
-def export_x86_sparse(model_dir, sparse_threshold=0.6, depthwise="auto"):
+def export_x86_sparse(model_dir, sparse_threshold=0.6, nchw_ops="on"):
     """MODEL_DIR (a `picosparse export` output) -> MODEL_DIR/x86_sparse: OpenVINO IR whose
     1x1 convs with >= sparse_threshold zeros run picosparse's sparse op (issue 6).
 
-    depthwise: "auto" | "on" | "off" (which depthwise convs move to picosparse's NCHW op).
+    nchw_ops: "on" | "off": whether depthwise / KxK convs (+ the stem's max pool) and nearest
+    upsampling also become picosparse NCHW ops (no layout reorders around the sparse ops).
     Written atomically: on any error MODEL_DIR/x86_sparse does not exist afterwards.
     Returns picosparse.ops.export_x86_sparse's dict.
     """
-    check_x86_sparse(sparse_threshold, depthwise)
+    check_x86_sparse(sparse_threshold, nchw_ops)
     from picosparse import progress
     from picosparse.ops import export_x86_sparse as convert
     progress.say(f"x86-sparse: rewriting {model_dir} for OpenVINO + picosparse's sparse op")
@@ -189,4 +190,4 @@ def export_x86_sparse(model_dir, sparse_threshold=0.6, depthwise="auto"):
         # the export it was made from was just replaced; never leave a stale sparse model
         import shutil
         shutil.rmtree(out)
-    return convert(model_dir, out, float(sparse_threshold), DEPTHWISE[depthwise])
+    return convert(model_dir, out, float(sparse_threshold), NCHW_OPS[nchw_ops])

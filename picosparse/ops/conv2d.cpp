@@ -1,0 +1,90 @@
+// Direct KxK convolution in plain NCHW: depthwise convs and small dense convs (PicoDet's 3-channel
+// stem) next to the sparse 1x1 ops, so OpenVINO never has to reorder layouts around them.
+//
+// Layout trick: each input channel is zero-padded and split by stride phase into s*s sub-planes
+// (sub-plane (py, px)[i][j] = padded[s*i + py][s*j + px]) of width ws = wo + (k-1)/s. Output
+// (oy, ox) is computed at flat index oy*ws + ox for every ox < ws (the ws - wo extra columns are
+// dropped on store), and tap (ky, kx) then reads sub-plane (ky%s, kx%s) at flat index + a constant
+// offset: every tap of every output row is one contiguous, vectorisable run, whatever the map
+// size (10x10 and 5x5 maps fill whole vectors across rows instead of 10 of 16 lanes).
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "parallel.h"
+#include "simd.h"
+#include "spconv.h"
+
+namespace picosparse {
+namespace {
+
+struct ConvPlan {
+    int hs = 0, ws = 0;          // sub-plane rows / width
+    int64_t plane = 0;           // floats per sub-plane, incl. the zero slack full vectors read
+    int ntaps = 0;               // (cin / groups) * k * k
+    int ocb = 1;                 // output channels per register block
+    std::vector<int64_t> off;    // per tap: offset of its first input in a group's planes
+};
+
+// Sub-planes: hs = ho rounded up to 4 (the fast path's row blocks) + (k-1)/s rows of
+// ws = wo + (k-1)/s rounded up to the vector width (aligned rows) floats, plus zero slack.
+ConvPlan make_plan(const ConvParams& p, int vec) {
+    ConvPlan g;
+    const int s = p.stride, kq = (p.k - 1) / s, cin_g = p.cin / p.groups;
+    g.hs = (p.out_h() + 3) / 4 * 4 + kq;
+    g.ws = (p.out_w() + kq + vec - 1) / vec * vec;
+    // slack: the last row's shifted / full-vector reads run up to kq + 2 vectors past hs*ws
+    g.plane = ((int64_t)g.hs * g.ws + kq + 2 * 16 + 15) & ~int64_t(15);
+    g.ntaps = cin_g * p.k * p.k;
+    const int cout_g = p.cout / p.groups;
+    // 4 output channels per register block (each loaded input vector feeds 4 FMAs) where
+    // groups have >= 4 of them, e.g. the dense stem; the fast path has that for 3x3 only
+    g.ocb = cout_g % 4 == 0 && p.k != 5 ? 4 : 1;
+    g.off.resize(g.ntaps);
+    for (int c = 0; c < cin_g; ++c)
+        for (int ky = 0; ky < p.k; ++ky)
+            for (int kx = 0; kx < p.k; ++kx)
+                g.off[(c * p.k + ky) * p.k + kx] =
+                    ((int64_t)c * s * s + (ky % s) * s + kx % s) * g.plane +
+                    (int64_t)(ky / s) * g.ws + kx / s;
+    return g;
+}
+
+namespace portable {
+using V = VPortable;
+#include "conv2d_impl.inc"
+}  // namespace portable
+
+namespace avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+using V = VAvx2;
+#include "conv2d_impl.inc"
+#pragma GCC pop_options
+}  // namespace avx2
+
+namespace avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+using V = VAvx512;
+#include "conv2d_impl.inc"
+#pragma GCC pop_options
+}  // namespace avx512
+
+}  // namespace
+
+void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads) {
+    if (n <= 0 || p.cout <= 0 || p.final_h() <= 0 || p.final_w() <= 0) return;
+    const int vec = isa == ISA_AVX512 ? VAvx512::N : isa == ISA_AVX2 ? VAvx2::N : VPortable::N;
+    const ConvPlan g = make_plan(p, vec);
+    auto* tasks = isa == ISA_AVX512 ? avx512::conv_tasks
+                  : isa == ISA_AVX2 ? avx2::conv_tasks
+                                    : portable::conv_tasks;
+    const int64_t total = (int64_t)n * p.groups * (p.cout / p.groups / g.ocb);
+    parallel_ranges(total, threads,
+                    [&](int64_t t0, int64_t t1) { tasks(p, g, x, y, t0, t1); });
+}
+
+}  // namespace picosparse
