@@ -4,7 +4,6 @@
 #include <cstring>
 
 #include "parallel.h"
-#include "simd.h"
 #include "spconv.h"
 
 namespace picosparse {
@@ -19,8 +18,12 @@ void upsample_nearest(const float* x, float* y, int64_t planes, int h, int w, in
             for (int r = 0; r < h; ++r) {
                 float* row = yp + (int64_t)r * fh * wo;
                 const float* src = xp + (int64_t)r * w;
-                for (int c = 0; c < w; ++c)  // plain loop: GCC vectorises the fw == 2 case
-                    for (int f = 0; f < fw; ++f) row[(int64_t)c * fw + f] = src[c];
+                if (fw == 2) {  // PicoDet's case: GCC vectorises this (unpack lo/hi)
+                    for (int c = 0; c < w; ++c) row[2 * c] = row[2 * c + 1] = src[c];
+                } else {
+                    for (int c = 0; c < w; ++c)
+                        for (int f = 0; f < fw; ++f) row[(int64_t)c * fw + f] = src[c];
+                }
                 for (int f = 1; f < fh; ++f) std::memcpy(row + f * wo, row, sizeof(float) * wo);
             }
         }
