@@ -184,7 +184,7 @@ def direct_ref(x, w, b, groups, stride, pads, act="none", pool=None):
 # 3x3/2 max pool, 4-channel blocks), dense 3x3/1 with 4-channel blocks (generic path) and with
 # Cout % 4 != 0 (fast path, 1 channel), dense 5x5, 7x7 and stride 3 (generic), groups = 2,
 # asymmetric pads, "valid" convs, maps wider than 4 vectors, batch > 1, a pool with
-# asymmetric pads.
+# asymmetric pads, conv + pool over several bands of pooled rows.
 CONV_SHAPES = [
     (1, 3, 24, 1, 37, 41, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
     (2, 5, 8, 1, 11, 13, 3, 1, (1, 1, 1, 1), None),
@@ -195,6 +195,7 @@ CONV_SHAPES = [
     (1, 8, 12, 2, 10, 11, 3, 2, (0, 1, 1, 0), None),
     (1, 6, 6, 6, 9, 9, 5, 1, (0, 0, 0, 0), (3, 1, 1, 1, 1, 1)),
     (2, 3, 16, 1, 20, 140, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
+    (2, 3, 8, 1, 70, 50, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),  # 3 bands of pooled rows
 ]
 
 

@@ -20,6 +20,10 @@
 namespace picosparse {
 namespace {
 
+struct RowRange {  // output rows [begin, end) computed, stored at row - row0
+    int begin, end, row0;
+};
+
 struct ConvPlan {
     int hs = 0, ws = 0;          // sub-plane rows / width
     int64_t plane = 0;           // floats per sub-plane, incl. the zero slack full vectors read
@@ -52,6 +56,14 @@ ConvPlan make_plan(const ConvParams& p, int vec) {
     return g;
 }
 
+// conv_fast_any's cases (kept in step with it)
+bool has_fast_path(const ConvParams& p, const ConvPlan& g) {
+    switch (p.k * 100 + p.stride * 10 + g.ocb) {
+        case 311: case 321: case 511: case 521: case 324: return true;
+    }
+    return false;
+}
+
 namespace portable {
 using V = VPortable;
 #include "conv2d_impl.inc"
@@ -82,6 +94,20 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
     auto* tasks = isa == ISA_AVX512 ? avx512::conv_tasks
                   : isa == ISA_AVX2 ? avx2::conv_tasks
                                     : portable::conv_tasks;
+    if (p.pool_k && has_fast_path(p, g)) {  // conv + max pool: by bands of pooled rows
+        constexpr int kBandRows = 8;
+        const int bands = (p.final_h() + kBandRows - 1) / kBandRows;
+        auto* band = isa == ISA_AVX512 ? avx512::conv_pool_band
+                     : isa == ISA_AVX2 ? avx2::conv_pool_band
+                                       : portable::conv_pool_band;
+        const Activation a{p.act, p.alpha, p.beta};
+        parallel_ranges((int64_t)n * bands, threads, [&](int64_t t0, int64_t t1) {
+            FlushDenormals ftz;
+            for (int64_t t = t0; t < t1; ++t)
+                band(p, g, x, y, t / bands, (int)(t % bands), kBandRows, a);
+        });
+        return;
+    }
     const int64_t total = (int64_t)n * p.groups * (p.cout / p.groups / g.ocb);
     parallel_ranges(total, threads,
                     [&](int64_t t0, int64_t t1) { tasks(p, g, x, y, t0, t1); });
