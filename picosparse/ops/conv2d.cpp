@@ -32,12 +32,12 @@ struct ConvPlan {
     std::vector<int64_t> off;    // per tap: offset of its first input in a group's planes
 };
 
-// Sub-planes: hs = ho rounded up to 4 (the fast path's row blocks) + (k-1)/s rows of
-// ws = wo + (k-1)/s rounded up to the vector width (aligned rows) floats, plus zero slack.
+// The generic path's sub-planes: hs = ho + (k-1)/s rows of ws = wo + (k-1)/s rounded up to
+// the vector width (aligned rows) floats, plus zero slack. (The fast path reads x directly.)
 ConvPlan make_plan(const ConvParams& p, int vec) {
     ConvPlan g;
     const int s = p.stride, kq = (p.k - 1) / s, cin_g = p.cin / p.groups;
-    g.hs = (p.out_h() + 3) / 4 * 4 + kq;
+    g.hs = p.out_h() + kq;
     g.ws = (p.out_w() + kq + vec - 1) / vec * vec;
     // slack: the last row's shifted / full-vector reads run up to kq + 2 vectors past hs*ws
     g.plane = ((int64_t)g.hs * g.ws + kq + 2 * 16 + 15) & ~int64_t(15);
