@@ -115,6 +115,25 @@ def test_kernel_in_place_tiles(monkeypatch, isa):
         assert_close(y, conv_ref(x, w, b, "hswish"))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_kernel_gate_is_folded_per_image(monkeypatch, isa):
+    """A squeeze-excite gate [N, Cin] scales x's channels, each image with its own gains."""
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 37, 9, 11)).astype(np.float32)
+    gate = rng.random((3, 37, 1, 1)).astype(np.float32)
+    gate[1, 5] = 0  # a closed gate
+    w = sparse_weight(rng, 23, 37, 0.75, empty_rows=(2,))
+    b = rng.standard_normal(23).astype(np.float32)
+    for threads in (1, 2):
+        y, _ = spconv1x1(x, pack(w, b), act="hswish", threads=threads, gate=gate)
+        assert_close(y, conv_ref(x * gate, w, b, "hswish"))
+    plain, _ = spconv1x1(x, pack(w, b))
+    assert not np.allclose(plain, spconv1x1(x, pack(w, b), gate=gate)[0])
+    with pytest.raises(ValueError, match="gate"):
+        spconv1x1(x, pack(w, b), gate=gate[:2])
+
+
 def dw_ref(x, w, b, stride, pad, act="none", alpha=0.0, beta=0.0):
     n, c, h, wd = x.shape
     k = w.shape[-1]
@@ -436,6 +455,8 @@ def test_whole_picodet_matches_dense(tmp_path):
     assert all(l["zero_fraction"] >= 0.79 for l in meta["layers"] if l["kind"] == "sparse1x1")
     stem = [l for l in meta["layers"] if l["kind"] == "conv"]
     assert info["dense_kxk"] == 1 and stem[0]["folded"][-1] == "MaxPool"  # 3x3/2 + pool fused
+    gated = [l for l in meta["layers"] if "SE gate" in l.get("folded", [])]
+    assert info["se_gates"] == len(gated) > 0  # ESNet's squeeze-excite multiplies folded
     ov_dw = export_x86_sparse(src, tmp_path / "x86_ovdw", sparse_threshold=0.6, nchw_ops=False)
     assert ov_dw["depthwise"] == ov_dw["dense_kxk"] == 0
     core = ov.Core()

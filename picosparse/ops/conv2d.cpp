@@ -56,6 +56,13 @@ ConvPlan make_plan(const ConvParams& p, int vec) {
     return g;
 }
 
+// Dense convs this small (taps per output channel) run as per-row GEMMs (gemm_rows): the im2col
+// patch of a row chunk stays in L1.
+constexpr int kGemmMaxK = 7, kGemmMaxTaps = 256;
+bool uses_gemm(const ConvParams& p) {
+    return p.groups == 1 && p.k <= kGemmMaxK && p.cin * p.k * p.k <= kGemmMaxTaps;
+}
+
 // conv_fast_any's cases (kept in step with it)
 bool has_fast_path(const ConvParams& p, const ConvPlan& g) {
     switch (p.k * 100 + p.stride * 10 + g.ocb) {
@@ -90,6 +97,19 @@ using V = VAvx512;
 void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads) {
     if (n <= 0 || p.cout <= 0 || p.final_h() <= 0 || p.final_w() <= 0) return;
     const int vec = isa == ISA_AVX512 ? VAvx512::N : isa == ISA_AVX2 ? VAvx2::N : VPortable::N;
+    if (uses_gemm(p)) {  // task = image x band of final rows
+        constexpr int kBandRows = 8;
+        const int bands = (p.final_h() + kBandRows - 1) / kBandRows;
+        auto* band = isa == ISA_AVX512 ? avx512::gemm_band
+                     : isa == ISA_AVX2 ? avx2::gemm_band
+                                       : portable::gemm_band;
+        const Activation a{p.act, p.alpha, p.beta};
+        parallel_ranges((int64_t)n * bands, threads, [&](int64_t t0, int64_t t1) {
+            FlushDenormals ftz;
+            for (int64_t t = t0; t < t1; ++t) band(p, x, y, t / bands, (int)(t % bands), kBandRows, a);
+        });
+        return;
+    }
     const ConvPlan g = make_plan(p, vec);
     auto* tasks = isa == ISA_AVX512 ? avx512::conv_tasks
                   : isa == ISA_AVX2 ? avx2::conv_tasks

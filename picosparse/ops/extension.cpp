@@ -8,6 +8,8 @@
 //           2: cols   i32 [nnz + 1]   (one padding entry so nnz = 0 is still a non-empty constant)
 //           3: vals   f32 [nnz + 1]
 //           4: bias   f32 [Cout]
+//           5: gate   f32 [N, Cin, 1, 1], optional: x's channels are multiplied by it first
+//                     (a squeeze-excite gate, folded into the weights per image)
 //   attrs   activation: none | relu | hswish | hsigmoid | leaky; alpha, beta (hsigmoid / leaky);
 //           threads: 0 = the calling TBB arena's concurrency, n = exactly n
 //           (load_model sets it: inside the CPU plugin, evaluate() runs in the default arena,
@@ -48,7 +50,8 @@ public:
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 5, "SparseConv1x1 takes 5 inputs");
+        NODE_VALIDATION_CHECK(this, get_input_size() == 5 || get_input_size() == 6,
+                              "SparseConv1x1 takes 5 or 6 inputs");
         NODE_VALIDATION_CHECK(this, act_code(m_activation) >= 0, "unknown activation '",
                               m_activation, "'");
         NODE_VALIDATION_CHECK(this, get_input_element_type(0) == ov::element::f32,
@@ -59,6 +62,16 @@ public:
         if (rs.is_static() && bs.is_static())
             NODE_VALIDATION_CHECK(this, rs.to_shape()[0] == bs.to_shape()[0] + 1,
                                   "rowptr must have Cout + 1 entries");
+        if (get_input_size() == 6) {
+            const auto& gs = get_input_partial_shape(5);
+            NODE_VALIDATION_CHECK(this, get_input_element_type(5) == ov::element::f32,
+                                  "SparseConv1x1 gate must be f32");
+            if (gs.is_static() && xs.is_static()) {
+                const ov::Shape g = gs.to_shape(), x = xs.to_shape();
+                NODE_VALIDATION_CHECK(this, g.size() == 4 && g[0] == x[0] && g[1] == x[1] &&
+                                      g[2] == 1 && g[3] == 1, "gate must be [N, Cin, 1, 1]");
+            }
+        }
         ov::PartialShape out = ov::PartialShape::dynamic(4);
         if (xs.rank().is_static()) {
             NODE_VALIDATION_CHECK(this, xs.rank().get_length() == 4, "input must be NCHW");
@@ -97,6 +110,7 @@ public:
         w.act = act_code(m_activation);
         w.alpha = m_alpha;
         w.beta = m_beta;
+        if (inputs.size() == 6) w.in_scale = inputs[5].data<const float>();
         ov::Shape ys = xs;
         ys[1] = (size_t)w.cout;
         outputs[0].set_shape(ys);
@@ -310,8 +324,8 @@ __attribute__((visibility("default"))) int ps_select_isa() {
 // Returns the ISA used (>= 0), or -1 with a message in err.
 __attribute__((visibility("default"))) int ps_spconv1x1(
     const int32_t* rowptr, const int32_t* cols, const float* vals, const float* bias, int cout,
-    int cin, int act, float alpha, float beta, const float* x, float* y, int n, int64_t hw,
-    int threads, char* err, int errlen) {
+    int cin, int act, float alpha, float beta, const float* gate, const float* x, float* y, int n,
+    int64_t hw, int threads, char* err, int errlen) {
     const char* e = nullptr;
     const int isa = picosparse::select_isa(&e);
     if (isa < 0) {
@@ -320,7 +334,7 @@ __attribute__((visibility("default"))) int ps_spconv1x1(
     }
     picosparse::SparseWeights w;
     w.cout = cout, w.cin = cin, w.rowptr = rowptr, w.cols = cols, w.vals = vals, w.bias = bias;
-    w.act = act, w.alpha = alpha, w.beta = beta;
+    w.act = act, w.alpha = alpha, w.beta = beta, w.in_scale = gate;
     picosparse::spconv1x1(w, x, y, n, hw, isa, threads < 1 ? 1 : threads);
     return isa;
 }

@@ -70,7 +70,7 @@ def _lib():
         lib.ps_spconv1x1.restype = ctypes.c_int
         lib.ps_spconv1x1.argtypes = [i32p, i32p, f32p, f32p, ctypes.c_int, ctypes.c_int,
                                      ctypes.c_int, ctypes.c_float, ctypes.c_float, f32p, f32p,
-                                     ctypes.c_int, ctypes.c_int64, ctypes.c_int,
+                                     f32p, ctypes.c_int, ctypes.c_int64, ctypes.c_int,
                                      ctypes.c_char_p, ctypes.c_int]
         lib.ps_conv2d.restype = ctypes.c_int
         lib.ps_conv2d.argtypes = [f32p, f32p] + [ctypes.c_int] * 7 + [
@@ -100,20 +100,26 @@ def selected_isa():
     return {v: k for k, v in ISAS.items()}[code]
 
 
-def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None):
-    """y = act(W x + b) for NCHW fp32 x; returns (y, isa name used)."""
+def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None, gate=None):
+    """y = act(W (x * gate) + b) for NCHW fp32 x; gate: None or per-image channel gains
+    [N, Cin] (or [N, Cin, 1, 1]). Returns (y, isa name used)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != w.cin:
         raise ValueError(f"x must be [N, {w.cin}, H, W], got {x.shape}")
     n, _, h, wd = x.shape
-    y = out if out is not None else np.empty((n, w.cout, h, wd), np.float32)
     f32p, i32p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32)
+    g = None
+    if gate is not None:
+        g = np.ascontiguousarray(gate, dtype=np.float32)
+        if g.size != n * w.cin:
+            raise ValueError(f"gate must have N x Cin = {n * w.cin} values, got {g.shape}")
+    y = out if out is not None else np.empty((n, w.cout, h, wd), np.float32)
     err = ctypes.create_string_buffer(256)
     code = _lib().ps_spconv1x1(
         w.rowptr.ctypes.data_as(i32p), w.cols.ctypes.data_as(i32p),
         w.vals.ctypes.data_as(f32p), w.bias.ctypes.data_as(f32p), w.cout, w.cin, ACTS[act],
-        alpha, beta, x.ctypes.data_as(f32p), y.ctypes.data_as(f32p), n, h * wd, threads,
-        err, len(err))
+        alpha, beta, None if g is None else g.ctypes.data_as(f32p), x.ctypes.data_as(f32p),
+        y.ctypes.data_as(f32p), n, h * wd, threads, err, len(err))
     if code < 0:
         raise PicosparseError(f"sparse op: {err.value.decode()}")
     return y, {v: k for k, v in ISAS.items()}[code]

@@ -322,7 +322,7 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
     factory = NodeFactory("opset13")
     factory.add_extension(str(lib_path or library_path()))
     replace, skipped = plan_replacements(model, sparse_threshold, nchw_ops)
-    layers, dense_bytes, sparse_bytes, n_dw, n_kxk, n_up = [], 0, 0, 0, 0, 0
+    layers, dense_bytes, sparse_bytes, n_dw, n_kxk, n_up, n_gates = [], 0, 0, 0, 0, 0, 0
     for r in replace:
         x = r["conv"].input_value(0)
         if r["kind"] == "upsample":
@@ -351,10 +351,12 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
                            "op": node.get_friendly_name()})
             continue
         sw = pack(r["weight"], r["bias"])
+        x, gate = _se_gate(x)
         node = factory.create(OP_TYPE, [
             x, ops.constant(sw.rowptr).output(0), ops.constant(sw.cols).output(0),
             ops.constant(sw.vals).output(0), ops.constant(sw.bias).output(0),
-        ], act)
+        ] + ([gate] if gate is not None else []), act)
+        n_gates += gate is not None
         _swap_in(r["last"], node)
         dense_bytes += r["weight"].nbytes + r["bias"].nbytes
         sparse_bytes += sw.nbytes()
@@ -364,15 +366,36 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
                        "hw": [int(d.get_length()) for d in list(shape)[2:]] if shape.is_static
                        else None,
                        "zero_fraction": round(r["zero_fraction"], 4), "nnz": sw.nnz,
-                       "folded": r["folded"], "activation": r["act"],
+                       "folded": r["folded"] + (["SE gate"] if gate is not None else []),
+                       "activation": r["act"],
                        "op": node.get_friendly_name()})
     model.validate_nodes_and_infer_types()
     return {"replaced": len(layers) - n_dw - n_kxk - n_up, "depthwise": n_dw, "dense_kxk": n_kxk,
-            "upsample": n_up,
+            "upsample": n_up, "se_gates": n_gates,
             "kept_dense_1x1": len(skipped),
             "layers": layers,
             "skipped": skipped, "dense_1x1_weight_bytes": dense_bytes,
             "sparse_weight_bytes": sparse_bytes}
+
+
+def _se_gate(x):
+    """(input, gate) if `x` is Multiply(input [N, C, H, W], gate [N, C, 1, 1]) used only by the
+    1x1 conv being replaced (a squeeze-excite output): the op then takes the gate and folds it
+    into its weights per image, and the Multiply's pass over the whole tensor disappears.
+    Otherwise (x, None)."""
+    node = x.get_node()
+    if node.get_type_name() != "Multiply" or len(x.get_target_inputs()) != 1:
+        return x, None
+    a, b = node.input_value(0), node.input_value(1)
+    for full, gate in ((a, b), (b, a)):
+        fs, gs = full.get_partial_shape(), gate.get_partial_shape()
+        if not (fs.is_static and gs.is_static) or len(fs) != 4 or len(gs) != 4:
+            continue
+        fs, gs = fs.to_shape(), gs.to_shape()
+        if (gs[0] == fs[0] and gs[1] == fs[1] and gs[2] == gs[3] == 1 and fs[2] * fs[3] > 1
+                and gate.get_element_type().get_type_name() == "f32"):
+            return full, gate
+    return x, None
 
 
 def _swap_in(last, node):
@@ -479,6 +502,7 @@ def _export(model_dir, out_dir, sparse_threshold, nchw_ops):
         "out_dir": out, "model_xml": out / XML_NAME, "extension": out / LIB_NAME,
         "replaced": stats["replaced"], "depthwise": stats["depthwise"],
         "dense_kxk": stats["dense_kxk"], "upsample": stats["upsample"],
+        "se_gates": stats["se_gates"],
         "kept_dense_1x1": stats["kept_dense_1x1"],
         "conv_1x1_total": stats["replaced"] + stats["kept_dense_1x1"],
         "sparse_threshold": sparse_threshold,

@@ -51,12 +51,24 @@ struct VPortable {
             }
             return v;
         }
+        template <int S>  // load() with the stride known at compile time (= s) and fill 0
+        T load_s(const float* row) const { return load(row); }
     };
     // lanes SH .. N-1 of cur, then lanes 0 .. SH-1 of next (SH <= N)
     template <int SH>
     static T shift(T cur, T next) {
         T r;
         for (int l = 0; l < N; ++l) r[l] = l + SH < N ? cur[l + SH] : next[l + SH - N];
+        return r;
+    }
+    static T even(T a, T b) {  // lanes 0, 2, 4, ... of a then b
+        T r;
+        for (int l = 0; l < N; ++l) r[l] = 2 * l < N ? a[2 * l] : b[2 * l - N];
+        return r;
+    }
+    static T odd(T a, T b) {  // lanes 1, 3, 5, ... of a then b
+        T r;
+        for (int l = 0; l < N; ++l) r[l] = 2 * l + 1 < N ? a[2 * l + 1] : b[2 * l + 1 - N];
         return r;
     }
     static T fmadd(T a, T b, T c) { return a * b + c; }
@@ -97,6 +109,12 @@ struct VAvx2 {
                 return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(row + c0, ok), m);
             return _mm256_mask_i32gather_ps(_mm256_set1_ps(fill), row, idx, m, 4);
         }
+        template <int S>  // load() with the stride known at compile time (= s) and fill 0
+        T load_s(const float* row) const {
+            if constexpr (S == 1) return _mm256_maskload_ps(row + c0, ok);
+            return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), row, idx,
+                                            _mm256_castsi256_ps(ok), 4);
+        }
     };
     template <int SH>  // AVX2 has no cross-lane align: two permutes and a blend
     static T shift(T cur, T next) {
@@ -105,6 +123,14 @@ struct VAvx2 {
                                               (7 + SH) & 7);
         return _mm256_blend_ps(_mm256_permutevar8x32_ps(cur, idx),
                                _mm256_permutevar8x32_ps(next, idx), (0xFF << (8 - SH)) & 0xFF);
+    }
+    static T even(T a, T b) {  // lanes 0, 2, 4, ... of a then b
+        return _mm256_castpd_ps(_mm256_permute4x64_pd(
+            _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8));
+    }
+    static T odd(T a, T b) {  // lanes 1, 3, 5, ... of a then b
+        return _mm256_castpd_ps(_mm256_permute4x64_pd(
+            _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));
     }
     static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
     static T add(T a, T b) { return _mm256_add_ps(a, b); }
@@ -163,11 +189,30 @@ struct VAvx512 {
             }
             return _mm512_mask_i32gather_ps(f, lo, idx(), row, 4);
         }
+        template <int S>  // load() with the stride known at compile time (= s) and fill 0
+        T load_s(const float* row) const {
+            if constexpr (S == 1) return _mm512_maskz_loadu_ps(lo, row + c0);
+            if constexpr (S == 2) {
+                const __m512i even =
+                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo, row + c0), even,
+                                              _mm512_maskz_loadu_ps(hi, row + c0 + 16));
+            }
+            return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lo, idx(), row, 4);
+        }
     };
     template <int SH>  // from registers: an unaligned load splits cache lines (half speed)
     static T shift(T cur, T next) {
         return _mm512_castsi512_ps(
             _mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(cur), SH));
+    }
+    static T even(T a, T b) {  // lanes 0, 2, 4, ... of a then b
+        return _mm512_permutex2var_ps(
+            a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+    }
+    static T odd(T a, T b) {  // lanes 1, 3, 5, ... of a then b
+        return _mm512_permutex2var_ps(
+            a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
     }
     static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
     static T add(T a, T b) { return _mm512_add_ps(a, b); }
