@@ -200,8 +200,8 @@ def direct_ref(x, w, b, groups, stride, pads, act="none", pool=None):
 
 
 # (n, cin, cout, groups, h, w, k, stride, pads t/l/b/r, pool): the stem (3->24, 3x3/2, fused
-# 3x3/2 max pool, 4-channel blocks), dense 3x3/1 with 4-channel blocks (generic path) and with
-# Cout % 4 != 0 (fast path, 1 channel), dense 5x5, 7x7 and stride 3 (generic), groups = 2,
+# 3x3/2 max pool; per-row GEMM like every dense conv with <= 256 taps), dense 3x3/1, Cout not a
+# multiple of the GEMM's 6-channel block, dense 5x5, 7x7 and stride 3, groups = 2,
 # asymmetric pads, "valid" convs, maps wider than 4 vectors, batch > 1, a pool with
 # asymmetric pads, conv + pool over several bands of pooled rows.
 CONV_SHAPES = [
@@ -215,6 +215,11 @@ CONV_SHAPES = [
     (1, 6, 6, 6, 9, 9, 5, 1, (0, 0, 0, 0), (3, 1, 1, 1, 1, 1)),
     (2, 3, 16, 1, 20, 140, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
     (2, 3, 8, 1, 70, 50, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),  # 3 bands of pooled rows
+    # over 256 taps per output channel (no per-row GEMM): 4-channel blocks on the fast path,
+    # with and without a pool, and on the generic path (7x7)
+    (1, 32, 8, 1, 9, 11, 3, 2, (1, 1, 1, 1), None),
+    (1, 32, 8, 1, 12, 14, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
+    (1, 6, 8, 1, 10, 12, 7, 1, (3, 3, 3, 3), None),
 ]
 
 
