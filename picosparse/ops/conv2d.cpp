@@ -44,7 +44,8 @@ ConvPlan make_plan(const ConvParams& p, int vec) {
     g.ntaps = cin_g * p.k * p.k;
     const int cout_g = p.cout / p.groups;
     // 4 output channels per register block (each loaded input vector feeds 4 FMAs) where
-    // groups have >= 4 of them, e.g. the dense stem; the fast path has that for 3x3 only
+    // groups have >= 4 of them (dense convs too big for the per-row GEMM); the fast path has
+    // that for 3x3 stride 2 only
     g.ocb = cout_g % 4 == 0 && p.k != 5 ? 4 : 1;
     g.off.resize(g.ntaps);
     for (int c = 0; c < cin_g; ++c)
@@ -97,36 +98,35 @@ using V = VAvx512;
 void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads) {
     if (n <= 0 || p.cout <= 0 || p.final_h() <= 0 || p.final_w() <= 0) return;
     const int vec = isa == ISA_AVX512 ? VAvx512::N : isa == ISA_AVX2 ? VAvx2::N : VPortable::N;
-    if (uses_gemm(p)) {  // task = image x band of final rows
+    // tasks = image x band of kBandRows final rows: band(img, band index, kBandRows, act)
+    const auto by_bands = [&](const auto& band) {
         constexpr int kBandRows = 8;
         const int bands = (p.final_h() + kBandRows - 1) / kBandRows;
-        auto* band = isa == ISA_AVX512 ? avx512::gemm_band
-                     : isa == ISA_AVX2 ? avx2::gemm_band
-                                       : portable::gemm_band;
         const Activation a{p.act, p.alpha, p.beta};
         parallel_ranges((int64_t)n * bands, threads, [&](int64_t t0, int64_t t1) {
             FlushDenormals ftz;
-            for (int64_t t = t0; t < t1; ++t) band(p, x, y, t / bands, (int)(t % bands), kBandRows, a);
+            for (int64_t t = t0; t < t1; ++t) band(t / bands, (int)(t % bands), kBandRows, a);
         });
-        return;
+    };
+    if (uses_gemm(p)) {
+        auto* gemm = isa == ISA_AVX512 ? avx512::gemm_band
+                     : isa == ISA_AVX2 ? avx2::gemm_band
+                                       : portable::gemm_band;
+        return by_bands([&](int64_t img, int b, int rows, const Activation& a) {
+            gemm(p, x, y, img, b, rows, a);
+        });
     }
     const ConvPlan g = make_plan(p, vec);
     auto* tasks = isa == ISA_AVX512 ? avx512::conv_tasks
                   : isa == ISA_AVX2 ? avx2::conv_tasks
                                     : portable::conv_tasks;
     if (p.pool_k && has_fast_path(p, g)) {  // conv + max pool: by bands of pooled rows
-        constexpr int kBandRows = 8;
-        const int bands = (p.final_h() + kBandRows - 1) / kBandRows;
-        auto* band = isa == ISA_AVX512 ? avx512::conv_pool_band
+        auto* pool = isa == ISA_AVX512 ? avx512::conv_pool_band
                      : isa == ISA_AVX2 ? avx2::conv_pool_band
                                        : portable::conv_pool_band;
-        const Activation a{p.act, p.alpha, p.beta};
-        parallel_ranges((int64_t)n * bands, threads, [&](int64_t t0, int64_t t1) {
-            FlushDenormals ftz;
-            for (int64_t t = t0; t < t1; ++t)
-                band(p, g, x, y, t / bands, (int)(t % bands), kBandRows, a);
+        return by_bands([&](int64_t img, int b, int rows, const Activation& a) {
+            pool(p, g, x, y, img, b, rows, a);
         });
-        return;
     }
     const int64_t total = (int64_t)n * p.groups * (p.cout / p.groups / g.ocb);
     parallel_ranges(total, threads,

@@ -110,7 +110,7 @@ public:
         w.act = act_code(m_activation);
         w.alpha = m_alpha;
         w.beta = m_beta;
-        if (inputs.size() == 6) w.in_scale = inputs[5].data<const float>();
+        if (inputs.size() == 6) w.gate = inputs[5].data<const float>();
         ov::Shape ys = xs;
         ys[1] = (size_t)w.cout;
         outputs[0].set_shape(ys);
@@ -334,7 +334,7 @@ __attribute__((visibility("default"))) int ps_spconv1x1(
     }
     picosparse::SparseWeights w;
     w.cout = cout, w.cin = cin, w.rowptr = rowptr, w.cols = cols, w.vals = vals, w.bias = bias;
-    w.act = act, w.alpha = alpha, w.beta = beta, w.in_scale = gate;
+    w.act = act, w.alpha = alpha, w.beta = beta, w.gate = gate;
     picosparse::spconv1x1(w, x, y, n, hw, isa, threads < 1 ? 1 : threads);
     return isa;
 }

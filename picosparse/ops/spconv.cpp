@@ -137,17 +137,16 @@ void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t 
     auto* tasks = isa == ISA_AVX512 ? avx512::sp_tasks
                   : isa == ISA_AVX2 ? avx2::sp_tasks
                                     : portable::sp_tasks;
-    if (w.in_scale) {  // gated input: each image with its own scaled copy of the values
+    if (w.gate) {  // gated input: each image with its own scaled copy of the values
         const int nnz = w.rowptr[w.cout];
-        std::vector<float> scaled((size_t)nnz + 1);
+        float* scaled = scratch<6>((size_t)nnz + 1);  // the caller's thread, reused per call
         SparseWeights wi = w;
-        wi.in_scale = nullptr;
-        wi.vals = scaled.data();
-        const int64_t tiles = g.tiles;
+        wi.gate = nullptr;
+        wi.vals = scaled;
         for (int i = 0; i < n; ++i) {
-            const float* gain = w.in_scale + (int64_t)i * w.cin;
+            const float* gain = w.gate + (int64_t)i * w.cin;
             for (int k = 0; k < nnz; ++k) scaled[k] = w.vals[k] * gain[w.cols[k]];
-            parallel_ranges(tiles * g.rchunks, threads, [&](int64_t t0, int64_t t1) {
+            parallel_ranges(g.tiles * g.rchunks, threads, [&](int64_t t0, int64_t t1) {
                 tasks(wi, g, x + i * (int64_t)w.cin * hw, y + i * (int64_t)w.cout * hw, 1, hw,
                       t0, t1);
             });

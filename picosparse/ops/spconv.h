@@ -22,10 +22,10 @@ struct SparseWeights {
     const float* bias = nullptr;      // cout, may be null (= 0)
     int act = ACT_NONE;
     float alpha = 0.f, beta = 0.f;    // hsigmoid: clamp(alpha*v+beta, 0, 1); leaky: slope alpha
-    // optional [n, cin] per-image input channel gains, x[n, c] * in_scale[n * cin + c]: a
+    // optional [n, cin] per-image input channel gains, x[n, c] * gate[n * cin + c]: a
     // squeeze-excite gate folded into the weights (nnz multiplies per image instead of a pass
     // over the whole input tensor); null = none
-    const float* in_scale = nullptr;
+    const float* gate = nullptr;
 };
 
 // Best ISA this CPU supports, or the one forced by PICOSPARSE_ISA (avx512|avx2|portable).
