@@ -148,10 +148,15 @@ def dw_ref(x, w, b, stride, pad, act="none", alpha=0.0, beta=0.0):
 
 
 # (n, c, h, w, k, stride, pad): 3x3/5x5, stride 1/2, odd and wide maps (> 64 columns: several
-# column chunks), maps smaller than the kernel, batch > 1
+# column chunks), maps smaller than the kernel, batch > 1. Outputs of <= 100 pixels (and 5x5
+# kernels up to 400) take the channel-blocked path: channel counts that leave a partial block
+# on every ISA (5, 17, 37), exactly the 5x5 limit (20x20 out), one pixel past the 3x3 limit
+# (NCHW path on a small map, 5-row blocks).
 DW_SHAPES = [(1, 8, 10, 10, 3, 1, 1), (2, 5, 9, 7, 5, 2, 2), (1, 4, 40, 40, 3, 2, 1),
              (1, 3, 5, 5, 5, 1, 2), (1, 6, 11, 13, 3, 2, 1), (1, 2, 70, 90, 5, 1, 2),
-             (1, 2, 3, 3, 3, 2, 1), (3, 17, 1, 1, 3, 1, 1), (1, 4, 33, 131, 3, 2, 1)]
+             (1, 2, 3, 3, 3, 2, 1), (3, 17, 1, 1, 3, 1, 1), (1, 4, 33, 131, 3, 2, 1),
+             (2, 37, 12, 9, 5, 1, 2), (1, 33, 20, 20, 5, 1, 2), (1, 20, 20, 20, 5, 2, 2),
+             (1, 3, 101, 1, 3, 1, 1), (1, 5, 20, 20, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -220,6 +225,8 @@ CONV_SHAPES = [
     (1, 32, 8, 1, 9, 11, 3, 2, (1, 1, 1, 1), None),
     (1, 32, 8, 1, 12, 14, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
     (1, 6, 8, 1, 10, 12, 7, 1, (3, 3, 3, 3), None),
+    # depthwise, channel-blocked, asymmetric pads
+    (1, 18, 18, 18, 10, 11, 3, 2, (0, 1, 1, 0), None),
 ]
 
 
@@ -427,6 +434,51 @@ def test_rewrite_folds_and_fuses():
     assert "GroupConvolution" in [op.get_type_name() for op in keep_dw.get_ordered_ops()]
 
 
+def _se_model(rng):
+    """x -> sparse 1x1 + Relu -> y; squeeze-excite on y (ReduceMean -> 1x1 + bias + Relu ->
+    1x1 + bias + HardSigmoid -> Multiply(y, gate)) -> sparse 1x1, as PaddleDetection's ESNet
+    exports it."""
+    ov, ops = _ov()
+    x = ops.parameter([2, 24, 9, 11], np.float32, name="image")
+
+    def conv(inp, cout, cin, bias=None):
+        w = sparse_weight(rng, cout, cin, 0.75, empty_rows=(1,))
+        c = ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0],
+                            [0, 0], [1, 1])
+        if bias is None:
+            return c
+        return ops.add(c, ops.constant(rng.normal(0, bias, (1, cout, 1, 1)).astype(np.float32)))
+
+    y = ops.relu(conv(x, 24, 24))
+    mean = ops.reduce_mean(y, ops.constant(np.array([2, 3], np.int64)), keep_dims=True)
+    h = ops.relu(conv(mean, 8, 24, 0.5))
+    gate = ops.hard_sigmoid(conv(h, 24, 8, 1.0), ops.constant(np.float32(0.2)),
+                            ops.constant(np.float32(0.5)))
+    out = conv(ops.multiply(y, gate), 16, 24)
+    return ov.Model([out.output(0)], [x])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_rewrite_fuses_squeeze_excite(monkeypatch, isa):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    from picosparse.ops.rewrite import rewrite_model
+    ref_model, model = _se_model(np.random.default_rng(6)), _se_model(np.random.default_rng(6))
+    stats = rewrite_model(model, sparse_threshold=0.6)
+    assert stats["replaced"] == 4 and stats["se_gates"] == 1
+    fused = [l for l in stats["layers"] if l.get("fused_into")]
+    last = stats["layers"][-1]
+    assert len(fused) == 2 and {l["fused_into"] for l in fused} == {last["op"]}
+    assert "SE block" in last["folded"]
+    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert types.count("SparseConv1x1") == 2  # the SE convs run inside the consumer
+    assert "ReduceMean" not in types and "Multiply" not in types
+    xv = np.random.default_rng(7).standard_normal((2, 24, 9, 11)).astype(np.float32)
+    xv[1] *= 3  # a different gate per image
+    want = _compile(ref_model)(xv)[0]
+    for threads in (1, 2):
+        assert_close(_compile(model, threads)(xv)[0], want, 1e-5)
+
+
 def test_export_rejects_missing_model(tmp_path):
     from picosparse.errors import DataError
     from picosparse.ops import export_x86_sparse
@@ -462,6 +514,12 @@ def test_whole_picodet_matches_dense(tmp_path):
     assert info["dense_kxk"] == 1 and stem[0]["folded"][-1] == "MaxPool"  # 3x3/2 + pool fused
     gated = [l for l in meta["layers"] if "SE gate" in l.get("folded", [])]
     assert info["se_gates"] == len(gated) > 0  # ESNet's squeeze-excite multiplies folded
+    # ... with their whole block (squeeze + two convs) run inside the consumer
+    blocks = [l for l in gated if "SE block" in l["folded"]]
+    assert len(blocks) == len(gated)
+    assert sum(1 for l in meta["layers"] if l.get("fused_into")) == 2 * len(blocks)
+    xml = (tmp_path / "x86" / "model.xml").read_text()
+    assert 'type="ReduceMean"' not in xml
     ov_dw = export_x86_sparse(src, tmp_path / "x86_ovdw", sparse_threshold=0.6, nchw_ops=False)
     assert ov_dw["depthwise"] == ov_dw["dense_kxk"] == 0
     core = ov.Core()

@@ -64,6 +64,15 @@ bool uses_gemm(const ConvParams& p) {
     return p.groups == 1 && p.k <= kGemmMaxK && p.cin * p.k * p.k <= kGemmMaxTaps;
 }
 
+// Depthwise 3x3 / 5x5, stride 1 / 2, on maps where NCHW rows leave most vector lanes empty run
+// channel-blocked (dw_blocked); measured: every <= 10x10 output, and 5x5 kernels up to 20x20
+// (3x3 ones at 20x20 broke even: the transposes cost what the full lanes save).
+bool uses_blocked(const ConvParams& p) {
+    const int64_t out_hw = (int64_t)p.out_h() * p.out_w();
+    return p.groups == p.cin && p.cin == p.cout && p.pool_k == 0 && (p.k == 3 || p.k == 5) &&
+           (p.stride == 1 || p.stride == 2) && (out_hw <= 100 || (p.k == 5 && out_hw <= 400));
+}
+
 // conv_fast_any's cases (kept in step with it)
 bool has_fast_path(const ConvParams& p, const ConvPlan& g) {
     switch (p.k * 100 + p.stride * 10 + g.ocb) {
@@ -114,6 +123,23 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
                                        : portable::gemm_band;
         return by_bands([&](int64_t img, int b, int rows, const Activation& a) {
             gemm(p, x, y, img, b, rows, a);
+        });
+    }
+    if (uses_blocked(p)) {
+        // where each input pixel's channel vector goes in the padded [hp][wp][vec] buffer
+        std::vector<int32_t> dtab((size_t)p.h * p.w);
+        const int wp = p.w + p.pad_l + p.pad_r;
+        for (int r = 0, q = 0; r < p.h; ++r)
+            for (int c = 0; c < p.w; ++c, ++q) dtab[q] = ((r + p.pad_t) * wp + c + p.pad_l) * vec;
+        auto* blocked = isa == ISA_AVX512 ? avx512::dw_blocked_any
+                        : isa == ISA_AVX2 ? avx2::dw_blocked_any
+                                          : portable::dw_blocked_any;
+        const int blocks = (p.cin + vec - 1) / vec;
+        const Activation a{p.act, p.alpha, p.beta};
+        return parallel_ranges((int64_t)n * blocks, threads, [&](int64_t t0, int64_t t1) {
+            FlushDenormals ftz;
+            for (int64_t t = t0; t < t1; ++t)
+                blocked(p, x, y, t / blocks, (int)(t % blocks), dtab.data(), a);
         });
     }
     const ConvPlan g = make_plan(p, vec);

@@ -10,7 +10,12 @@
 //           4: bias   f32 [Cout]
 //           5: gate   f32 [N, Cin, 1, 1], optional: x's channels are multiplied by it first
 //                     (a squeeze-excite gate, folded into the weights per image)
+//        or 5-12: the squeeze-excite block that makes that gate from x, as two more sparse 1x1s
+//                     (rowptr, cols, vals, bias each): reduce Cin -> M, expand M -> Cin, run on
+//                     the mean of x over H x W (no ReduceMean / gate nodes left in the graph)
 //   attrs   activation: none | relu | hswish | hsigmoid | leaky; alpha, beta (hsigmoid / leaky);
+//           se_reduce_activation / _alpha / _beta, se_expand_activation / _alpha / _beta: the
+//           squeeze-excite convs' activations (13 inputs only);
 //           threads: 0 = the calling TBB arena's concurrency, n = exactly n
 //           (load_model sets it: inside the CPU plugin, evaluate() runs in the default arena,
 //           whose concurrency is the core count, not INFERENCE_NUM_THREADS)
@@ -50,10 +55,24 @@ public:
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 5 || get_input_size() == 6,
-                              "SparseConv1x1 takes 5 or 6 inputs");
-        NODE_VALIDATION_CHECK(this, act_code(m_activation) >= 0, "unknown activation '",
-                              m_activation, "'");
+        const size_t n_in = get_input_size();
+        NODE_VALIDATION_CHECK(this, n_in == 5 || n_in == 6 || n_in == 13,
+                              "SparseConv1x1 takes 5, 6 or 13 inputs");
+        for (const auto* a : {&m_activation, &m_se[0].activation, &m_se[1].activation})
+            NODE_VALIDATION_CHECK(this, act_code(*a) >= 0, "unknown activation '", *a, "'");
+        if (n_in == 13) {  // reduce: rowptr [M + 1], bias [M]; expand: rowptr [Cin + 1]
+            const auto& xs0 = get_input_partial_shape(0);
+            const auto &r_rows = get_input_partial_shape(5), &r_bias = get_input_partial_shape(8);
+            const auto &e_rows = get_input_partial_shape(9), &e_bias = get_input_partial_shape(12);
+            if (r_rows.is_static() && r_bias.is_static() && e_rows.is_static() &&
+                e_bias.is_static() && xs0.rank().is_static() && xs0[1].is_static()) {
+                const size_t cin = (size_t)xs0[1].get_length();
+                NODE_VALIDATION_CHECK(this, r_rows.to_shape()[0] == r_bias.to_shape()[0] + 1 &&
+                                      e_rows.to_shape()[0] == cin + 1 &&
+                                      e_bias.to_shape()[0] == cin,
+                                      "squeeze-excite weights do not fit the input channels");
+            }
+        }
         NODE_VALIDATION_CHECK(this, get_input_element_type(0) == ov::element::f32,
                               "SparseConv1x1 input must be f32");
         const auto& xs = get_input_partial_shape(0);
@@ -62,7 +81,7 @@ public:
         if (rs.is_static() && bs.is_static())
             NODE_VALIDATION_CHECK(this, rs.to_shape()[0] == bs.to_shape()[0] + 1,
                                   "rowptr must have Cout + 1 entries");
-        if (get_input_size() == 6) {
+        if (n_in == 6) {
             const auto& gs = get_input_partial_shape(5);
             NODE_VALIDATION_CHECK(this, get_input_element_type(5) == ov::element::f32,
                                   "SparseConv1x1 gate must be f32");
@@ -84,6 +103,9 @@ public:
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
         auto op = std::make_shared<SparseConv1x1>(args, m_activation, m_alpha, m_beta);
         op->m_threads = m_threads;
+        op->m_se[0] = m_se[0];
+        op->m_se[1] = m_se[1];
+        op->validate_and_infer_types();
         return op;
     }
 
@@ -92,12 +114,33 @@ public:
         v.on_attribute("alpha", m_alpha);
         v.on_attribute("beta", m_beta);
         v.on_attribute("threads", m_threads);
+        v.on_attribute("se_reduce_activation", m_se[0].activation);
+        v.on_attribute("se_reduce_alpha", m_se[0].alpha);
+        v.on_attribute("se_reduce_beta", m_se[0].beta);
+        v.on_attribute("se_expand_activation", m_se[1].activation);
+        v.on_attribute("se_expand_alpha", m_se[1].alpha);
+        v.on_attribute("se_expand_beta", m_se[1].beta);
         return true;
     }
 
     bool has_evaluate() const override { return true; }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        SparseWeights se[2];  // reduce, expand (13 inputs)
+        if (inputs.size() == 13) {
+            for (int j = 0; j < 2; ++j) {
+                const ov::Tensor* t = &inputs[5 + 4 * j];
+                se[j].cout = (int)t[3].get_shape()[0];
+                se[j].cin = j == 0 ? (int)inputs[0].get_shape()[1] : se[0].cout;
+                se[j].rowptr = t[0].data<const int32_t>();
+                se[j].cols = t[1].data<const int32_t>();
+                se[j].vals = t[2].data<const float>();
+                se[j].bias = t[3].data<const float>();
+                se[j].act = act_code(m_se[j].activation);
+                se[j].alpha = m_se[j].alpha;
+                se[j].beta = m_se[j].beta;
+            }
+        }
         const auto& x = inputs[0];
         const ov::Shape xs = x.get_shape();
         SparseWeights w;
@@ -111,6 +154,7 @@ public:
         w.alpha = m_alpha;
         w.beta = m_beta;
         if (inputs.size() == 6) w.gate = inputs[5].data<const float>();
+        if (inputs.size() == 13) w.se_reduce = &se[0], w.se_expand = &se[1];
         ov::Shape ys = xs;
         ys[1] = (size_t)w.cout;
         outputs[0].set_shape(ys);
@@ -142,6 +186,10 @@ private:
     std::string m_activation = "none";
     float m_alpha = 0.f, m_beta = 0.f;
     int64_t m_threads = 0;
+    struct SeAct {  // a squeeze-excite conv's activation
+        std::string activation = "none";
+        float alpha = 0.f, beta = 0.f;
+    } m_se[2];      // reduce, expand
     mutable std::mutex m_cache_mutex;
     mutable std::shared_ptr<const std::vector<int32_t>> m_offs;
     mutable int m_offs_tw = 0;

@@ -352,12 +352,25 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
             continue
         sw = pack(r["weight"], r["bias"])
         x, gate = _se_gate(x)
+        se = _se_block(x, gate) if gate is not None else None
+        extra, se_folded = [gate] if gate is not None else [], []
+        if se is not None:  # the gate's convs move into this op, the squeeze with them
+            extra = [op.input_value(i) for op in se for i in range(1, 5)]
+            for op, role in zip(se, ("reduce", "expand")):
+                a = op.get_attributes()
+                act.update({f"se_{role}_activation": a["activation"],
+                            f"se_{role}_alpha": float(a["alpha"]),
+                            f"se_{role}_beta": float(a["beta"])})
+                se_folded.append(op.get_friendly_name())
         node = factory.create(OP_TYPE, [
             x, ops.constant(sw.rowptr).output(0), ops.constant(sw.cols).output(0),
             ops.constant(sw.vals).output(0), ops.constant(sw.bias).output(0),
-        ] + ([gate] if gate is not None else []), act)
+        ] + extra, act)
         n_gates += gate is not None
         _swap_in(r["last"], node)
+        for layer in layers:  # the SE convs' records point at the op now running them
+            if layer.get("op") in se_folded:
+                layer["fused_into"] = node.get_friendly_name()
         dense_bytes += r["weight"].nbytes + r["bias"].nbytes
         sparse_bytes += sw.nbytes()
         shape = node.get_output_partial_shape(0)
@@ -366,10 +379,15 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
                        "hw": [int(d.get_length()) for d in list(shape)[2:]] if shape.is_static
                        else None,
                        "zero_fraction": round(r["zero_fraction"], 4), "nnz": sw.nnz,
-                       "folded": r["folded"] + (["SE gate"] if gate is not None else []),
+                       "folded": r["folded"] + (["SE gate"] if gate is not None else [])
+                       + (["SE block"] if se is not None else []),
                        "activation": r["act"],
                        "op": node.get_friendly_name()})
     model.validate_nodes_and_infer_types()
+    live = {op.get_friendly_name() for op in model.get_ordered_ops()}
+    for layer in layers:
+        if layer.get("fused_into") and layer["op"] in live:  # still read elsewhere: runs too
+            del layer["fused_into"]
     return {"replaced": len(layers) - n_dw - n_kxk - n_up, "depthwise": n_dw, "dense_kxk": n_kxk,
             "upsample": n_up, "se_gates": n_gates,
             "kept_dense_1x1": len(skipped),
@@ -396,6 +414,29 @@ def _se_gate(x):
                 and gate.get_element_type().get_type_name() == "f32"):
             return full, gate
     return x, None
+
+
+def _se_block(x, gate):
+    """(reduce, expand): the two picosparse ops making `gate` as expand(reduce(ReduceMean(x)))
+    over H, W (a squeeze-excite block whose squeeze reads the same x), else None. The consumer
+    then runs the block itself, on its own input; the originals drop out of the graph unless
+    something else still reads them (consumer counts would include replaced, dead nodes)."""
+    expand = gate.get_node()
+    if expand.get_type_name() != OP_TYPE or expand.get_input_size() != 5:
+        return None
+    reduce_ = expand.input_value(0).get_node()
+    if reduce_.get_type_name() != OP_TYPE or reduce_.get_input_size() != 5:
+        return None
+    mean = reduce_.input_value(0).get_node()
+    if (mean.get_type_name() != "ReduceMean"
+            or not _same(mean.input_value(0).get_node(), x.get_node())
+            or mean.input_value(0).get_index() != x.get_index()
+            or not mean.get_attributes().get("keep_dims")):
+        return None
+    axes = _const(mean.input_value(1))
+    if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
+        return None
+    return reduce_, expand
 
 
 def _swap_in(last, node):

@@ -71,6 +71,14 @@ struct VPortable {
         for (int l = 0; l < N; ++l) r[l] = 2 * l + 1 < N ? a[2 * l + 1] : b[2 * l + 1 - N];
         return r;
     }
+    static void transpose(T r[N]) {  // r[i][j] <-> r[j][i]
+        for (int i = 0; i < N; ++i)
+            for (int j = i + 1; j < N; ++j) {
+                const float t = r[i][j];
+                r[i][j] = r[j][i];
+                r[j][i] = t;
+            }
+    }
     static T fmadd(T a, T b, T c) { return a * b + c; }
     static T add(T a, T b) { return a + b; }
     static T mul(T a, T b) { return a * b; }
@@ -131,6 +139,23 @@ struct VAvx2 {
     static T odd(T a, T b) {  // lanes 1, 3, 5, ... of a then b
         return _mm256_castpd_ps(_mm256_permute4x64_pd(
             _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));
+    }
+    static void transpose(T r[N]) {  // 8 x 8: unpack, shuffle, swap 128-bit halves
+        T t[8], u[8];
+        for (int i = 0; i < 8; i += 2) {
+            t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+            u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+            u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+            u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+            u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+        }
+        for (int i = 0; i < 4; ++i) {
+            r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+            r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+        }
     }
     static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
     static T add(T a, T b) { return _mm256_add_ps(a, b); }
@@ -213,6 +238,29 @@ struct VAvx512 {
     static T odd(T a, T b) {  // lanes 1, 3, 5, ... of a then b
         return _mm512_permutex2var_ps(
             a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+    }
+    static void transpose(T r[N]) {  // 16 x 16: unpack ps, unpack pd, two 128-bit shuffles
+        T t[16];
+        for (int i = 0; i < 16; i += 2) {
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        const auto pd = [](T v) { return _mm512_castps_pd(v); };
+        for (int i = 0; i < 16; i += 4) {
+            r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[i]), pd(t[i + 2])));
+            r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[i]), pd(t[i + 2])));
+            r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[i + 1]), pd(t[i + 3])));
+            r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[i + 1]), pd(t[i + 3])));
+        }
+        for (int i = 0; i < 16; i += 8)
+            for (int j = 0; j < 4; ++j) {
+                t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + 4 + j], 0x88);
+                t[i + 4 + j] = _mm512_shuffle_f32x4(r[i + j], r[i + 4 + j], 0xdd);
+            }
+        for (int j = 0; j < 8; ++j) {
+            r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+            r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+        }
     }
     static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
     static T add(T a, T b) { return _mm512_add_ps(a, b); }

@@ -115,6 +115,29 @@ void sp_offsets(const SparseWeights& w, int tw, int32_t* offs) {
     for (int k = 0, nnz = w.rowptr[w.cout]; k < nnz; ++k) offs[k] = w.cols[k] * tw;
 }
 
+namespace {
+
+float act_scalar(float v, const SparseWeights& w) {
+    switch (w.act) {
+        case ACT_RELU: return v > 0.f ? v : 0.f;
+        case ACT_HSWISH: return v * std::min(std::max(v / 6.f + 0.5f, 0.f), 1.f);
+        case ACT_HSIGMOID: return std::min(std::max(w.alpha * v + w.beta, 0.f), 1.f);
+        case ACT_LEAKY: return v > 0.f ? v : w.alpha * v;
+    }
+    return v;
+}
+
+// y = act(W x + b) on one pixel: the squeeze-excite block's 1x1 convs
+void sparse_matvec(const SparseWeights& w, const float* x, float* y) {
+    for (int r = 0; r < w.cout; ++r) {
+        float s = w.bias ? w.bias[r] : 0.f;
+        for (int k = w.rowptr[r]; k < w.rowptr[r + 1]; ++k) s += w.vals[k] * x[w.cols[k]];
+        y[r] = act_scalar(s, w);
+    }
+}
+
+}  // namespace
+
 void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t hw, int isa,
                int threads, const int32_t* offs) {
     if (n <= 0 || hw <= 0 || w.cout <= 0) return;
@@ -137,14 +160,29 @@ void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t 
     auto* tasks = isa == ISA_AVX512 ? avx512::sp_tasks
                   : isa == ISA_AVX2 ? avx2::sp_tasks
                                     : portable::sp_tasks;
-    if (w.gate) {  // gated input: each image with its own scaled copy of the values
+    const bool se = w.se_reduce && w.se_expand;
+    if (w.gate || se) {  // gated input: each image with its own scaled copy of the values
         const int nnz = w.rowptr[w.cout];
         float* scaled = scratch<6>((size_t)nnz + 1);  // the caller's thread, reused per call
+        float* squeeze = se ? scratch<10>((size_t)2 * w.cin + w.se_reduce->cout) : nullptr;
+        auto* means = isa == ISA_AVX512 ? avx512::channel_means
+                      : isa == ISA_AVX2 ? avx2::channel_means
+                                        : portable::channel_means;
         SparseWeights wi = w;
         wi.gate = nullptr;
+        wi.se_reduce = wi.se_expand = nullptr;
         wi.vals = scaled;
         for (int i = 0; i < n; ++i) {
-            const float* gain = w.gate + (int64_t)i * w.cin;
+            const float* gain = se ? squeeze + w.cin + w.se_reduce->cout
+                                   : w.gate + (int64_t)i * w.cin;
+            if (se) {  // squeeze (a pass over x[i]), then the two tiny convs
+                const float* xi = x + i * (int64_t)w.cin * hw;
+                parallel_ranges(w.cin, threads, [&](int64_t c0, int64_t c1) {
+                    means(xi, hw, (int)c0, (int)c1, squeeze);
+                });
+                sparse_matvec(*w.se_reduce, squeeze, squeeze + w.cin);
+                sparse_matvec(*w.se_expand, squeeze + w.cin, squeeze + w.cin + w.se_reduce->cout);
+            }
             for (int k = 0; k < nnz; ++k) scaled[k] = w.vals[k] * gain[w.cols[k]];
             parallel_ranges(g.tiles * g.rchunks, threads, [&](int64_t t0, int64_t t1) {
                 tasks(wi, g, x + i * (int64_t)w.cin * hw, y + i * (int64_t)w.cout * hw, 1, hw,

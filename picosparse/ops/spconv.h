@@ -26,6 +26,11 @@ struct SparseWeights {
     // squeeze-excite gate folded into the weights (nnz multiplies per image instead of a pass
     // over the whole input tensor); null = none
     const float* gate = nullptr;
+    // optional: the whole squeeze-excite block that makes that gate from x itself,
+    // gate[n] = se_expand(se_reduce(mean over hw of x[n])), two sparse 1x1s on one pixel with
+    // their own bias and activation (ESNet: relu, hsigmoid). Both or neither; overrides gate.
+    const SparseWeights* se_reduce = nullptr;
+    const SparseWeights* se_expand = nullptr;
 };
 
 // Best ISA this CPU supports, or the one forced by PICOSPARSE_ISA (avx512|avx2|portable).
