@@ -479,6 +479,62 @@ def test_rewrite_fuses_squeeze_excite(monkeypatch, isa):
         assert_close(_compile(model, threads)(xv)[0], want, 1e-5)
 
 
+def _head_model(rng, mode):
+    """A detection head's tail: sparse 1x1 + bias -> VariadicSplit([13, 7]) -> (Sigmoid ->)
+    Reshape [N, C, H*W] -> Transpose [0, 2, 1] per part, as PicoDet's head exports it (mode
+    "split"); "single": no split, one sigmoid part; "shared": one part and a second consumer
+    of the conv (must stay NCHW)."""
+    ov, ops = _ov()
+    n, h, w = 2, 9, 7  # 63 pixels: a partial tile and a partial pixel block
+    x = ops.parameter([n, 24, h, w], np.float32, name="image")
+    wt = sparse_weight(rng, 20, 24, 0.75, empty_rows=(2,))
+    conv = ops.add(ops.convolution(x, ops.constant(wt.reshape(20, 24, 1, 1)), [1, 1], [0, 0],
+                                   [0, 0], [1, 1]),
+                   ops.constant(rng.normal(0, 1, (1, 20, 1, 1)).astype(np.float32)))
+
+    def tail(t, c, sig):
+        if sig:
+            t = ops.sigmoid(t)
+        t = ops.reshape(t, ops.constant(np.array([n, c, -1], np.int64)), False)
+        return ops.transpose(t, ops.constant(np.array([0, 2, 1], np.int64)))
+
+    if mode == "single":
+        return ov.Model([tail(conv, 20, True).output(0)], [x])
+    if mode == "shared":
+        return ov.Model([tail(conv, 20, False).output(0), ops.relu(conv).output(0)], [x])
+    parts = ops.variadic_split(conv, ops.constant(np.int64(1)),
+                               ops.constant(np.array([13, 7], np.int64)))
+    return ov.Model([tail(parts.output(0), 13, True).output(0),
+                     ops.multiply(tail(parts.output(1), 7, False),
+                                  ops.constant(np.float32(1.0))).output(0)], [x])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_rewrite_writes_head_outputs_channels_last(monkeypatch, isa):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    from picosparse.ops.rewrite import rewrite_model
+    xv = np.random.default_rng(9).standard_normal((2, 24, 9, 7)).astype(np.float32) * 3
+    for mode in ("split", "single", "shared"):
+        ref_model = _head_model(np.random.default_rng(8), mode)
+        model = _head_model(np.random.default_rng(8), mode)
+        stats = rewrite_model(model, sparse_threshold=0.6)
+        types = [op.get_type_name() for op in model.get_ordered_ops()]
+        folded = stats["layers"][0]["folded"]
+        if mode == "shared":  # the conv is also read as NCHW: left as it was
+            assert "Transpose" in types and not any("Transpose" in f for f in folded)
+        else:  # split, sigmoid and the transposes are the op's outputs now
+            assert "Transpose" not in types and "Sigmoid" not in types
+            assert "VariadicSplit" not in types
+            assert folded[-1] == ("Split, " if mode == "split" else "") + "Sigmoid, Transpose"
+        want = _compile(ref_model)(xv)
+        for threads in (1, 2):
+            got = _compile(model, threads)(xv)
+            assert len(got) == len(want)
+            for i in range(len(want)):
+                assert got[i].shape == want[i].shape
+                assert_close(got[i], want[i], 1e-5)
+
+
 def test_export_rejects_missing_model(tmp_path):
     from picosparse.errors import DataError
     from picosparse.ops import export_x86_sparse

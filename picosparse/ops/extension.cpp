@@ -16,6 +16,9 @@
 //   attrs   activation: none | relu | hswish | hsigmoid | leaky; alpha, beta (hsigmoid / leaky);
 //           se_reduce_activation / _alpha / _beta, se_expand_activation / _alpha / _beta: the
 //           squeeze-excite convs' activations (13 inputs only);
+//           out_parts, out_sigmoid: empty (one NCHW output), or channels-last outputs: output k
+//           is [N, H*W, out_parts[k]] of the next out_parts[k] channels, sigmoid if
+//           out_sigmoid[k] (a detection head's split + sigmoid + transpose; 5 inputs only);
 //           threads: 0 = the calling TBB arena's concurrency, n = exactly n
 //           (load_model sets it: inside the CPU plugin, evaluate() runs in the default arena,
 //           whose concurrency is the core count, not INFERENCE_NUM_THREADS)
@@ -97,7 +100,24 @@ public:
             out = xs;
             out[1] = bs.rank().is_static() ? bs[0] : ov::Dimension::dynamic();
         }
-        set_output_type(0, ov::element::f32, out);
+        if (m_out_parts.empty()) {
+            set_output_type(0, ov::element::f32, out);
+            return;
+        }
+        NODE_VALIDATION_CHECK(this, n_in == 5 && m_out_sigmoid.size() == m_out_parts.size(),
+                              "out_parts needs 5 inputs and one out_sigmoid flag per part");
+        int64_t total = 0;
+        for (auto c : m_out_parts) total += c;
+        if (bs.is_static())
+            NODE_VALIDATION_CHECK(this, total == (int64_t)bs.to_shape()[0],
+                                  "out_parts must sum to Cout");
+        set_output_size(m_out_parts.size());
+        for (size_t k = 0; k < m_out_parts.size(); ++k) {
+            ov::PartialShape pk{out[0], ov::Dimension::dynamic(), m_out_parts[k]};
+            if (out.rank().is_static() && out[2].is_static() && out[3].is_static())
+                pk[1] = out[2].get_length() * out[3].get_length();
+            set_output_type(k, ov::element::f32, pk);
+        }
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
@@ -105,6 +125,8 @@ public:
         op->m_threads = m_threads;
         op->m_se[0] = m_se[0];
         op->m_se[1] = m_se[1];
+        op->m_out_parts = m_out_parts;
+        op->m_out_sigmoid = m_out_sigmoid;
         op->validate_and_infer_types();
         return op;
     }
@@ -120,6 +142,8 @@ public:
         v.on_attribute("se_expand_activation", m_se[1].activation);
         v.on_attribute("se_expand_alpha", m_se[1].alpha);
         v.on_attribute("se_expand_beta", m_se[1].beta);
+        v.on_attribute("out_parts", m_out_parts);
+        v.on_attribute("out_sigmoid", m_out_sigmoid);
         return true;
     }
 
@@ -155,14 +179,31 @@ public:
         w.beta = m_beta;
         if (inputs.size() == 6) w.gate = inputs[5].data<const float>();
         if (inputs.size() == 13) w.se_reduce = &se[0], w.se_expand = &se[1];
-        ov::Shape ys = xs;
-        ys[1] = (size_t)w.cout;
-        outputs[0].set_shape(ys);
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
         const int64_t hw = (int64_t)(xs[2] * xs[3]);
         const auto offs = offsets(w, sp_tile_width(isa, w.cin, hw));
+        if (!m_out_parts.empty()) {
+            const size_t parts = m_out_parts.size();
+            std::vector<int> channels(parts), sigmoid(parts);
+            std::vector<float*> out(parts);
+            for (size_t k = 0; k < parts; ++k) {
+                channels[k] = (int)m_out_parts[k];
+                sigmoid[k] = (int)m_out_sigmoid[k];
+                outputs[k].set_shape(ov::Shape{xs[0], (size_t)hw, (size_t)channels[k]});
+                out[k] = outputs[k].data<float>();
+            }
+            NlcOut o;
+            o.parts = (int)parts, o.channels = channels.data(), o.sigmoid = sigmoid.data();
+            o.out = out.data();
+            spconv1x1_nlc(w, x.data<const float>(), o, (int)xs[0], hw, isa, (int)m_threads,
+                          offs->data());
+            return true;
+        }
+        ov::Shape ys = xs;
+        ys[1] = (size_t)w.cout;
+        outputs[0].set_shape(ys);
         spconv1x1(w, x.data<const float>(), outputs[0].data<float>(), (int)xs[0], hw, isa,
                   (int)m_threads, offs->data());
         return true;
@@ -190,6 +231,7 @@ private:
         std::string activation = "none";
         float alpha = 0.f, beta = 0.f;
     } m_se[2];      // reduce, expand
+    std::vector<int64_t> m_out_parts, m_out_sigmoid;
     mutable std::mutex m_cache_mutex;
     mutable std::shared_ptr<const std::vector<int32_t>> m_offs;
     mutable int m_offs_tw = 0;

@@ -295,7 +295,8 @@ def plan_replacements(model, sparse_threshold, nchw_ops=True):
         wf[w.reshape(cout, cin) == 0] = 0.0  # exact zeros stay zeros (0 * inf guard)
         replace.append(dict(kind="sparse1x1", conv=conv, last=last, name=name, weight=wf,
                             bias=shift.astype(np.float32), act=act, alpha=alpha, beta=beta,
-                            zero_fraction=zf, folded=folded, cin=int(cin), cout=int(cout)))
+                            zero_fraction=zf, folded=folded, cin=int(cin), cout=int(cout),
+                            nlc=_nlc_parts(last, int(cout))))
     return replace, skipped
 
 
@@ -362,25 +363,38 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
                             f"se_{role}_alpha": float(a["alpha"]),
                             f"se_{role}_beta": float(a["beta"])})
                 se_folded.append(op.get_friendly_name())
+        nlc = r["nlc"] if gate is None else None
+        if nlc:
+            act.update(out_parts=[c for c, _, _ in nlc], out_sigmoid=[int(s) for _, s, _ in nlc])
         node = factory.create(OP_TYPE, [
             x, ops.constant(sw.rowptr).output(0), ops.constant(sw.cols).output(0),
             ops.constant(sw.vals).output(0), ops.constant(sw.bias).output(0),
         ] + extra, act)
         n_gates += gate is not None
-        _swap_in(r["last"], node)
+        if nlc:  # the op's outputs stand in for the transposes; split / sigmoid drop out
+            node.set_friendly_name(r["last"].get_friendly_name())
+            for k, (_, _, transpose) in enumerate(nlc):
+                names = set(transpose.output(0).get_names())
+                transpose.output(0).replace(node.output(k))
+                if names:
+                    node.output(k).get_tensor().set_names(names)
+        else:
+            _swap_in(r["last"], node)
         for layer in layers:  # the SE convs' records point at the op now running them
             if layer.get("op") in se_folded:
                 layer["fused_into"] = node.get_friendly_name()
         dense_bytes += r["weight"].nbytes + r["bias"].nbytes
         sparse_bytes += sw.nbytes()
-        shape = node.get_output_partial_shape(0)
+        shape = x.get_partial_shape()
         layers.append({"kind": "sparse1x1", "name": r["name"], "cout": r["cout"],
                        "cin": r["cin"],
                        "hw": [int(d.get_length()) for d in list(shape)[2:]] if shape.is_static
                        else None,
                        "zero_fraction": round(r["zero_fraction"], 4), "nnz": sw.nnz,
                        "folded": r["folded"] + (["SE gate"] if gate is not None else [])
-                       + (["SE block"] if se is not None else []),
+                       + (["SE block"] if se is not None else [])
+                       + ([("Split, " if len(nlc) > 1 else "") + "Sigmoid, Transpose"]
+                          if nlc else []),
                        "activation": r["act"],
                        "op": node.get_friendly_name()})
     model.validate_nodes_and_infer_types()
@@ -414,6 +428,53 @@ def _se_gate(x):
                 and gate.get_element_type().get_type_name() == "f32"):
             return full, gate
     return x, None
+
+
+def _nlc_parts(last, cout):
+    """[(channels, sigmoid?, transpose node)] if `last` (a 1x1 conv chain's end) is read only as
+    channels-last parts: a VariadicSplit on the channel axis (or none), then per part an
+    optional Sigmoid, a Reshape to [N, C, H*W] and a Transpose [0, 2, 1] (PicoDet's head
+    outputs: class scores and box distributions); else None. The op then writes those parts."""
+    def sole(out):
+        t = list(out.get_target_inputs())
+        return t[0].get_node() if len(t) == 1 else None
+
+    shape = last.get_output_partial_shape(0)
+    if not shape.is_static or len(shape) != 4:
+        return None
+    n, _, h, w = shape.to_shape()
+    node = sole(last.output(0))
+    if node is None:
+        return None
+    if node.get_type_name() == "VariadicSplit":
+        axis, lengths = _const(node.input_value(1)), _const(node.input_value(2))
+        if axis is None or lengths is None or int(np.ravel(axis)[0]) % 4 != 1:
+            return None
+        lengths = [int(v) for v in np.ravel(lengths)]
+        if min(lengths) <= 0 or sum(lengths) != cout:
+            return None
+        heads = [(c, node.output(i)) for i, c in enumerate(lengths)]
+    else:
+        heads = [(cout, last.output(0))]
+    parts = []
+    for c, out in heads:
+        node = sole(out)
+        sig = node is not None and node.get_type_name() == "Sigmoid"
+        if sig:
+            node = sole(node.output(0))
+        if node is None or node.get_type_name() != "Reshape":
+            return None
+        rs = node.get_output_partial_shape(0)
+        if not rs.is_static or list(rs.to_shape()) != [n, c, h * w]:
+            return None
+        tr = sole(node.output(0))
+        if tr is None or tr.get_type_name() != "Transpose":
+            return None
+        perm = _const(tr.input_value(1))
+        if perm is None or [int(v) for v in np.ravel(perm)] != [0, 2, 1]:
+            return None
+        parts.append((c, sig, tr))
+    return parts
 
 
 def _se_block(x, gate):

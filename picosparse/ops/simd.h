@@ -80,6 +80,14 @@ struct VPortable {
             }
     }
     static T fmadd(T a, T b, T c) { return a * b + c; }
+    static T div(T a, T b) { return a / b; }
+    static T pow2n(T n) {  // 2^n for integral n in [-126, 127]: the exponent bits directly
+        typedef int I __attribute__((vector_size(16)));
+        const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+        T r;
+        __builtin_memcpy(&r, &bits, sizeof(r));
+        return r;
+    }
     static T add(T a, T b) { return a + b; }
     static T mul(T a, T b) { return a * b; }
     static T max(T a, T b) { return a > b ? a : b; }
@@ -158,6 +166,11 @@ struct VAvx2 {
         }
     }
     static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+    static T div(T a, T b) { return _mm256_div_ps(a, b); }
+    static T pow2n(T n) {  // 2^n for integral n in [-126, 127]: the exponent bits directly
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+    }
     static T add(T a, T b) { return _mm256_add_ps(a, b); }
     static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
     static T max(T a, T b) { return _mm256_max_ps(a, b); }
@@ -263,6 +276,11 @@ struct VAvx512 {
         }
     }
     static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+    static T div(T a, T b) { return _mm512_div_ps(a, b); }
+    static T pow2n(T n) {  // 2^n for integral n in [-126, 127]: the exponent bits directly
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+    }
     static T add(T a, T b) { return _mm512_add_ps(a, b); }
     static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
     static T max(T a, T b) { return _mm512_max_ps(a, b); }

@@ -196,5 +196,26 @@ void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t 
     });
 }
 
+void spconv1x1_nlc(const SparseWeights& w, const float* x, const NlcOut& o, int n, int64_t hw,
+                   int isa, int threads, const int32_t* offs) {
+    if (n <= 0 || hw <= 0 || w.cout <= 0) return;
+    SpPlan g;
+    g.tw = sp_tile_width(isa, w.cin, hw);
+    g.tiles = (hw + g.tw - 1) / g.tw;
+    std::vector<int32_t> local;
+    if (!offs) {
+        local.resize((size_t)w.rowptr[w.cout]);
+        sp_offsets(w, g.tw, local.data());
+        offs = local.data();
+    }
+    g.offs = offs;
+    auto* tasks = isa == ISA_AVX512 ? avx512::sp_tasks_nlc
+                  : isa == ISA_AVX2 ? avx2::sp_tasks_nlc
+                                    : portable::sp_tasks_nlc;
+    parallel_ranges(g.tiles * n, threads, [&](int64_t t0, int64_t t1) {
+        tasks(w, g, x, o, hw, t0, t1);
+    });
+}
+
 }  // namespace picosparse
 

@@ -47,6 +47,20 @@ const char* isa_name(int isa);
 void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t hw, int isa,
                int threads, const int32_t* offs = nullptr);
 int sp_tile_width(int isa, int cin, int64_t hw);
+
+// Channels-last output in parts, for a detection head's last 1x1 conv whose channels are split
+// into class scores and box distributions, each read as [N, H*W, C]: part k takes the next
+// channels[k] output channels (they sum to cout) into out[k] = [n, hw, channels[k]], through a
+// sigmoid if sigmoid[k]. One pass instead of split + sigmoid + transpose after the conv.
+struct NlcOut {
+    int parts = 0;
+    const int* channels = nullptr;
+    const int* sigmoid = nullptr;
+    float* const* out = nullptr;
+};
+// As spconv1x1, but written as `o` says; w.gate / w.se_* must be unset.
+void spconv1x1_nlc(const SparseWeights& w, const float* x, const NlcOut& o, int n, int64_t hw,
+                   int isa, int threads, const int32_t* offs = nullptr);
 void sp_offsets(const SparseWeights& w, int tw, int32_t* offs);  // offs[k] = cols[k] * tw
 
 // Direct KxK convolution (any groups dividing cin and cout), NCHW fp32, BN folded into wt/bias,
