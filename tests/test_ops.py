@@ -517,6 +517,7 @@ def test_rewrite_writes_head_outputs_channels_last(monkeypatch, isa):
     for mode in ("split", "single", "shared"):
         ref_model = _head_model(np.random.default_rng(8), mode)
         model = _head_model(np.random.default_rng(8), mode)
+        names = [o.get_names() for o in model.outputs]
         stats = rewrite_model(model, sparse_threshold=0.6)
         types = [op.get_type_name() for op in model.get_ordered_ops()]
         folded = stats["layers"][0]["folded"]
@@ -526,6 +527,9 @@ def test_rewrite_writes_head_outputs_channels_last(monkeypatch, isa):
             assert "Transpose" not in types and "Sigmoid" not in types
             assert "VariadicSplit" not in types
             assert folded[-1] == ("Split, " if mode == "split" else "") + "Sigmoid, Transpose"
+        # the output scale x * 1.0 (a copy per inference) is gone, its output name kept
+        assert "Multiply" not in types
+        assert [o.get_names() >= n for o, n in zip(model.outputs, names)] == [True] * len(names)
         want = _compile(ref_model)(xv)
         for threads in (1, 2):
             got = _compile(model, threads)(xv)
