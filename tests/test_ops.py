@@ -174,6 +174,52 @@ def test_depthwise_matches_reference(monkeypatch, isa, shape):
         assert_close(y, dw_ref(x, w, b, s, p, act))
 
 
+BLOCKED_IO = [(True, False), (False, True), (True, True)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_kernel_blocked_layouts(monkeypatch, isa):
+    """The blocked layout ([N, C/B, H*W, B], B = the ISA's vector width) in and out: 63 pixels
+    (a partial tile and a partial pixel block), batch 2, a gated input, threads 1 and 2."""
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    rng = np.random.default_rng(12)
+    w = sparse_weight(rng, 48, 32, 0.75, empty_rows=(3,), dense_rows=(5,))
+    b = rng.standard_normal(48).astype(np.float32)
+    sw = pack(w, b)
+    x = rng.standard_normal((2, 32, 9, 7)).astype(np.float32)
+    gate = rng.uniform(0, 1, (2, 32)).astype(np.float32)
+    for blocked_in, blocked_out in BLOCKED_IO:
+        for threads, g in ((1, None), (2, gate)):
+            y, used = spconv1x1(x, sw, "hswish", threads=threads, gate=g, blocked_in=blocked_in,
+                                blocked_out=blocked_out)
+            assert used == isa
+            xg = x if g is None else x * g[:, :, None, None]
+            assert_close(y, conv_ref(xg, w, b, "hswish"))
+    with pytest.raises(PicosparseError, match="divisible"):  # 18 channels: no whole blocks
+        spconv1x1(x[:, :18], pack(w[:, :18], b), blocked_in=True)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", [(1, 32, 40, 40, 5, 1, 2), (2, 16, 20, 20, 3, 2, 1),
+                                   (1, 48, 9, 7, 3, 1, 1), (1, 16, 11, 13, 5, 2, 2)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_depthwise_blocked_layouts(monkeypatch, isa, shape):
+    """Depthwise convs of any map size run channel-blocked when either side is blocked."""
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    n, c, h, wd, k, s, p = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+    w = rng.standard_normal((c, k, k)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    for (blocked_in, blocked_out), threads in zip(BLOCKED_IO, (1, 2, 2)):
+        y, used = conv2d(x, w, b, s, (p, p, p, p), groups=c, act="hswish", threads=threads,
+                         blocked_in=blocked_in, blocked_out=blocked_out)
+        assert used == isa
+        assert_close(y, dw_ref(x, w, b, s, p, "hswish"))
+    with pytest.raises(PicosparseError, match="depthwise"):  # a pool: NCHW only
+        conv2d(x, w, b, s, (p, p, p, p), groups=c, pool=(3, 2, 1, 1, 1, 1), blocked_out=True)
+
+
 def direct_ref(x, w, b, groups, stride, pads, act="none", pool=None):
     """float64 grouped KxK conv (+ act, + max pool with -inf padding); pads = (t, l, b, r)."""
     n, cin, h, wd = x.shape
@@ -456,6 +502,50 @@ def _se_model(rng):
                             ops.constant(np.float32(0.5)))
     out = conv(ops.multiply(y, gate), 16, 24)
     return ov.Model([out.output(0)], [x])
+
+
+def _dw_block_model(rng):
+    """sparse 1x1 -> depthwise 3x3 -> squeeze-excite -> sparse 1x1 -> depthwise 5x5 / 2 ->
+    sparse 1x1, 32 channels (ESNet-like): each depthwise conv's output can go blocked."""
+    ov, ops = _ov()
+    x = ops.parameter([2, 32, 12, 10], np.float32, name="image")
+
+    def conv(inp, cout, cin, bias=None):
+        w = sparse_weight(rng, cout, cin, 0.75, empty_rows=(1,))
+        c = ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0],
+                            [0, 0], [1, 1])
+        return c if bias is None else ops.add(c, ops.constant(
+            rng.normal(0, bias, (1, cout, 1, 1)).astype(np.float32)))
+
+    def dw(inp, k, s):
+        w = (rng.standard_normal((32, 1, 1, k, k)) * 0.3).astype(np.float32)
+        return ops.hswish(ops.group_convolution(inp, ops.constant(w), [s, s], [k // 2] * 2,
+                                                [k // 2] * 2, [1, 1]))
+
+    y = dw(ops.relu(conv(x, 32, 32)), 3, 1)
+    mean = ops.reduce_mean(y, ops.constant(np.array([2, 3], np.int64)), keep_dims=True)
+    gate = ops.hard_sigmoid(conv(ops.relu(conv(mean, 8, 32, 0.5)), 32, 8, 1.0),
+                            ops.constant(np.float32(0.2)), ops.constant(np.float32(0.5)))
+    y = dw(ops.relu(conv(ops.multiply(y, gate), 32, 32)), 5, 2)
+    return ov.Model([conv(y, 16, 32).output(0)], [x])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_rewrite_blocks_tensors_around_depthwise(monkeypatch, isa):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    from picosparse.ops.rewrite import rewrite_model
+    ref_model, model = (_dw_block_model(np.random.default_rng(10)),
+                        _dw_block_model(np.random.default_rng(10)))
+    stats = rewrite_model(model, sparse_threshold=0.6)
+    assert stats["depthwise"] == 2 and stats["se_gates"] == 1
+    assert stats["blocked_tensors"] == 2  # dw -> sparse, twice
+    layouts = [l.get("layout") for l in stats["layers"] if not l.get("fused_into")]
+    assert layouts == [None, {"in": "nchw", "out": "blocked"}, {"in": "blocked", "out": "nchw"},
+                       {"in": "nchw", "out": "blocked"}, {"in": "blocked", "out": "nchw"}]
+    xv = np.random.default_rng(11).standard_normal((2, 32, 12, 10)).astype(np.float32)
+    want = _compile(ref_model)(xv)[0]
+    for threads in (1, 2):
+        assert_close(_compile(model, threads)(xv)[0], want, 1e-5)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -67,7 +67,7 @@ bool uses_gemm(const ConvParams& p) {
 // Depthwise 3x3 / 5x5, stride 1 / 2, on maps where NCHW rows leave most vector lanes empty run
 // channel-blocked (dw_blocked); measured: every <= 10x10 output, and 5x5 kernels up to 20x20
 // (3x3 ones at 20x20 broke even: the transposes cost what the full lanes save).
-bool uses_blocked(const ConvParams& p) {
+bool uses_blocked(const ConvParams& p) {  // NCHW in and out: worth the two transposes
     const int64_t out_hw = (int64_t)p.out_h() * p.out_w();
     return p.groups == p.cin && p.cin == p.cout && p.pool_k == 0 && (p.k == 3 || p.k == 5) &&
            (p.stride == 1 || p.stride == 2) && (out_hw <= 100 || (p.k == 5 && out_hw <= 400));
@@ -104,6 +104,11 @@ using V = VAvx512;
 
 }  // namespace
 
+bool conv_blocked_ok(const ConvParams& p, int isa) {
+    return p.groups == p.cin && p.cin == p.cout && p.pool_k == 0 && (p.k == 3 || p.k == 5) &&
+           (p.stride == 1 || p.stride == 2) && blocked_supported(isa, p.cin);
+}
+
 void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads) {
     if (n <= 0 || p.cout <= 0 || p.final_h() <= 0 || p.final_w() <= 0) return;
     const int vec = isa == ISA_AVX512 ? VAvx512::N : isa == ISA_AVX2 ? VAvx2::N : VPortable::N;
@@ -125,11 +130,11 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
             gemm(p, x, y, img, b, rows, a);
         });
     }
-    if (uses_blocked(p)) {
+    if (p.in_blocked || p.out_blocked || uses_blocked(p)) {  // (callers check the shape)
         // where each input pixel's channel vector goes in the padded [hp][wp][vec] buffer
-        std::vector<int32_t> dtab((size_t)p.h * p.w);
+        std::vector<int32_t> dtab(p.in_blocked ? 0 : (size_t)p.h * p.w);
         const int wp = p.w + p.pad_l + p.pad_r;
-        for (int r = 0, q = 0; r < p.h; ++r)
+        for (int r = 0, q = 0; r < p.h && !p.in_blocked; ++r)
             for (int c = 0; c < p.w; ++c, ++q) dtab[q] = ((r + p.pad_t) * wp + c + p.pad_l) * vec;
         auto* blocked = isa == ISA_AVX512 ? avx512::dw_blocked_any
                         : isa == ISA_AVX2 ? avx2::dw_blocked_any

@@ -24,6 +24,7 @@
 //           whose concurrency is the core count, not INFERENCE_NUM_THREADS)
 //   output  0: y      f32 [N, Cout, H, W]
 // The CPU plugin runs it through evaluate() on plain NCHW buffers.
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -104,8 +105,10 @@ public:
             set_output_type(0, ov::element::f32, out);
             return;
         }
-        NODE_VALIDATION_CHECK(this, n_in == 5 && m_out_sigmoid.size() == m_out_parts.size(),
-                              "out_parts needs 5 inputs and one out_sigmoid flag per part");
+        NODE_VALIDATION_CHECK(this, n_in == 5 && m_out_sigmoid.size() == m_out_parts.size() &&
+                                  !m_out_blocked,
+                              "out_parts needs 5 inputs, one out_sigmoid flag per part and no "
+                              "blocked output");
         int64_t total = 0;
         for (auto c : m_out_parts) total += c;
         if (bs.is_static())
@@ -127,6 +130,8 @@ public:
         op->m_se[1] = m_se[1];
         op->m_out_parts = m_out_parts;
         op->m_out_sigmoid = m_out_sigmoid;
+        op->m_in_blocked = m_in_blocked;
+        op->m_out_blocked = m_out_blocked;
         op->validate_and_infer_types();
         return op;
     }
@@ -144,6 +149,8 @@ public:
         v.on_attribute("se_expand_beta", m_se[1].beta);
         v.on_attribute("out_parts", m_out_parts);
         v.on_attribute("out_sigmoid", m_out_sigmoid);
+        v.on_attribute("in_blocked", m_in_blocked);
+        v.on_attribute("out_blocked", m_out_blocked);
         return true;
     }
 
@@ -179,9 +186,14 @@ public:
         w.beta = m_beta;
         if (inputs.size() == 6) w.gate = inputs[5].data<const float>();
         if (inputs.size() == 13) w.se_reduce = &se[0], w.se_expand = &se[1];
+        w.in_blocked = (int)m_in_blocked, w.out_blocked = (int)m_out_blocked;
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
+        if ((w.in_blocked && !blocked_supported(isa, w.cin)) ||
+            (w.out_blocked && !blocked_supported(isa, w.cout)))
+            OPENVINO_THROW("picosparse: blocked layout needs channels divisible by ",
+                           vector_width(isa));
         const int64_t hw = (int64_t)(xs[2] * xs[3]);
         const auto offs = offsets(w, sp_tile_width(isa, w.cin, hw));
         if (!m_out_parts.empty()) {
@@ -232,6 +244,7 @@ private:
         float alpha = 0.f, beta = 0.f;
     } m_se[2];      // reduce, expand
     std::vector<int64_t> m_out_parts, m_out_sigmoid;
+    int64_t m_in_blocked = 0, m_out_blocked = 0;  // kBlocked layouts (spconv.h)
     mutable std::mutex m_cache_mutex;
     mutable std::shared_ptr<const std::vector<int32_t>> m_offs;
     mutable int m_offs_tw = 0;
@@ -299,6 +312,8 @@ public:
         auto op = std::make_shared<Conv2d>(args, m_groups, m_stride, m_pads, m_activation,
                                            m_alpha, m_beta, m_pool);
         op->m_threads = m_threads;
+        op->m_in_blocked = m_in_blocked;
+        op->m_out_blocked = m_out_blocked;
         return op;
     }
 
@@ -311,6 +326,8 @@ public:
         v.on_attribute("beta", m_beta);
         v.on_attribute("pool", m_pool);
         v.on_attribute("threads", m_threads);
+        v.on_attribute("in_blocked", m_in_blocked);
+        v.on_attribute("out_blocked", m_out_blocked);
         return true;
     }
 
@@ -326,6 +343,10 @@ public:
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
+        p.in_blocked = (int)m_in_blocked, p.out_blocked = (int)m_out_blocked;
+        if ((p.in_blocked || p.out_blocked) && !conv_blocked_ok(p, isa))
+            OPENVINO_THROW("picosparse: blocked layout needs a 3x3/5x5 stride 1/2 depthwise "
+                           "conv without pool, channels divisible by ", vector_width(isa));
         conv2d(p, inputs[0].data<const float>(), outputs[0].data<float>(), (int)xs[0], isa,
                (int)m_threads);
         return true;
@@ -338,6 +359,7 @@ private:
     float m_alpha = 0.f, m_beta = 0.f;
     std::vector<int64_t> m_pool;
     int64_t m_threads = 0;
+    int64_t m_in_blocked = 0, m_out_blocked = 0;  // kBlocked layouts (spconv.h)
 };
 
 // Op "Upsample" (opset "picosparse"): x f32 [N, C, H, W] -> [N, C, H * factor_h, W * factor_w],
@@ -415,7 +437,7 @@ __attribute__((visibility("default"))) int ps_select_isa() {
 __attribute__((visibility("default"))) int ps_spconv1x1(
     const int32_t* rowptr, const int32_t* cols, const float* vals, const float* bias, int cout,
     int cin, int act, float alpha, float beta, const float* gate, const float* x, float* y, int n,
-    int64_t hw, int threads, char* err, int errlen) {
+    int64_t hw, int threads, int layout, char* err, int errlen) {
     const char* e = nullptr;
     const int isa = picosparse::select_isa(&e);
     if (isa < 0) {
@@ -425,6 +447,14 @@ __attribute__((visibility("default"))) int ps_spconv1x1(
     picosparse::SparseWeights w;
     w.cout = cout, w.cin = cin, w.rowptr = rowptr, w.cols = cols, w.vals = vals, w.bias = bias;
     w.act = act, w.alpha = alpha, w.beta = beta, w.gate = gate;
+    w.in_blocked = layout & 1, w.out_blocked = (layout >> 1) & 1;
+    if ((w.in_blocked && !picosparse::blocked_supported(isa, cin)) ||
+        (w.out_blocked && !picosparse::blocked_supported(isa, cout))) {
+        if (err && errlen > 0)
+            std::snprintf(err, (size_t)errlen, "blocked layout needs channels divisible by %d",
+                          picosparse::vector_width(isa));
+        return -1;
+    }
     picosparse::spconv1x1(w, x, y, n, hw, isa, threads < 1 ? 1 : threads);
     return isa;
 }
@@ -435,7 +465,7 @@ __attribute__((visibility("default"))) int ps_spconv1x1(
 __attribute__((visibility("default"))) int ps_conv2d(
     const float* wt, const float* bias, int cin, int cout, int groups, int h, int w, int k,
     int stride, const int* pads, int act, float alpha, float beta, const int* pool,
-    const float* x, float* y, int n, int threads, char* err, int errlen) {
+    const float* x, float* y, int n, int threads, int layout, char* err, int errlen) {
     const char* e = nullptr;
     const int isa = picosparse::select_isa(&e);
     if (isa < 0) {
@@ -450,6 +480,14 @@ __attribute__((visibility("default"))) int ps_conv2d(
         p.pool_k = pool[0], p.pool_s = pool[1];
         p.pool_pad_t = pool[2], p.pool_pad_l = pool[3], p.pool_pad_b = pool[4];
         p.pool_pad_r = pool[5];
+    }
+    p.in_blocked = layout & 1, p.out_blocked = (layout >> 1) & 1;
+    if ((p.in_blocked || p.out_blocked) && !picosparse::conv_blocked_ok(p, isa)) {
+        if (err && errlen > 0)
+            std::snprintf(err, (size_t)errlen, "blocked layout needs a 3x3/5x5 stride 1/2 "
+                          "depthwise conv without pool, channels divisible by %d",
+                          picosparse::vector_width(isa));
+        return -1;
     }
     picosparse::conv2d(p, x, y, n, isa, threads < 1 ? 1 : threads);
     return isa;

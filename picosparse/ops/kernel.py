@@ -71,12 +71,12 @@ def _lib():
         lib.ps_spconv1x1.argtypes = [i32p, i32p, f32p, f32p, ctypes.c_int, ctypes.c_int,
                                      ctypes.c_int, ctypes.c_float, ctypes.c_float, f32p, f32p,
                                      f32p, ctypes.c_int, ctypes.c_int64, ctypes.c_int,
-                                     ctypes.c_char_p, ctypes.c_int]
+                                     ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.ps_conv2d.restype = ctypes.c_int
         lib.ps_conv2d.argtypes = [f32p, f32p] + [ctypes.c_int] * 7 + [
             ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_float, ctypes.c_float,
             ctypes.POINTER(ctypes.c_int), f32p, f32p, ctypes.c_int, ctypes.c_int,
-            ctypes.c_char_p, ctypes.c_int]
+            ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.ps_select_isa.restype = ctypes.c_int
         lib.ps_cpu_supports.restype = ctypes.c_int
         lib.ps_cpu_supports.argtypes = [ctypes.c_int]
@@ -100,10 +100,39 @@ def selected_isa():
     return {v: k for k, v in ISAS.items()}[code]
 
 
-def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None, gate=None):
+VECTOR_WIDTH = {"portable": 4, "avx2": 8, "avx512": 16}
+
+
+def to_blocked(x, b):
+    """NCHW array -> the same values in the blocked layout [N, C/b, H*W, b] (spconv.h),
+    returned with x's shape (what the ops see)."""
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // b, b, h * w).transpose(0, 1, 3, 2)).reshape(
+        n, c, h, w)
+
+
+def from_blocked(y, b):
+    """Inverse of to_blocked."""
+    n, c, h, w = y.shape
+    return np.ascontiguousarray(y.reshape(n, c // b, h * w, b).transpose(0, 1, 3, 2)).reshape(
+        n, c, h, w)
+
+
+def _layout(blocked_in, blocked_out):
+    """(layout code, block width): the C API's layout bits for the ISA that will run."""
+    b = VECTOR_WIDTH[selected_isa()] if blocked_in or blocked_out else 1
+    return int(blocked_in) | (int(blocked_out) << 1), b
+
+
+def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None, gate=None,
+              blocked_in=False, blocked_out=False):
     """y = act(W (x * gate) + b) for NCHW fp32 x; gate: None or per-image channel gains
-    [N, Cin] (or [N, Cin, 1, 1]). Returns (y, isa name used)."""
+    [N, Cin] (or [N, Cin, 1, 1]). blocked_in / blocked_out: the op reads / writes the blocked
+    layout (x and y stay NCHW here; converted around the call). Returns (y, isa name used)."""
+    layout, b = _layout(blocked_in, blocked_out)
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if blocked_in and x.ndim == 4 and x.shape[1] % b == 0:
+        x = to_blocked(x, b)
     if x.ndim != 4 or x.shape[1] != w.cin:
         raise ValueError(f"x must be [N, {w.cin}, H, W], got {x.shape}")
     n, _, h, wd = x.shape
@@ -119,19 +148,22 @@ def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None, gate=N
         w.rowptr.ctypes.data_as(i32p), w.cols.ctypes.data_as(i32p),
         w.vals.ctypes.data_as(f32p), w.bias.ctypes.data_as(f32p), w.cout, w.cin, ACTS[act],
         alpha, beta, None if g is None else g.ctypes.data_as(f32p), x.ctypes.data_as(f32p),
-        y.ctypes.data_as(f32p), n, h * wd, threads, err, len(err))
+        y.ctypes.data_as(f32p), n, h * wd, threads, layout, err, len(err))
     if code < 0:
         raise PicosparseError(f"sparse op: {err.value.decode()}")
-    return y, {v: k for k, v in ISAS.items()}[code]
+    return (from_blocked(y, b) if blocked_out else y), {v: k for k, v in ISAS.items()}[code]
 
 
 def conv2d(x, weight, bias=None, stride=1, pads=(0, 0, 0, 0), groups=1, act="none", alpha=0.0,
-           beta=0.0, threads=1, pool=None):
+           beta=0.0, threads=1, pool=None, blocked_in=False, blocked_out=False):
     """Direct KxK conv of NCHW fp32 x with weight [Cout, Cin/groups, K, K] (depthwise: groups =
     Cin = Cout, weight [C, 1, K, K] or [C, K, K]); pads = (top, left, bottom, right); pool =
-    None or (k, stride, pad top, left, bottom, right) of a max pool after the activation.
-    Returns (y, isa name used)."""
+    None or (k, stride, pad top, left, bottom, right) of a max pool after the activation;
+    blocked_in / blocked_out as in spconv1x1 (depthwise only). Returns (y, isa name used)."""
+    layout, blk = _layout(blocked_in, blocked_out)
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if blocked_in and x.ndim == 4 and x.shape[1] % blk == 0:
+        x = to_blocked(x, blk)
     n, cin, h, w = x.shape
     wt = np.asarray(weight, np.float32)
     if wt.ndim == 3:
@@ -153,8 +185,8 @@ def conv2d(x, weight, bias=None, stride=1, pads=(0, 0, 0, 0), groups=1, act="non
     err = ctypes.create_string_buffer(256)
     code = _lib().ps_conv2d(wt.ctypes.data_as(f32p), b.ctypes.data_as(f32p), cin, cout, groups,
                             h, w, k, stride, pd, ACTS[act], alpha, beta, pl,
-                            x.ctypes.data_as(f32p), y.ctypes.data_as(f32p), n, threads, err,
-                            len(err))
+                            x.ctypes.data_as(f32p), y.ctypes.data_as(f32p), n, threads, layout,
+                            err, len(err))
     if code < 0:
         raise PicosparseError(f"conv op: {err.value.decode()}")
-    return y, {v: k for k, v in ISAS.items()}[code]
+    return (from_blocked(y, blk) if blocked_out else y), {v: k for k, v in ISAS.items()}[code]

@@ -106,6 +106,12 @@ using V = VAvx512;
 
 }  // namespace
 
+int vector_width(int isa) {
+    return isa == ISA_AVX512 ? VAvx512::N : isa == ISA_AVX2 ? VAvx2::N : VPortable::N;
+}
+
+bool blocked_supported(int isa, int channels) { return channels % vector_width(isa) == 0; }
+
 int sp_tile_width(int isa, int cin, int64_t hw) {
     return tile_width(isa == ISA_AVX512 ? VAvx512::N : isa == ISA_AVX2 ? VAvx2::N : VPortable::N,
                       cin, hw);
@@ -138,8 +144,11 @@ void sparse_matvec(const SparseWeights& w, const float* x, float* y) {
 
 }  // namespace
 
-void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t hw, int isa,
-               int threads, const int32_t* offs) {
+namespace {
+
+// spconv1x1 and spconv1x1_nlc: y (NCHW) or o (staged, transposed outputs) is the destination
+void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int n, int64_t hw,
+         int isa, int threads, const int32_t* offs) {
     if (n <= 0 || hw <= 0 || w.cout <= 0) return;
     SpPlan g;
     g.tw = sp_tile_width(isa, w.cin, hw);
@@ -152,69 +161,72 @@ void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t 
     }
     g.offs = offs;
     const int nt = resolve_threads(threads);
-    const int64_t ntiles = g.tiles * n;
     // too few pixel tiles to feed every thread (small feature maps): also split the rows
-    if (nt > 1 && ntiles < 4 * nt)
-        g.rchunks = (int)std::max<int64_t>(1, std::min<int64_t>((4 * nt + ntiles - 1) / ntiles,
-                                                                w.cout / 8));
+    // (NCHW output only: a staged tile needs all its rows in one task)
+    if (!o && nt > 1 && g.tiles * n < 4 * nt)
+        g.rchunks = (int)std::max<int64_t>(
+            1, std::min<int64_t>((4 * nt + g.tiles * n - 1) / (g.tiles * n), w.cout / 8));
     auto* tasks = isa == ISA_AVX512 ? avx512::sp_tasks
                   : isa == ISA_AVX2 ? avx2::sp_tasks
                                     : portable::sp_tasks;
+    auto* staged = isa == ISA_AVX512 ? avx512::sp_tasks_nlc
+                   : isa == ISA_AVX2 ? avx2::sp_tasks_nlc
+                                     : portable::sp_tasks_nlc;
+    // images [img0, img0 + nimg) with weights wi
+    const auto images = [&](const SparseWeights& wi, int64_t img0, int nimg) {
+        parallel_ranges(g.tiles * g.rchunks * nimg, threads, [&](int64_t t0, int64_t t1) {
+            if (o) staged(wi, g, x, *o, hw, img0, t0, t1);
+            else tasks(wi, g, x + img0 * w.cin * hw, y + img0 * w.cout * hw, nimg, hw, t0, t1);
+        });
+    };
     const bool se = w.se_reduce && w.se_expand;
-    if (w.gate || se) {  // gated input: each image with its own scaled copy of the values
-        const int nnz = w.rowptr[w.cout];
-        float* scaled = scratch<6>((size_t)nnz + 1);  // the caller's thread, reused per call
-        float* squeeze = se ? scratch<10>((size_t)2 * w.cin + w.se_reduce->cout) : nullptr;
-        auto* means = isa == ISA_AVX512 ? avx512::channel_means
-                      : isa == ISA_AVX2 ? avx2::channel_means
-                                        : portable::channel_means;
-        SparseWeights wi = w;
-        wi.gate = nullptr;
-        wi.se_reduce = wi.se_expand = nullptr;
-        wi.vals = scaled;
-        for (int i = 0; i < n; ++i) {
-            const float* gain = se ? squeeze + w.cin + w.se_reduce->cout
-                                   : w.gate + (int64_t)i * w.cin;
-            if (se) {  // squeeze (a pass over x[i]), then the two tiny convs
-                const float* xi = x + i * (int64_t)w.cin * hw;
-                parallel_ranges(w.cin, threads, [&](int64_t c0, int64_t c1) {
-                    means(xi, hw, (int)c0, (int)c1, squeeze);
-                });
-                sparse_matvec(*w.se_reduce, squeeze, squeeze + w.cin);
-                sparse_matvec(*w.se_expand, squeeze + w.cin, squeeze + w.cin + w.se_reduce->cout);
-            }
-            for (int k = 0; k < nnz; ++k) scaled[k] = w.vals[k] * gain[w.cols[k]];
-            parallel_ranges(g.tiles * g.rchunks, threads, [&](int64_t t0, int64_t t1) {
-                tasks(wi, g, x + i * (int64_t)w.cin * hw, y + i * (int64_t)w.cout * hw, 1, hw,
-                      t0, t1);
+    if (!w.gate && !se) return images(w, 0, n);
+    // gated input: each image with its own scaled copy of the values
+    const int nnz = w.rowptr[w.cout];
+    float* scaled = scratch<6>((size_t)nnz + 1);  // the caller's thread, reused per call
+    float* squeeze = se ? scratch<10>((size_t)2 * w.cin + w.se_reduce->cout) : nullptr;
+    auto* means = isa == ISA_AVX512 ? avx512::channel_means
+                  : isa == ISA_AVX2 ? avx2::channel_means
+                                    : portable::channel_means;
+    SparseWeights wi = w;
+    wi.gate = nullptr;
+    wi.se_reduce = wi.se_expand = nullptr;
+    wi.vals = scaled;
+    for (int i = 0; i < n; ++i) {
+        const float* gain = se ? squeeze + w.cin + w.se_reduce->cout : w.gate + (int64_t)i * w.cin;
+        if (se) {  // squeeze (a pass over x[i]), then the two tiny convs
+            const float* xi = x + i * (int64_t)w.cin * hw;
+            const int b = w.in_blocked ? vector_width(isa) : 1;  // channels per unit of work
+            parallel_ranges(w.cin / b, threads, [&](int64_t u0, int64_t u1) {
+                means(xi, hw, (int)u0 * b, (int)u1 * b, w.in_blocked, squeeze);
             });
+            sparse_matvec(*w.se_reduce, squeeze, squeeze + w.cin);
+            sparse_matvec(*w.se_expand, squeeze + w.cin, squeeze + w.cin + w.se_reduce->cout);
         }
-        return;
+        for (int k = 0; k < nnz; ++k) scaled[k] = w.vals[k] * gain[w.cols[k]];
+        images(wi, i, 1);
     }
-    parallel_ranges(ntiles * g.rchunks, threads, [&](int64_t t0, int64_t t1) {
-        tasks(w, g, x, y, n, hw, t0, t1);
-    });
+}
+
+}  // namespace
+
+void spconv1x1(const SparseWeights& w, const float* x, float* y, int n, int64_t hw, int isa,
+               int threads, const int32_t* offs) {
+    if (!w.out_blocked) return run(w, x, y, nullptr, n, hw, isa, threads, offs);
+    // blocked output: a staged output whose parts are the channel blocks
+    const int b = vector_width(isa), parts = w.cout / b;
+    std::vector<int> channels(parts, b), sigmoid(parts, 0);
+    std::vector<float*> out(parts);
+    for (int k = 0; k < parts; ++k) out[k] = y + (int64_t)k * hw * b;
+    NlcOut o;
+    o.parts = parts, o.channels = channels.data(), o.sigmoid = sigmoid.data(), o.out = out.data();
+    o.img_stride = (int64_t)w.cout * hw;
+    run(w, x, nullptr, &o, n, hw, isa, threads, offs);
 }
 
 void spconv1x1_nlc(const SparseWeights& w, const float* x, const NlcOut& o, int n, int64_t hw,
                    int isa, int threads, const int32_t* offs) {
-    if (n <= 0 || hw <= 0 || w.cout <= 0) return;
-    SpPlan g;
-    g.tw = sp_tile_width(isa, w.cin, hw);
-    g.tiles = (hw + g.tw - 1) / g.tw;
-    std::vector<int32_t> local;
-    if (!offs) {
-        local.resize((size_t)w.rowptr[w.cout]);
-        sp_offsets(w, g.tw, local.data());
-        offs = local.data();
-    }
-    g.offs = offs;
-    auto* tasks = isa == ISA_AVX512 ? avx512::sp_tasks_nlc
-                  : isa == ISA_AVX2 ? avx2::sp_tasks_nlc
-                                    : portable::sp_tasks_nlc;
-    parallel_ranges(g.tiles * n, threads, [&](int64_t t0, int64_t t1) {
-        tasks(w, g, x, o, hw, t0, t1);
-    });
+    run(w, x, nullptr, &o, n, hw, isa, threads, offs);
 }
 
 }  // namespace picosparse

@@ -31,6 +31,8 @@ struct SparseWeights {
     // their own bias and activation (ESNet: relu, hsigmoid). Both or neither; overrides gate.
     const SparseWeights* se_reduce = nullptr;
     const SparseWeights* se_expand = nullptr;
+    // x / y in the blocked layout (see kBlocked) instead of NCHW
+    int in_blocked = 0, out_blocked = 0;
 };
 
 // Best ISA this CPU supports, or the one forced by PICOSPARSE_ISA (avx512|avx2|portable).
@@ -57,11 +59,18 @@ struct NlcOut {
     const int* channels = nullptr;
     const int* sigmoid = nullptr;
     float* const* out = nullptr;
+    int64_t img_stride = 0;  // floats between images in out[k]; 0: hw * channels[k]
 };
-// As spconv1x1, but written as `o` says; w.gate / w.se_* must be unset.
+// As spconv1x1, but written as `o` says (w.out_blocked ignored).
 void spconv1x1_nlc(const SparseWeights& w, const float* x, const NlcOut& o, int n, int64_t hw,
                    int isa, int threads, const int32_t* offs = nullptr);
 void sp_offsets(const SparseWeights& w, int tw, int32_t* offs);  // offs[k] = cols[k] * tw
+
+// kBlocked: the "blocked" layout, for tensors passed between two picosparse ops: [N, C / B, H * W, B] with
+// B = the vector width of the ISA in use (16 / 8 / 4 floats), C a multiple of B, so that a
+// depthwise conv reads whole pixels' channel vectors and no op transposes through memory.
+bool blocked_supported(int isa, int channels);
+int vector_width(int isa);
 
 // Direct KxK convolution (any groups dividing cin and cout), NCHW fp32, BN folded into wt/bias,
 // fused activation: depthwise convs (groups == cin == cout) and small dense ones (the stem).
@@ -77,6 +86,8 @@ struct ConvParams {
     // optional max pool fused after the activation (PicoDet's stem: conv 3x3/2 + maxpool 3x3/2;
     // fused, the conv's output never leaves the cache): pool_k = 0 means none
     int pool_k = 0, pool_s = 1, pool_pad_t = 0, pool_pad_l = 0, pool_pad_b = 0, pool_pad_r = 0;
+    // channel-blocked input / output instead of NCHW (see kBlocked); depthwise only
+    int in_blocked = 0, out_blocked = 0;
     int out_h() const { return (h + pad_t + pad_b - k) / stride + 1; }
     int out_w() const { return (w + pad_l + pad_r - k) / stride + 1; }
     int final_h() const {
@@ -86,6 +97,10 @@ struct ConvParams {
         return pool_k ? (out_w() + pool_pad_l + pool_pad_r - pool_k) / pool_s + 1 : out_w();
     }
 };
+
+// Whether conv2d can read / write the blocked layout for p on this ISA: depthwise 3x3 / 5x5,
+// stride 1 / 2, no pool, channels divisible by the vector width.
+bool conv_blocked_ok(const ConvParams& p, int isa);
 
 // y: [n, cout, final_h, final_w]
 void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads);
