@@ -9,9 +9,10 @@ fixed input size. For each sparsity and thread count the same exported model run
   dense-f32   OpenVINO reading model.pdmodel, INFERENCE_PRECISION_HINT=f32
   dense-bf16  the same with bf16 (OpenVINO's default on AMX CPUs), shown for honesty
   x86-sparse  `picosparse.ops.export_x86_sparse` + `load_model` (FP32)
-Timing: rounds of interleaved runs (each round: every config, `--iters` inferences after one
-warm-up). "speedup" is the ratio of the medians over rounds of the per-inference mean; "best"
-the ratio of the fastest rounds (what an otherwise idle machine shows); "rounds p25-p75" the
+Timing: rounds of interleaved runs (each round: every config, `--iters` timed inferences after
+one warm-up; a round's value is their median). "speedup" is the median over rounds of the
+per-round ratio dense / x86-sparse (the two ran back to back, at one machine speed); "best" the
+ratio of the fastest rounds (what an otherwise idle machine shows); "rounds p25-p75" the
 spread of the per-round ratios. On a shared 2-vCPU VM the speed of the machine itself drifted
 by up to 1.7x within minutes while we measured, and memory-bound code (ours: NCHW, a pass per
 op) suffers more from that than OpenVINO's compute-bound dense convs: read all three.
@@ -64,10 +65,11 @@ def bf16_supported():
 
 
 def time_interleaved(runners, x, rounds, iters):
-    """Median over rounds of the per-inference mean of `iters` inferences, in ms:
-    ({name: wall}, {name: process CPU}, wall samples). CPU time is reported beside wall time
-    because other processes on a small machine inflate wall time (not CPU time) of whoever
-    gets preempted; at 1 thread it is the latency an idle machine would show, roughly."""
+    """Median over rounds of the per-round median of `iters` timed inferences, in ms:
+    ({name: wall}, {name: process CPU}, wall samples per round). The median within a round
+    drops the odd inference another tenant's burst landed on. CPU time (per-inference mean of
+    the round) is reported beside wall time because other processes on a small machine
+    inflate wall time (not CPU time) of whoever gets preempted."""
     wall = {k: [] for k in runners}
     cpu = {k: [] for k in runners}
     names = list(runners)
@@ -76,10 +78,12 @@ def time_interleaved(runners, x, rounds, iters):
         for k in order:
             req = runners[k]
             req.infer({0: x})
-            t0, c0 = time.perf_counter(), time.process_time()
+            ts, c0 = [], time.process_time()
             for _ in range(iters):
+                t0 = time.perf_counter()
                 req.infer({0: x})
-            wall[k].append((time.perf_counter() - t0) / iters * 1e3)
+                ts.append(time.perf_counter() - t0)
+            wall[k].append(float(np.median(ts)) * 1e3)
             cpu[k].append((time.process_time() - c0) / iters * 1e3)
     med = lambda d: {k: float(np.median(v)) for k, v in d.items()}  # noqa: E731
     return med(wall), med(cpu), wall
@@ -160,11 +164,15 @@ def main(argv=None):
     for s, (_, _, info) in models.items():
         for t in args.threads:
             d, sp = med[(s, t, "dense-f32")], med[(s, t, "x86-sparse")]
+            # paired: dense and sparse of one round ran back to back, so their ratio is
+            # measured at one machine speed even when that speed drifts between rounds
             per_round = (np.array(samples[(s, t, "dense-f32")])
                          / np.array(samples[(s, t, "x86-sparse")]))
             row = {"sparsity": s, "threads": t, "dense_f32_ms": round(d, 3),
                    "dense_bf16_ms": round(med[(s, t, "dense-bf16")], 3) if use_bf16 else None,
-                   "x86_sparse_ms": round(sp, 3), "speedup_vs_f32": round(d / sp, 3),
+                   "x86_sparse_ms": round(sp, 3),
+                   "speedup_vs_f32": round(float(np.median(per_round)), 3),
+                   "ratio_of_medians": round(d / sp, 3),
                    "cpu_dense_f32_ms": round(cpu[(s, t, "dense-f32")], 3),
                    "cpu_x86_sparse_ms": round(cpu[(s, t, "x86-sparse")], 3),
                    "cpu_speedup_vs_f32": round(cpu[(s, t, "dense-f32")]

@@ -414,12 +414,63 @@ private:
     int64_t m_fh = 2, m_fw = 2, m_threads = 0;
 };
 
+// Op "ConcatShuffle" (opset "picosparse"): a, b f32 [N, C, H, W] -> [N, 2C, H, W], the
+// 2-group channel shuffle of their concat (ESNet's block output): y[:, 2i] = a[:, i],
+// y[:, 2i + 1] = b[:, i].
+class ConcatShuffle : public ov::op::Op {
+public:
+    OPENVINO_OP("ConcatShuffle", "picosparse");
+
+    ConcatShuffle() = default;
+    explicit ConcatShuffle(const ov::OutputVector& args) : Op(args) {
+        constructor_validate_and_infer_types();
+    }
+
+    void validate_and_infer_types() override {
+        NODE_VALIDATION_CHECK(this, get_input_size() == 2, "ConcatShuffle takes 2 inputs");
+        auto s = get_input_partial_shape(0);
+        NODE_VALIDATION_CHECK(this, s.compatible(get_input_partial_shape(1)),
+                              "ConcatShuffle inputs must have one shape");
+        if (s.rank().is_static()) {
+            NODE_VALIDATION_CHECK(this, s.rank().get_length() == 4, "inputs must be NCHW");
+            if (s[1].is_static()) s[1] = s[1].get_length() * 2;
+        }
+        set_output_type(0, ov::element::f32, s);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        auto op = std::make_shared<ConcatShuffle>(args);
+        op->m_threads = m_threads;
+        return op;
+    }
+
+    bool visit_attributes(ov::AttributeVisitor& v) override {
+        v.on_attribute("threads", m_threads);
+        return true;
+    }
+
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const ov::Shape xs = inputs[0].get_shape();
+        outputs[0].set_shape(ov::Shape{xs[0], xs[1] * 2, xs[2], xs[3]});
+        concat_shuffle(inputs[0].data<const float>(), inputs[1].data<const float>(),
+                       outputs[0].data<float>(), (int)xs[0], (int)xs[1], (int64_t)(xs[2] * xs[3]),
+                       (int)m_threads);
+        return true;
+    }
+
+private:
+    int64_t m_threads = 0;
+};
+
 }  // namespace picosparse
 
 OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
     {std::make_shared<ov::OpExtension<picosparse::SparseConv1x1>>(),
      std::make_shared<ov::OpExtension<picosparse::Conv2d>>(),
-     std::make_shared<ov::OpExtension<picosparse::Upsample>>()}));
+     std::make_shared<ov::OpExtension<picosparse::Upsample>>(),
+     std::make_shared<ov::OpExtension<picosparse::ConcatShuffle>>()}));
 
 // ------------------------------------------------------------------ C API (ctypes, tests, bench)
 extern "C" {

@@ -27,6 +27,7 @@ XML_NAME = "model.xml"
 OP_TYPE = "SparseConv1x1"
 CONV_TYPE = "Conv2d"
 UPSAMPLE_TYPE = "Upsample"
+SHUFFLE_TYPE = "ConcatShuffle"
 
 
 def _find_model(model_dir):
@@ -398,6 +399,7 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
                        "activation": r["act"],
                        "op": node.get_friendly_name()})
     _drop_identity_scales(model)
+    n_shuffles = _concat_shuffles(model, factory) if nchw_ops else 0
     model.validate_nodes_and_infer_types()
     live = {op.get_friendly_name() for op in model.get_ordered_ops()}
     for layer in layers:
@@ -410,6 +412,7 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
     return {"replaced": len(layers) - n_dw - n_kxk - n_up, "depthwise": n_dw, "dense_kxk": n_kxk,
             "upsample": n_up, "se_gates": n_gates,
             "blocked_tensors": sum(1 for v in blocked.values() if v["out"] == "blocked"),
+            "concat_shuffles": n_shuffles,
             "kept_dense_1x1": len(skipped),
             "layers": layers,
             "skipped": skipped, "dense_1x1_weight_bytes": dense_bytes,
@@ -488,6 +491,49 @@ def _plan_blocked(model):
             touched.setdefault(t.get_node().get_friendly_name(),
                                {"in": "nchw", "out": "nchw"})["in"] = "blocked"
     return touched
+
+
+def _concat_shuffles(model, factory):
+    """Concat(a, b) on channels -> Reshape [N, 2, C, H, W] -> Transpose [0, 2, 1, 3, 4] ->
+    Reshape [N, 2C, H, W] (a 2-group channel shuffle: ESNet's block output) becomes one
+    ConcatShuffle op: one pass instead of OpenVINO's copy of a into the concat plus a shuffle
+    pass. Returns how many."""
+    live = {op.get_name() for op in model.get_ordered_ops()}
+
+    def sole(node):
+        t = [i for i in node.output(0).get_target_inputs() if i.get_node().get_name() in live]
+        return t[0].get_node() if len(t) == 1 else None
+
+    def static(node):
+        ps = node.get_output_partial_shape(0)
+        return list(ps.to_shape()) if ps.is_static else None
+
+    count = 0
+    for cat in [op for op in model.get_ordered_ops() if op.get_type_name() == "Concat"]:
+        shape = static(cat)
+        if (cat.get_input_size() != 2 or shape is None or len(shape) != 4
+                or cat.get_attributes()["axis"] % 4 != 1):
+            continue
+        a, b = cat.input_value(0), cat.input_value(1)
+        if a.get_partial_shape() != b.get_partial_shape():
+            continue
+        n, c2, h, w = shape
+        r1 = sole(cat)
+        if r1 is None or r1.get_type_name() != "Reshape" or static(r1) != [n, 2, c2 // 2, h, w]:
+            continue
+        tr = sole(r1)
+        if tr is None or tr.get_type_name() != "Transpose":
+            continue
+        perm = _const(tr.input_value(1))
+        if perm is None or [int(v) for v in np.ravel(perm)] != [0, 2, 1, 3, 4]:
+            continue
+        r2 = sole(tr)
+        if r2 is None or r2.get_type_name() != "Reshape" or static(r2) != shape:
+            continue
+        node = factory.create(SHUFFLE_TYPE, [a, b], {})
+        _swap_in(r2, node)
+        count += 1
+    return count
 
 
 def _drop_identity_scales(model):

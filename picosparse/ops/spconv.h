@@ -109,4 +109,9 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
 void upsample_nearest(const float* x, float* y, int64_t planes, int h, int w, int fh, int fw,
                       int threads);
 
+// y = channel shuffle (2 groups) of concat(a, b) over channels: y[n, 2i] = a[n, i],
+// y[n, 2i + 1] = b[n, i]; a, b: [n, c, hw], y: [n, 2c, hw]
+void concat_shuffle(const float* a, const float* b, float* y, int n, int c, int64_t hw,
+                    int threads);
+
 }  // namespace picosparse
