@@ -47,7 +47,8 @@ def assert_close(y, ref, rtol=1e-5):
 
 
 # (n, cin, cout, h, w, sparsity): vector-width tails, odd H x W, batch > 1, 1x1 maps (SE),
-# wide channel counts (narrow tiles), and more than one pixel tile with a tail.
+# wide channel counts (narrow tiles), more than one pixel tile with a tail, and maps of 5-vector
+# multiples (20x20 on AVX-512 / AVX2, 1x100 portable: 5-vector tiles, no tail).
 SHAPES = [
     (1, 16, 8, 4, 4, 0.75),
     (1, 37, 21, 7, 9, 0.8),

@@ -80,6 +80,11 @@ int tile_width(int vec, int cin, int64_t hw) {
     // more than the L2 hits of a 64 KB tile (measured on 512-channel 10x10 layers)
     while (tw > 2 * vec && (int64_t)cin * tw * 4 > 32 * 1024) tw /= 2;
     while (tw > vec && tw / 2 >= hw) tw /= 2;
+    // maps of 5-vector multiples but not 4 (20x20 = 5 x 80): 5-vector tiles, no tail tile
+    // (whose single vector per nonzero still pays the offset and value loads)
+    if (tw == 4 * vec && hw % (4 * vec) != 0 && hw % (5 * vec) == 0 &&
+        (int64_t)cin * 5 * vec * 4 <= 48 * 1024)
+        tw = 5 * vec;
     return tw;
 }
 
