@@ -394,8 +394,9 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
                        "zero_fraction": round(r["zero_fraction"], 4), "nnz": sw.nnz,
                        "folded": r["folded"] + (["SE gate"] if gate is not None else [])
                        + (["SE block"] if se is not None else [])
-                       + ([("Split, " if len(nlc) > 1 else "") + "Sigmoid, Transpose"]
-                          if nlc else []),
+                       + ([("Split, " if len(nlc) > 1 else "")
+                           + ("Sigmoid, " if any(sig for _, sig, _ in nlc) else "")
+                           + "Transpose"] if nlc else []),
                        "activation": r["act"],
                        "op": node.get_friendly_name()})
     _drop_identity_scales(model)
