@@ -66,9 +66,9 @@ void spconv1x1_nlc(const SparseWeights& w, const float* x, const NlcOut& o, int 
                    int isa, int threads, const int32_t* offs = nullptr);
 void sp_offsets(const SparseWeights& w, int tw, int32_t* offs);  // offs[k] = cols[k] * tw
 
-// kBlocked: the "blocked" layout, for tensors passed between two picosparse ops: [N, C / B, H * W, B] with
-// B = the vector width of the ISA in use (16 / 8 / 4 floats), C a multiple of B, so that a
-// depthwise conv reads whole pixels' channel vectors and no op transposes through memory.
+// kBlocked: the "blocked" layout, for tensors passed between two picosparse ops:
+// [N, C / B, H * W, B] with B = the vector width of the ISA in use (16 / 8 / 4 floats), C a
+// multiple of B, so that a depthwise conv writes whole pixels' channel vectors as computed.
 bool blocked_supported(int isa, int channels);
 int vector_width(int isa);
 
