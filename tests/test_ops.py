@@ -160,15 +160,21 @@ DW_SHAPES = [(1, 8, 10, 10, 3, 1, 1), (2, 5, 9, 7, 5, 2, 2), (1, 4, 40, 40, 3, 2
              (1, 3, 101, 1, 3, 1, 1), (1, 5, 20, 20, 3, 1, 1)]
 
 
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("shape", DW_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_depthwise_matches_reference(monkeypatch, isa, shape):
-    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+def _dw_case(shape):
+    """(x, weight [C, K, K], bias, stride, pad) for a DW_SHAPES-style shape."""
     n, c, h, wd, k, s, p = shape
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
     w = rng.standard_normal((c, k, k)).astype(np.float32)
-    b = rng.standard_normal(c).astype(np.float32)
+    return x, w, rng.standard_normal(c).astype(np.float32), s, p
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", DW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_depthwise_matches_reference(monkeypatch, isa, shape):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    x, w, b, s, p = _dw_case(shape)
+    c = x.shape[1]
     for threads, act in ((1, "none"), (2, "hswish")):
         y, used = conv2d(x, w, b, s, (p, p, p, p), groups=c, act=act, threads=threads)
         assert used == isa
@@ -207,11 +213,8 @@ def test_kernel_blocked_layouts(monkeypatch, isa):
 def test_depthwise_blocked_layouts(monkeypatch, isa, shape):
     """Depthwise convs of any map size run channel-blocked when either side is blocked."""
     monkeypatch.setenv("PICOSPARSE_ISA", isa)
-    n, c, h, wd, k, s, p = shape
-    rng = np.random.default_rng(sum(shape))
-    x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
-    w = rng.standard_normal((c, k, k)).astype(np.float32)
-    b = rng.standard_normal(c).astype(np.float32)
+    x, w, b, s, p = _dw_case(shape)
+    c = x.shape[1]
     for (blocked_in, blocked_out), threads in zip(BLOCKED_IO, (1, 2, 2)):
         y, used = conv2d(x, w, b, s, (p, p, p, p), groups=c, act="hswish", threads=threads,
                          blocked_in=blocked_in, blocked_out=blocked_out)

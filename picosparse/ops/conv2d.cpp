@@ -64,13 +64,18 @@ bool uses_gemm(const ConvParams& p) {
     return p.groups == 1 && p.k <= kGemmMaxK && p.cin * p.k * p.k <= kGemmMaxTaps;
 }
 
-// Depthwise 3x3 / 5x5, stride 1 / 2, on maps where NCHW rows leave most vector lanes empty run
-// channel-blocked (dw_blocked); measured: every <= 10x10 output, and 5x5 kernels up to 20x20
-// (3x3 ones at 20x20 broke even: the transposes cost what the full lanes save).
-bool uses_blocked(const ConvParams& p) {  // NCHW in and out: worth the two transposes
-    const int64_t out_hw = (int64_t)p.out_h() * p.out_w();
+// The convs dw_blocked runs: depthwise 3x3 / 5x5, stride 1 / 2, no pool.
+bool blockable(const ConvParams& p) {
     return p.groups == p.cin && p.cin == p.cout && p.pool_k == 0 && (p.k == 3 || p.k == 5) &&
-           (p.stride == 1 || p.stride == 2) && (out_hw <= 100 || (p.k == 5 && out_hw <= 400));
+           (p.stride == 1 || p.stride == 2);
+}
+
+// With NCHW in and out, worth the two transposes where NCHW rows leave most vector lanes empty;
+// measured: every <= 10x10 output, and 5x5 kernels up to 20x20 (3x3 ones at 20x20 broke even:
+// the transposes cost what the full lanes save).
+bool uses_blocked(const ConvParams& p) {
+    const int64_t out_hw = (int64_t)p.out_h() * p.out_w();
+    return blockable(p) && (out_hw <= 100 || (p.k == 5 && out_hw <= 400));
 }
 
 // conv_fast_any's cases (kept in step with it)
@@ -104,14 +109,16 @@ using V = VAvx512;
 
 }  // namespace
 
-bool conv_blocked_ok(const ConvParams& p, int isa) {
-    return p.groups == p.cin && p.cin == p.cout && p.pool_k == 0 && (p.k == 3 || p.k == 5) &&
-           (p.stride == 1 || p.stride == 2) && blocked_supported(isa, p.cin);
+const char* conv_layout_error(const ConvParams& p, int isa) {
+    if ((p.in_blocked || p.out_blocked) && (!blockable(p) || p.cin % vector_width(isa)))
+        return "blocked layout needs a 3x3/5x5 stride 1/2 depthwise conv without pool, channels "
+               "divisible by the vector width (16 avx512, 8 avx2, 4 portable)";
+    return nullptr;
 }
 
 void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads) {
     if (n <= 0 || p.cout <= 0 || p.final_h() <= 0 || p.final_w() <= 0) return;
-    const int vec = isa == ISA_AVX512 ? VAvx512::N : isa == ISA_AVX2 ? VAvx2::N : VPortable::N;
+    const int vec = vector_width(isa);
     // tasks = image x band of kBandRows final rows: band(img, band index, kBandRows, act)
     const auto by_bands = [&](const auto& band) {
         constexpr int kBandRows = 8;

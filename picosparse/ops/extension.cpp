@@ -190,10 +190,7 @@ public:
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
-        if ((w.in_blocked && !blocked_supported(isa, w.cin)) ||
-            (w.out_blocked && !blocked_supported(isa, w.cout)))
-            OPENVINO_THROW("picosparse: blocked layout needs channels divisible by ",
-                           vector_width(isa));
+        if (const char* why = sp_layout_error(w, isa)) OPENVINO_THROW("picosparse: ", why);
         const int64_t hw = (int64_t)(xs[2] * xs[3]);
         const auto offs = offsets(w, sp_tile_width(isa, w.cin, hw));
         if (!m_out_parts.empty()) {
@@ -344,9 +341,7 @@ public:
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
         p.in_blocked = (int)m_in_blocked, p.out_blocked = (int)m_out_blocked;
-        if ((p.in_blocked || p.out_blocked) && !conv_blocked_ok(p, isa))
-            OPENVINO_THROW("picosparse: blocked layout needs a 3x3/5x5 stride 1/2 depthwise "
-                           "conv without pool, channels divisible by ", vector_width(isa));
+        if (const char* why = conv_layout_error(p, isa)) OPENVINO_THROW("picosparse: ", why);
         conv2d(p, inputs[0].data<const float>(), outputs[0].data<float>(), (int)xs[0], isa,
                (int)m_threads);
         return true;
@@ -499,11 +494,8 @@ __attribute__((visibility("default"))) int ps_spconv1x1(
     w.cout = cout, w.cin = cin, w.rowptr = rowptr, w.cols = cols, w.vals = vals, w.bias = bias;
     w.act = act, w.alpha = alpha, w.beta = beta, w.gate = gate;
     w.in_blocked = layout & 1, w.out_blocked = (layout >> 1) & 1;
-    if ((w.in_blocked && !picosparse::blocked_supported(isa, cin)) ||
-        (w.out_blocked && !picosparse::blocked_supported(isa, cout))) {
-        if (err && errlen > 0)
-            std::snprintf(err, (size_t)errlen, "blocked layout needs channels divisible by %d",
-                          picosparse::vector_width(isa));
+    if (const char* why = picosparse::sp_layout_error(w, isa)) {
+        if (err && errlen > 0) std::snprintf(err, (size_t)errlen, "%s", why);
         return -1;
     }
     picosparse::spconv1x1(w, x, y, n, hw, isa, threads < 1 ? 1 : threads);
@@ -533,11 +525,8 @@ __attribute__((visibility("default"))) int ps_conv2d(
         p.pool_pad_r = pool[5];
     }
     p.in_blocked = layout & 1, p.out_blocked = (layout >> 1) & 1;
-    if ((p.in_blocked || p.out_blocked) && !picosparse::conv_blocked_ok(p, isa)) {
-        if (err && errlen > 0)
-            std::snprintf(err, (size_t)errlen, "blocked layout needs a 3x3/5x5 stride 1/2 "
-                          "depthwise conv without pool, channels divisible by %d",
-                          picosparse::vector_width(isa));
+    if (const char* why = picosparse::conv_layout_error(p, isa)) {
+        if (err && errlen > 0) std::snprintf(err, (size_t)errlen, "%s", why);
         return -1;
     }
     picosparse::conv2d(p, x, y, n, isa, threads < 1 ? 1 : threads);

@@ -53,11 +53,19 @@ def _same(a, b):
     return a.get_name() == b.get_name()  # unique per node; Python wrappers are not identical
 
 
-def _sole_consumer(node):
-    targets = list(node.output(0).get_target_inputs())
+def _sole_consumer(node, index=0, live=None):
+    """The one node reading node's output `index`, else None; live: names of the nodes still
+    in the graph (after replacements, dead nodes can still hold edges)."""
+    targets = [t for t in node.output(index).get_target_inputs()
+               if live is None or t.get_node().get_name() in live]
     if len(targets) != 1:
         return None
     return targets[0].get_node()
+
+
+def _is_transpose(node, perm):
+    p = _const(node.input_value(1)) if node.get_type_name() == "Transpose" else None
+    return p is not None and [int(v) for v in np.ravel(p)] == perm
 
 
 def _channel_vector(value, cout):
@@ -443,22 +451,14 @@ def _se_gate(x):
 BLOCK_CHANNELS = 16  # the widest ISA's block: a multiple of it suits every ISA's blocks
 
 
-def _blocked_io(node):
-    """Which sides of `node` can use the blocked layout (spconv.h): (in, out) booleans."""
-    t = node.get_type_name()
-    if t == OP_TYPE:
-        return True, not node.get_attributes().get("out_parts")
-    if t == CONV_TYPE:
-        a, ws = node.get_attributes(), node.get_input_partial_shape(1)
-        c = node.get_input_partial_shape(0)[1].get_length()
-        ok = (a["groups"] == c and ws.is_static and list(ws.to_shape())[:2] == [c, 1]
-              and ws.to_shape()[2] in (3, 5) and a["stride"] in (1, 2) and not list(a["pool"]))
-        return ok, ok
-    return False, False
-
-
 def _is_depthwise(node):
-    return node.get_type_name() == CONV_TYPE and _blocked_io(node)[0]
+    """A picosparse Conv2d that can write the blocked layout (spconv.h: conv_layout_error)."""
+    if node.get_type_name() != CONV_TYPE:
+        return False
+    a, ws = node.get_attributes(), node.get_input_partial_shape(1)
+    c = node.get_input_partial_shape(0)[1].get_length()
+    return (a["groups"] == c and ws.is_static and list(ws.to_shape())[:2] == [c, 1]
+            and ws.to_shape()[2] in (3, 5) and a["stride"] in (1, 2) and not list(a["pool"]))
 
 
 def _plan_blocked(model):
@@ -472,17 +472,14 @@ def _plan_blocked(model):
     live = {op.get_name() for op in ops_}  # replaced nodes can still hold edges
     touched = {}
     for node in ops_:
-        if node.get_output_size() != 1 or not _blocked_io(node)[1]:
-            continue
-        shape = node.get_output_partial_shape(0)
-        if not shape.is_static or shape.to_shape()[1] % BLOCK_CHANNELS:
+        shape = node.get_output_partial_shape(0) if _is_depthwise(node) else None
+        if shape is None or not shape.is_static or shape.to_shape()[1] % BLOCK_CHANNELS:
             continue
         readers = [t for t in node.output(0).get_target_inputs()
                    if t.get_node().get_name() in live]
-        if not readers or not all(t.get_index() == 0 and _blocked_io(t.get_node())[0]
-                                  for t in readers):
-            continue
-        if not _is_depthwise(node):
+        if not readers or not all(t.get_index() == 0 and (
+                t.get_node().get_type_name() == OP_TYPE or _is_depthwise(t.get_node()))
+                for t in readers):
             continue
         node.set_attribute("out_blocked", 1)
         touched.setdefault(node.get_friendly_name(), {"in": "nchw", "out": "nchw"})["out"] = \
@@ -502,8 +499,7 @@ def _concat_shuffles(model, factory):
     live = {op.get_name() for op in model.get_ordered_ops()}
 
     def sole(node):
-        t = [i for i in node.output(0).get_target_inputs() if i.get_node().get_name() in live]
-        return t[0].get_node() if len(t) == 1 else None
+        return _sole_consumer(node, live=live)
 
     def static(node):
         ps = node.get_output_partial_shape(0)
@@ -523,10 +519,7 @@ def _concat_shuffles(model, factory):
         if r1 is None or r1.get_type_name() != "Reshape" or static(r1) != [n, 2, c2 // 2, h, w]:
             continue
         tr = sole(r1)
-        if tr is None or tr.get_type_name() != "Transpose":
-            continue
-        perm = _const(tr.input_value(1))
-        if perm is None or [int(v) for v in np.ravel(perm)] != [0, 2, 1, 3, 4]:
+        if tr is None or not _is_transpose(tr, [0, 2, 1, 3, 4]):
             continue
         r2 = sole(tr)
         if r2 is None or r2.get_type_name() != "Reshape" or static(r2) != shape:
@@ -562,15 +555,11 @@ def _nlc_parts(last, cout):
     channels-last parts: a VariadicSplit on the channel axis (or none), then per part an
     optional Sigmoid, a Reshape to [N, C, H*W] and a Transpose [0, 2, 1] (PicoDet's head
     outputs: class scores and box distributions); else None. The op then writes those parts."""
-    def sole(out):
-        t = list(out.get_target_inputs())
-        return t[0].get_node() if len(t) == 1 else None
-
     shape = last.get_output_partial_shape(0)
     if not shape.is_static or len(shape) != 4:
         return None
     n, _, h, w = shape.to_shape()
-    node = sole(last.output(0))
+    node = _sole_consumer(last)
     if node is None:
         return None
     if node.get_type_name() == "VariadicSplit":
@@ -580,25 +569,22 @@ def _nlc_parts(last, cout):
         lengths = [int(v) for v in np.ravel(lengths)]
         if min(lengths) <= 0 or sum(lengths) != cout:
             return None
-        heads = [(c, node.output(i)) for i, c in enumerate(lengths)]
+        heads = [(c, node, i) for i, c in enumerate(lengths)]
     else:
-        heads = [(cout, last.output(0))]
+        heads = [(cout, last, 0)]
     parts = []
-    for c, out in heads:
-        node = sole(out)
+    for c, src, index in heads:
+        node = _sole_consumer(src, index)
         sig = node is not None and node.get_type_name() == "Sigmoid"
         if sig:
-            node = sole(node.output(0))
+            node = _sole_consumer(node)
         if node is None or node.get_type_name() != "Reshape":
             return None
         rs = node.get_output_partial_shape(0)
         if not rs.is_static or list(rs.to_shape()) != [n, c, h * w]:
             return None
-        tr = sole(node.output(0))
-        if tr is None or tr.get_type_name() != "Transpose":
-            return None
-        perm = _const(tr.input_value(1))
-        if perm is None or [int(v) for v in np.ravel(perm)] != [0, 2, 1]:
+        tr = _sole_consumer(node)
+        if tr is None or not _is_transpose(tr, [0, 2, 1]):
             return None
         parts.append((c, sig, tr))
     return parts

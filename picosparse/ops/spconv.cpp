@@ -115,12 +115,15 @@ int vector_width(int isa) {
     return isa == ISA_AVX512 ? VAvx512::N : isa == ISA_AVX2 ? VAvx2::N : VPortable::N;
 }
 
-bool blocked_supported(int isa, int channels) { return channels % vector_width(isa) == 0; }
-
-int sp_tile_width(int isa, int cin, int64_t hw) {
-    return tile_width(isa == ISA_AVX512 ? VAvx512::N : isa == ISA_AVX2 ? VAvx2::N : VPortable::N,
-                      cin, hw);
+const char* sp_layout_error(const SparseWeights& w, int isa) {
+    const int b = vector_width(isa);
+    if ((w.in_blocked && w.cin % b) || (w.out_blocked && w.cout % b))
+        return "blocked layout needs channels divisible by the vector width (16 avx512, 8 avx2, "
+               "4 portable)";
+    return nullptr;
 }
+
+int sp_tile_width(int isa, int cin, int64_t hw) { return tile_width(vector_width(isa), cin, hw); }
 
 void sp_offsets(const SparseWeights& w, int tw, int32_t* offs) {
     for (int k = 0, nnz = w.rowptr[w.cout]; k < nnz; ++k) offs[k] = w.cols[k] * tw;
@@ -146,10 +149,6 @@ void sparse_matvec(const SparseWeights& w, const float* x, float* y) {
         y[r] = act_scalar(s, w);
     }
 }
-
-}  // namespace
-
-namespace {
 
 // spconv1x1 and spconv1x1_nlc: y (NCHW) or o (staged, transposed outputs) is the destination
 void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int n, int64_t hw,

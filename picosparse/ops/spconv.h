@@ -69,7 +69,6 @@ void sp_offsets(const SparseWeights& w, int tw, int32_t* offs);  // offs[k] = co
 // kBlocked: the "blocked" layout, for tensors passed between two picosparse ops:
 // [N, C / B, H * W, B] with B = the vector width of the ISA in use (16 / 8 / 4 floats), C a
 // multiple of B, so that a depthwise conv writes whole pixels' channel vectors as computed.
-bool blocked_supported(int isa, int channels);
 int vector_width(int isa);
 
 // Direct KxK convolution (any groups dividing cin and cout), NCHW fp32, BN folded into wt/bias,
@@ -98,9 +97,11 @@ struct ConvParams {
     }
 };
 
-// Whether conv2d can read / write the blocked layout for p on this ISA: depthwise 3x3 / 5x5,
-// stride 1 / 2, no pool, channels divisible by the vector width.
-bool conv_blocked_ok(const ConvParams& p, int isa);
+// Null if the layouts p / w ask for can run on this ISA, else why not (one line). Blocked
+// layouts need channels divisible by the vector width, and (conv2d) a 3x3 / 5x5, stride 1 / 2
+// depthwise conv without a pool.
+const char* conv_layout_error(const ConvParams& p, int isa);
+const char* sp_layout_error(const SparseWeights& w, int isa);
 
 // y: [n, cout, final_h, final_w]
 void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads);
