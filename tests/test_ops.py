@@ -416,14 +416,21 @@ def test_openvino_op_one_node(monkeypatch, isa):
     f = NodeFactory("opset13")
     f.add_extension(str(load()))
     x = ops.parameter([2, 40, 9, 13], np.float32)
-    node = f.create("SparseConv1x1", [x.output(0)] + [ops.constant(a).output(0) for a in
-                                                      (sw.rowptr, sw.cols, sw.vals, sw.bias)],
-                    {"activation": "hswish", "alpha": 0.0, "beta": 0.0})
+    attrs = {"cout": 24, "se_channels": 0, "activation": "hswish", "alpha": 0.0, "beta": 0.0}
+    node = f.create("SparseConv1x1", [x.output(0), ops.constant(sw.segment()).output(0)], attrs)
     assert list(node.get_output_partial_shape(0).to_shape()) == [2, 24, 9, 13]
     xv = rng.standard_normal((2, 40, 9, 13)).astype(np.float32)
     for threads in (1, 2):
         y = _compile(ov.Model([node.output(0)], [x]), threads)(xv)[0]
         assert_close(y, conv_ref(xv, w, b, "hswish"))
+    # a weights input that does not describe `cout` rows over Cin channels fails at build time
+    bad = {"one entry short": (sw.segment()[:-1], attrs),
+           "cout too small": (sw.segment(), {**attrs, "cout": 23}),
+           "a column past Cin": (pack(w, b).segment(), attrs)}
+    bad["a column past Cin"][0][25 + int(np.argmax(sw.cols))] = 40
+    for why, (seg, a) in bad.items():
+        with pytest.raises(Exception, match="weights input does not match"):
+            f.create("SparseConv1x1", [x.output(0), ops.constant(seg).output(0)], a)
 
 
 def _toy_model(rng, sparse=0.8):

@@ -3,26 +3,30 @@
 // (for ctypes tests) in the same shared library.
 //
 // Op "SparseConv1x1" (opset "picosparse"):
-//   inputs  0: x      f32 [N, Cin, H, W]
-//           1: rowptr i32 [Cout + 1]
-//           2: cols   i32 [nnz + 1]   (one padding entry so nnz = 0 is still a non-empty constant)
-//           3: vals   f32 [nnz + 1]
-//           4: bias   f32 [Cout]
-//           5: gate   f32 [N, Cin, 1, 1], optional: x's channels are multiplied by it first
-//                     (a squeeze-excite gate, folded into the weights per image)
-//        or 5-12: the squeeze-excite block that makes that gate from x, as two more sparse 1x1s
-//                     (rowptr, cols, vals, bias each): reduce Cin -> M, expand M -> Cin, run on
-//                     the mean of x over H x W (no ReduceMean / gate nodes left in the graph)
-//   attrs   activation: none | relu | hswish | hsigmoid | leaky; alpha, beta (hsigmoid / leaky);
+//   inputs  0: x       f32 [N, Cin, H, W]
+//           1: weights i32 [L]: the conv's row-CSR segment, then (se_channels > 0) the
+//                      squeeze-excite block's reduce (Cin -> se_channels) and expand
+//                      (se_channels -> Cin) segments. A segment of a conv with C output rows:
+//                      rowptr [C + 1], cols [nnz + 1], vals [nnz + 1] (f32 bits), bias [C]
+//                      (f32 bits), nnz = rowptr[C]; cols / vals end in one padding entry.
+//                      One input, not four per conv: the CPU plugin wraps every input in a
+//                      fresh tensor on every call (~0.3 us each, ~130 ops per model).
+//           2: gate    f32 [N, Cin, 1, 1], optional: x's channels are multiplied by it first
+//                      (a squeeze-excite gate, folded into the weights per image)
+//   attrs   cout: output channels; se_channels: 0, or the squeeze-excite block's width: the
+//           block makes the gate from the mean of x over H x W itself (no ReduceMean / gate
+//           nodes left in the graph);
+//           activation: none | relu | hswish | hsigmoid | leaky; alpha, beta (hsigmoid / leaky);
 //           se_reduce_activation / _alpha / _beta, se_expand_activation / _alpha / _beta: the
-//           squeeze-excite convs' activations (13 inputs only);
+//           squeeze-excite convs' activations;
 //           out_parts, out_sigmoid: empty (one NCHW output), or channels-last outputs: output k
 //           is [N, H*W, out_parts[k]] of the next out_parts[k] channels, sigmoid if
-//           out_sigmoid[k] (a detection head's split + sigmoid + transpose; 5 inputs only);
+//           out_sigmoid[k] (a detection head's split + sigmoid + transpose; no gate, no SE);
+//           in_blocked / out_blocked: kBlocked layouts (spconv.h);
 //           threads: 0 = the calling TBB arena's concurrency, n = exactly n
 //           (load_model sets it: inside the CPU plugin, evaluate() runs in the default arena,
 //           whose concurrency is the core count, not INFERENCE_NUM_THREADS)
-//   output  0: y      f32 [N, Cout, H, W]
+//   output  0: y       f32 [N, Cout, H, W]
 // The CPU plugin runs it through evaluate() on plain NCHW buffers.
 #include <cstdio>
 #include <cstring>
@@ -33,6 +37,7 @@
 
 #include <openvino/core/extension.hpp>
 #include <openvino/core/op_extension.hpp>
+#include <openvino/op/constant.hpp>
 #include <openvino/op/op.hpp>
 
 #include "spconv.h"
@@ -48,46 +53,58 @@ static int act_code(const std::string& s) {
     return -1;
 }
 
+// One conv's segment of a SparseConv1x1 weights input at p[pos..] (see the op's comment) into
+// w's pointers; advances pos. False if it does not fit in len entries.
+static bool read_segment(const int32_t* p, size_t len, size_t& pos, int cout, SparseWeights& w) {
+    if (cout < 0 || pos + (size_t)cout + 1 > len) return false;
+    w.cout = cout;
+    w.rowptr = p + pos;
+    const int32_t nnz = w.rowptr[cout];
+    if (w.rowptr[0] != 0 || nnz < 0) return false;
+    pos += (size_t)cout + 1;
+    if (pos + 2 * ((size_t)nnz + 1) + (size_t)cout > len) return false;
+    w.cols = p + pos;
+    pos += (size_t)nnz + 1;
+    w.vals = reinterpret_cast<const float*>(p + pos);
+    pos += (size_t)nnz + 1;
+    w.bias = reinterpret_cast<const float*>(p + pos);
+    pos += (size_t)cout;
+    return true;
+}
+
 class SparseConv1x1 : public ov::op::Op {
 public:
     OPENVINO_OP("SparseConv1x1", "picosparse");
 
-    SparseConv1x1() = default;
-    SparseConv1x1(const ov::OutputVector& args, std::string activation, float alpha, float beta)
-        : Op(args), m_activation(std::move(activation)), m_alpha(alpha), m_beta(beta) {
-        constructor_validate_and_infer_types();
-    }
+    SparseConv1x1() = default;  // built by NodeFactory / the IR reader: attributes, then inputs
 
     void validate_and_infer_types() override {
         const size_t n_in = get_input_size();
-        NODE_VALIDATION_CHECK(this, n_in == 5 || n_in == 6 || n_in == 13,
-                              "SparseConv1x1 takes 5, 6 or 13 inputs");
+        NODE_VALIDATION_CHECK(this, n_in == 2 || n_in == 3,
+                              "SparseConv1x1 takes 2 inputs (x, weights) or 3 (+ gate)");
         for (const auto* a : {&m_activation, &m_se[0].activation, &m_se[1].activation})
             NODE_VALIDATION_CHECK(this, act_code(*a) >= 0, "unknown activation '", *a, "'");
-        if (n_in == 13) {  // reduce: rowptr [M + 1], bias [M]; expand: rowptr [Cin + 1]
-            const auto& xs0 = get_input_partial_shape(0);
-            const auto &r_rows = get_input_partial_shape(5), &r_bias = get_input_partial_shape(8);
-            const auto &e_rows = get_input_partial_shape(9), &e_bias = get_input_partial_shape(12);
-            if (r_rows.is_static() && r_bias.is_static() && e_rows.is_static() &&
-                e_bias.is_static() && xs0.rank().is_static() && xs0[1].is_static()) {
-                const size_t cin = (size_t)xs0[1].get_length();
-                NODE_VALIDATION_CHECK(this, r_rows.to_shape()[0] == r_bias.to_shape()[0] + 1 &&
-                                      e_rows.to_shape()[0] == cin + 1 &&
-                                      e_bias.to_shape()[0] == cin,
-                                      "squeeze-excite weights do not fit the input channels");
-            }
-        }
+        NODE_VALIDATION_CHECK(this, m_cout >= 1 && m_se_channels >= 0,
+                              "cout must be >= 1 and se_channels >= 0");
         NODE_VALIDATION_CHECK(this, get_input_element_type(0) == ov::element::f32,
                               "SparseConv1x1 input must be f32");
+        NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::i32 &&
+                                  get_input_partial_shape(1).rank().compatible(1),
+                              "SparseConv1x1 weights must be a 1-D i32 tensor");
         const auto& xs = get_input_partial_shape(0);
-        const auto& bs = get_input_partial_shape(4);
-        const auto& rs = get_input_partial_shape(1);
-        if (rs.is_static() && bs.is_static())
-            NODE_VALIDATION_CHECK(this, rs.to_shape()[0] == bs.to_shape()[0] + 1,
-                                  "rowptr must have Cout + 1 entries");
-        if (n_in == 6) {
-            const auto& gs = get_input_partial_shape(5);
-            NODE_VALIDATION_CHECK(this, get_input_element_type(5) == ov::element::f32,
+        if (xs.rank().is_static() && xs.rank().get_length() == 4 && xs[1].is_static())
+            if (auto c = ov::as_type_ptr<ov::op::v0::Constant>(
+                    input_value(1).get_node_shared_ptr()))  // a bad IR fails at read time
+                NODE_VALIDATION_CHECK(this, weights_fit(c->get_data_ptr<int32_t>(),
+                                                        ov::shape_size(c->get_shape()),
+                                                        (int)xs[1].get_length()),
+                                      "the weights input does not match cout / se_channels / "
+                                      "Cin");
+        if (n_in == 3) {
+            NODE_VALIDATION_CHECK(this, m_se_channels == 0,
+                                  "a gate input and se_channels exclude each other");
+            const auto& gs = get_input_partial_shape(2);
+            NODE_VALIDATION_CHECK(this, get_input_element_type(2) == ov::element::f32,
                                   "SparseConv1x1 gate must be f32");
             if (gs.is_static() && xs.is_static()) {
                 const ov::Shape g = gs.to_shape(), x = xs.to_shape();
@@ -99,21 +116,19 @@ public:
         if (xs.rank().is_static()) {
             NODE_VALIDATION_CHECK(this, xs.rank().get_length() == 4, "input must be NCHW");
             out = xs;
-            out[1] = bs.rank().is_static() ? bs[0] : ov::Dimension::dynamic();
+            out[1] = m_cout;
         }
         if (m_out_parts.empty()) {
             set_output_type(0, ov::element::f32, out);
             return;
         }
-        NODE_VALIDATION_CHECK(this, n_in == 5 && m_out_sigmoid.size() == m_out_parts.size() &&
-                                  !m_out_blocked,
-                              "out_parts needs 5 inputs, one out_sigmoid flag per part and no "
-                              "blocked output");
+        NODE_VALIDATION_CHECK(this, n_in == 2 && m_se_channels == 0 &&
+                                  m_out_sigmoid.size() == m_out_parts.size() && !m_out_blocked,
+                              "out_parts needs no gate / SE block, one out_sigmoid flag per "
+                              "part and no blocked output");
         int64_t total = 0;
         for (auto c : m_out_parts) total += c;
-        if (bs.is_static())
-            NODE_VALIDATION_CHECK(this, total == (int64_t)bs.to_shape()[0],
-                                  "out_parts must sum to Cout");
+        NODE_VALIDATION_CHECK(this, total == m_cout, "out_parts must sum to cout");
         set_output_size(m_out_parts.size());
         for (size_t k = 0; k < m_out_parts.size(); ++k) {
             ov::PartialShape pk{out[0], ov::Dimension::dynamic(), m_out_parts[k]};
@@ -124,7 +139,10 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        auto op = std::make_shared<SparseConv1x1>(args, m_activation, m_alpha, m_beta);
+        auto op = std::make_shared<SparseConv1x1>();  // attributes first: validation reads them
+        op->m_cout = m_cout;
+        op->m_activation = m_activation, op->m_alpha = m_alpha, op->m_beta = m_beta;
+        op->m_se_channels = m_se_channels;
         op->m_threads = m_threads;
         op->m_se[0] = m_se[0];
         op->m_se[1] = m_se[1];
@@ -132,11 +150,14 @@ public:
         op->m_out_sigmoid = m_out_sigmoid;
         op->m_in_blocked = m_in_blocked;
         op->m_out_blocked = m_out_blocked;
-        op->validate_and_infer_types();
+        op->set_arguments(args);
+        op->constructor_validate_and_infer_types();
         return op;
     }
 
     bool visit_attributes(ov::AttributeVisitor& v) override {
+        v.on_attribute("cout", m_cout);
+        v.on_attribute("se_channels", m_se_channels);
         v.on_attribute("activation", m_activation);
         v.on_attribute("alpha", m_alpha);
         v.on_attribute("beta", m_beta);
@@ -157,35 +178,27 @@ public:
     bool has_evaluate() const override { return true; }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        SparseWeights se[2];  // reduce, expand (13 inputs)
-        if (inputs.size() == 13) {
+        const auto& x = inputs[0];
+        const ov::Shape& xs = x.get_shape();
+        SparseWeights w, se[2];  // the conv; the squeeze-excite block's reduce, expand
+        const int cin = (int)xs[1];
+        if (!read_weights(inputs[1].data<const int32_t>(), inputs[1].get_size(), cin, w, se))
+            OPENVINO_THROW("picosparse: SparseConv1x1 '", get_friendly_name(),
+                           "': the weights input does not match cout / se_channels / Cin");
+        w.cin = cin;
+        w.act = act_code(m_activation);
+        w.alpha = m_alpha;
+        w.beta = m_beta;
+        if (inputs.size() == 3) w.gate = inputs[2].data<const float>();
+        if (m_se_channels > 0) {
+            se[0].cin = cin, se[1].cin = (int)m_se_channels;
             for (int j = 0; j < 2; ++j) {
-                const ov::Tensor* t = &inputs[5 + 4 * j];
-                se[j].cout = (int)t[3].get_shape()[0];
-                se[j].cin = j == 0 ? (int)inputs[0].get_shape()[1] : se[0].cout;
-                se[j].rowptr = t[0].data<const int32_t>();
-                se[j].cols = t[1].data<const int32_t>();
-                se[j].vals = t[2].data<const float>();
-                se[j].bias = t[3].data<const float>();
                 se[j].act = act_code(m_se[j].activation);
                 se[j].alpha = m_se[j].alpha;
                 se[j].beta = m_se[j].beta;
             }
+            w.se_reduce = &se[0], w.se_expand = &se[1];
         }
-        const auto& x = inputs[0];
-        const ov::Shape xs = x.get_shape();
-        SparseWeights w;
-        w.cout = (int)inputs[4].get_shape()[0];
-        w.cin = (int)xs[1];
-        w.rowptr = inputs[1].data<const int32_t>();
-        w.cols = inputs[2].data<const int32_t>();
-        w.vals = inputs[3].data<const float>();
-        w.bias = inputs[4].data<const float>();
-        w.act = act_code(m_activation);
-        w.alpha = m_alpha;
-        w.beta = m_beta;
-        if (inputs.size() == 6) w.gate = inputs[5].data<const float>();
-        if (inputs.size() == 13) w.se_reduce = &se[0], w.se_expand = &se[1];
         w.in_blocked = (int)m_in_blocked, w.out_blocked = (int)m_out_blocked;
         const char* err = nullptr;
         const int isa = select_isa(&err);
@@ -219,6 +232,33 @@ public:
     }
 
 private:
+    // The conv's and (se_channels > 0) the SE block's segments of the weights input, filling
+    // exactly len entries
+    bool read_weights(const int32_t* p, size_t len, int cin, SparseWeights& w,
+                      SparseWeights* se) const {
+        size_t pos = 0;
+        bool ok = read_segment(p, len, pos, (int)m_cout, w);
+        if (ok && m_se_channels > 0)
+            ok = read_segment(p, len, pos, (int)m_se_channels, se[0]) &&
+                 read_segment(p, len, pos, cin, se[1]);
+        return ok && pos == len;
+    }
+
+    // read_weights, and every row's columns inside its input (checked once, at validation)
+    bool weights_fit(const int32_t* p, size_t len, int cin) const {
+        SparseWeights w, se[2];
+        if (!read_weights(p, len, cin, w, se)) return false;
+        const auto rows_ok = [](const SparseWeights& s, int in) {
+            for (int r = 0; r < s.cout; ++r)
+                if (s.rowptr[r] > s.rowptr[r + 1]) return false;
+            for (int k = 0; k < s.rowptr[s.cout]; ++k)
+                if (s.cols[k] < 0 || s.cols[k] >= in) return false;
+            return true;
+        };
+        return rows_ok(w, cin) && (m_se_channels == 0 || (rows_ok(se[0], cin) &&
+                                                          rows_ok(se[1], (int)m_se_channels)));
+    }
+
     // The nonzeros' tile offsets for tile width tw, computed on the first call and kept (the
     // weights are constants; tw changes only if the input shape does). Shared so a concurrent
     // call that recomputes them never frees what another is reading.
@@ -233,6 +273,7 @@ private:
         return m_offs;
     }
 
+    int64_t m_cout = 0, m_se_channels = 0;
     std::string m_activation = "none";
     float m_alpha = 0.f, m_beta = 0.f;
     int64_t m_threads = 0;

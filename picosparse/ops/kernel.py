@@ -40,6 +40,12 @@ class SparseWeights:
     def nbytes(self):
         return self.rowptr.nbytes + self.cols.nbytes + self.vals.nbytes + self.bias.nbytes
 
+    def segment(self):
+        """int32 [rowptr, cols, vals, bias] (floats as their bits): this conv's part of the
+        OpenVINO op's one weights input."""
+        return np.concatenate([self.rowptr, self.cols, self.vals.view(np.int32),
+                               self.bias.view(np.int32)])
+
 
 def pack(weight, bias=None):
     """Pack a dense [Cout, Cin] (or [Cout, Cin, 1, 1]) fp32 weight; exact zeros are dropped."""

@@ -364,21 +364,23 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
         x, gate = _se_gate(x)
         se = _se_block(x, gate) if gate is not None else None
         extra, se_folded = [gate] if gate is not None else [], []
+        weights = [sw.segment()]
+        act.update(cout=int(r["cout"]), se_channels=0)
         if se is not None:  # the gate's convs move into this op, the squeeze with them
-            extra = [op.input_value(i) for op in se for i in range(1, 5)]
+            extra = []
+            weights += [_const(op.input_value(1)) for op in se]
             for op, role in zip(se, ("reduce", "expand")):
                 a = op.get_attributes()
                 act.update({f"se_{role}_activation": a["activation"],
                             f"se_{role}_alpha": float(a["alpha"]),
                             f"se_{role}_beta": float(a["beta"])})
                 se_folded.append(op.get_friendly_name())
+            act["se_channels"] = int(se[0].get_attributes()["cout"])
         nlc = r["nlc"] if gate is None else None
         if nlc:
             act.update(out_parts=[c for c, _, _ in nlc], out_sigmoid=[int(s) for _, s, _ in nlc])
-        node = factory.create(OP_TYPE, [
-            x, ops.constant(sw.rowptr).output(0), ops.constant(sw.cols).output(0),
-            ops.constant(sw.vals).output(0), ops.constant(sw.bias).output(0),
-        ] + extra, act)
+        node = factory.create(OP_TYPE, [x, ops.constant(np.concatenate(weights)).output(0)]
+                              + extra, act)
         n_gates += gate is not None
         if nlc:  # the op's outputs stand in for the transposes; split / sigmoid drop out
             node.set_friendly_name(r["last"].get_friendly_name())
@@ -595,11 +597,15 @@ def _se_block(x, gate):
     over H, W (a squeeze-excite block whose squeeze reads the same x), else None. The consumer
     then runs the block itself, on its own input; the originals drop out of the graph unless
     something else still reads them (consumer counts would include replaced, dead nodes)."""
+    def plain(node):  # one sparse 1x1, no gate / SE block / split outputs of its own
+        if node.get_type_name() != OP_TYPE or node.get_input_size() != 2:
+            return False
+        a = node.get_attributes()
+        return a["se_channels"] == 0 and not len(a["out_parts"])
+
     expand = gate.get_node()
-    if expand.get_type_name() != OP_TYPE or expand.get_input_size() != 5:
-        return None
     reduce_ = expand.input_value(0).get_node()
-    if reduce_.get_type_name() != OP_TYPE or reduce_.get_input_size() != 5:
+    if not (plain(expand) and plain(reduce_)):
         return None
     mean = reduce_.input_value(0).get_node()
     if (mean.get_type_name() != "ReduceMean"
