@@ -80,6 +80,21 @@ struct VPortable {
             }
     }
     static T fmadd(T a, T b, T c) { return a * b + c; }
+    static T gather(const float* base, const int32_t* idx) {  // base[idx[l]] per lane
+        return T{base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]};
+    }
+    // the first n < N lanes of loadu / gather, the rest 0 (nothing past them is touched)
+    static T loadu_n(const float* p, int n) {
+        T v = zero();
+        for (int i = 0; i < n; ++i) v[i] = p[i];
+        return v;
+    }
+    static T gather_n(const float* base, const int32_t* idx, int n) {
+        T v = zero();
+        for (int i = 0; i < n; ++i) v[i] = base[idx[i]];
+        return v;
+    }
+    static float hsum(T v) { return (v[0] + v[1]) + (v[2] + v[3]); }
     static T div(T a, T b) { return a / b; }
     static T pow2n(T n) {  // 2^n for integral n in [-126, 127]: the exponent bits directly
         typedef int I __attribute__((vector_size(16)));
@@ -166,6 +181,23 @@ struct VAvx2 {
         }
     }
     static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+    static T gather(const float* base, const int32_t* idx) {
+        return _mm256_i32gather_ps(base, _mm256_loadu_si256((const __m256i*)idx), 4);
+    }
+    static __m256i first(int n) {
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    static T loadu_n(const float* p, int n) { return _mm256_maskload_ps(p, first(n)); }
+    static T gather_n(const float* base, const int32_t* idx, int n) {
+        const __m256i m = first(n);
+        return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, _mm256_maskload_epi32(idx, m),
+                                        _mm256_castsi256_ps(m), 4);
+    }
+    static float hsum(T v) {
+        const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+    }
     static T div(T a, T b) { return _mm256_div_ps(a, b); }
     static T pow2n(T n) {  // 2^n for integral n in [-126, 127]: the exponent bits directly
         return _mm256_castsi256_ps(_mm256_slli_epi32(
@@ -277,6 +309,18 @@ struct VAvx512 {
         }
     }
     static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+    static T gather(const float* base, const int32_t* idx) {
+        return _mm512_i32gather_ps(_mm512_loadu_si512(idx), base, 4);
+    }
+    static T loadu_n(const float* p, int n) {
+        return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+    }
+    static T gather_n(const float* base, const int32_t* idx, int n) {
+        const __mmask16 m = (__mmask16)((1u << n) - 1u);
+        return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, _mm512_maskz_loadu_epi32(m, idx),
+                                        base, 4);
+    }
+    static float hsum(T v) { return _mm512_reduce_add_ps(v); }
     static T div(T a, T b) { return _mm512_div_ps(a, b); }
     static T pow2n(T n) {  // 2^n for integral n in [-126, 127]: the exponent bits directly
         return _mm512_castsi512_ps(_mm512_slli_epi32(

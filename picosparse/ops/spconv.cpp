@@ -141,14 +141,6 @@ float act_scalar(float v, const SparseWeights& w) {
     return v;
 }
 
-// y = act(W x + b) on one pixel: the squeeze-excite block's 1x1 convs
-void sparse_matvec(const SparseWeights& w, const float* x, float* y) {
-    for (int r = 0; r < w.cout; ++r) {
-        float s = w.bias ? w.bias[r] : 0.f;
-        for (int k = w.rowptr[r]; k < w.rowptr[r + 1]; ++k) s += w.vals[k] * x[w.cols[k]];
-        y[r] = act_scalar(s, w);
-    }
-}
 
 // spconv1x1 and spconv1x1_nlc: y (NCHW) or o (staged, transposed outputs) is the destination
 void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int n, int64_t hw,
@@ -192,6 +184,17 @@ void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int 
     auto* means = isa == ISA_AVX512 ? avx512::channel_means
                   : isa == ISA_AVX2 ? avx2::channel_means
                                     : portable::channel_means;
+    auto* matvec = isa == ISA_AVX512 ? avx512::sparse_matvec
+                   : isa == ISA_AVX2 ? avx2::sparse_matvec
+                                     : portable::sparse_matvec;
+    auto* scale = isa == ISA_AVX512 ? avx512::scale_values
+                  : isa == ISA_AVX2 ? avx2::scale_values
+                                    : portable::scale_values;
+    // y = act(W x + b) on one pixel: the squeeze-excite block's 1x1 convs
+    const auto conv = [&](const SparseWeights& sw, const float* in, float* out) {
+        matvec(sw, in, out);
+        for (int r = 0; r < sw.cout; ++r) out[r] = act_scalar(out[r], sw);
+    };
     SparseWeights wi = w;
     wi.gate = nullptr;
     wi.se_reduce = wi.se_expand = nullptr;
@@ -204,10 +207,10 @@ void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int 
             parallel_ranges(w.cin / b, threads, [&](int64_t u0, int64_t u1) {
                 means(xi, hw, (int)u0 * b, (int)u1 * b, w.in_blocked, squeeze);
             });
-            sparse_matvec(*w.se_reduce, squeeze, squeeze + w.cin);
-            sparse_matvec(*w.se_expand, squeeze + w.cin, squeeze + w.cin + w.se_reduce->cout);
+            conv(*w.se_reduce, squeeze, squeeze + w.cin);
+            conv(*w.se_expand, squeeze + w.cin, squeeze + w.cin + w.se_reduce->cout);
         }
-        for (int k = 0; k < nnz; ++k) scaled[k] = w.vals[k] * gain[w.cols[k]];
+        scale(w, gain, scaled);
         images(wi, i, 1);
     }
 }
