@@ -560,9 +560,10 @@ def test_rewrite_blocks_tensors_around_depthwise(monkeypatch, isa):
         assert_close(_compile(model, threads)(xv)[0], want, 1e-5)
 
 
-def _shuffle_model(rng):
+def _shuffle_model(rng, conv_b=True):
     """ESNet's stride-1 block: split channels in half, a sparse 1x1 on the second half,
-    concat, 2-group channel shuffle (reshape / transpose / reshape), then a sparse 1x1."""
+    concat, 2-group channel shuffle (reshape / transpose / reshape), then a sparse 1x1;
+    conv_b=False: the second half only through a Relu (no op to fuse the shuffle into)."""
     ov, ops = _ov()
     x = ops.parameter([2, 32, 7, 9], np.float32, name="image")
 
@@ -573,26 +574,32 @@ def _shuffle_model(rng):
 
     halves = ops.variadic_split(x, ops.constant(np.int64(1)),
                                 ops.constant(np.array([16, 16], np.int64)))
-    cat = ops.concat([halves.output(0), ops.relu(conv(halves.output(1), 16, 16)).output(0)], 1)
+    b = conv(halves.output(1), 16, 16) if conv_b else halves.output(1)
+    cat = ops.concat([halves.output(0), ops.relu(b).output(0)], 1)
     t = ops.reshape(cat, ops.constant(np.array([2, 2, 16, 7, 9], np.int64)), False)
     t = ops.transpose(t, ops.constant(np.array([0, 2, 1, 3, 4], np.int64)))
     t = ops.reshape(t, ops.constant(np.array([2, 32, 7, 9], np.int64)), False)
     return ov.Model([conv(t, 8, 32).output(0)], [x])
 
 
-def test_rewrite_fuses_concat_shuffle():
+@pytest.mark.parametrize("isa", ISAS)
+def test_rewrite_fuses_concat_shuffle(monkeypatch, isa):
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
     from picosparse.ops.rewrite import rewrite_model
-    ref_model, model = _shuffle_model(np.random.default_rng(13)), _shuffle_model(
-        np.random.default_rng(13))
-    stats = rewrite_model(model, sparse_threshold=0.6)
-    assert stats["concat_shuffles"] == 1 and stats["replaced"] == 2
-    types = [op.get_type_name() for op in model.get_ordered_ops()]
-    assert "ConcatShuffle" in types
-    assert "Concat" not in types and "Transpose" not in types
     xv = np.random.default_rng(14).standard_normal((2, 32, 7, 9)).astype(np.float32)
-    want = _compile(ref_model)(xv)[0]
-    for threads in (1, 2):
-        assert_close(_compile(model, threads)(xv)[0], want, 1e-5)
+    for conv_b in (True, False):  # into the sparse op writing b / a ConcatShuffle op
+        ref_model, model = (_shuffle_model(np.random.default_rng(13), conv_b),
+                            _shuffle_model(np.random.default_rng(13), conv_b))
+        stats = rewrite_model(model, sparse_threshold=0.6)
+        assert stats["concat_shuffles"] == 1 and stats["replaced"] == 1 + conv_b
+        types = [op.get_type_name() for op in model.get_ordered_ops()]
+        assert ("ConcatShuffle" in types) != conv_b
+        assert "Concat" not in types and "Transpose" not in types
+        folded = [l["folded"] for l in stats["layers"]]
+        assert (["Concat, ChannelShuffle"] in folded) == conv_b
+        want = _compile(ref_model)(xv)[0]
+        for threads in (1, 2):
+            assert_close(_compile(model, threads)(xv)[0], want, 1e-5)
 
 
 @pytest.mark.parametrize("isa", ISAS)

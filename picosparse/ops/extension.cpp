@@ -13,6 +13,9 @@
 //                      fresh tensor on every call (~0.3 us each, ~130 ops per model).
 //           2: gate    f32 [N, Cin, 1, 1], optional: x's channels are multiplied by it first
 //                      (a squeeze-excite gate, folded into the weights per image)
+//        last: shuffle_with f32 [N, Cout, H, W], if shuffle = 1: the output is then
+//                      [N, 2 Cout, H, W], shuffle_with's channel c at 2c and the conv's at 2c + 1
+//                      (ESNet's concat + 2-group channel shuffle, written in place)
 //   attrs   cout: output channels; se_channels: 0, or the squeeze-excite block's width: the
 //           block makes the gate from the mean of x over H x W itself (no ReduceMean / gate
 //           nodes left in the graph);
@@ -22,7 +25,7 @@
 //           out_parts, out_sigmoid: empty (one NCHW output), or channels-last outputs: output k
 //           is [N, H*W, out_parts[k]] of the next out_parts[k] channels, sigmoid if
 //           out_sigmoid[k] (a detection head's split + sigmoid + transpose; no gate, no SE);
-//           in_blocked / out_blocked: kBlocked layouts (spconv.h);
+//           in_blocked / out_blocked: kBlocked layouts (spconv.h); shuffle: 0 / 1 (above);
 //           threads: 0 = the calling TBB arena's concurrency, n = exactly n
 //           (load_model sets it: inside the CPU plugin, evaluate() runs in the default arena,
 //           whose concurrency is the core count, not INFERENCE_NUM_THREADS)
@@ -79,9 +82,11 @@ public:
     SparseConv1x1() = default;  // built by NodeFactory / the IR reader: attributes, then inputs
 
     void validate_and_infer_types() override {
-        const size_t n_in = get_input_size();
+        NODE_VALIDATION_CHECK(this, m_shuffle == 0 || m_shuffle == 1, "shuffle must be 0 or 1");
+        const size_t n_in = get_input_size() - (size_t)m_shuffle;  // without shuffle_with
         NODE_VALIDATION_CHECK(this, n_in == 2 || n_in == 3,
-                              "SparseConv1x1 takes 2 inputs (x, weights) or 3 (+ gate)");
+                              "SparseConv1x1 takes x, weights, an optional gate and (shuffle = 1) "
+                              "shuffle_with");
         for (const auto* a : {&m_activation, &m_se[0].activation, &m_se[1].activation})
             NODE_VALIDATION_CHECK(this, act_code(*a) >= 0, "unknown activation '", *a, "'");
         NODE_VALIDATION_CHECK(this, m_cout >= 1 && m_se_channels >= 0,
@@ -118,6 +123,14 @@ public:
             out = xs;
             out[1] = m_cout;
         }
+        if (m_shuffle) {
+            NODE_VALIDATION_CHECK(this, m_out_parts.empty() && !m_out_blocked,
+                                  "shuffle needs one NCHW output");
+            NODE_VALIDATION_CHECK(this, get_input_element_type(n_in) == ov::element::f32 &&
+                                      get_input_partial_shape(n_in).compatible(out),
+                                  "shuffle_with must be f32 [N, Cout, H, W]");
+            if (out.rank().is_static()) out[1] = 2 * m_cout;
+        }
         if (m_out_parts.empty()) {
             set_output_type(0, ov::element::f32, out);
             return;
@@ -143,6 +156,7 @@ public:
         op->m_cout = m_cout;
         op->m_activation = m_activation, op->m_alpha = m_alpha, op->m_beta = m_beta;
         op->m_se_channels = m_se_channels;
+        op->m_shuffle = m_shuffle;
         op->m_threads = m_threads;
         op->m_se[0] = m_se[0];
         op->m_se[1] = m_se[1];
@@ -158,6 +172,7 @@ public:
     bool visit_attributes(ov::AttributeVisitor& v) override {
         v.on_attribute("cout", m_cout);
         v.on_attribute("se_channels", m_se_channels);
+        v.on_attribute("shuffle", m_shuffle);
         v.on_attribute("activation", m_activation);
         v.on_attribute("alpha", m_alpha);
         v.on_attribute("beta", m_beta);
@@ -189,7 +204,8 @@ public:
         w.act = act_code(m_activation);
         w.alpha = m_alpha;
         w.beta = m_beta;
-        if (inputs.size() == 3) w.gate = inputs[2].data<const float>();
+        if (inputs.size() - (size_t)m_shuffle == 3) w.gate = inputs[2].data<const float>();
+        if (m_shuffle) w.shuffle_with = inputs.back().data<const float>();
         if (m_se_channels > 0) {
             se[0].cin = cin, se[1].cin = (int)m_se_channels;
             for (int j = 0; j < 2; ++j) {
@@ -224,7 +240,7 @@ public:
             return true;
         }
         ov::Shape ys = xs;
-        ys[1] = (size_t)w.cout;
+        ys[1] = (size_t)w.cout * (m_shuffle ? 2 : 1);
         outputs[0].set_shape(ys);
         spconv1x1(w, x.data<const float>(), outputs[0].data<float>(), (int)xs[0], hw, isa,
                   (int)m_threads, offs->data());
@@ -273,7 +289,7 @@ private:
         return m_offs;
     }
 
-    int64_t m_cout = 0, m_se_channels = 0;
+    int64_t m_cout = 0, m_se_channels = 0, m_shuffle = 0;
     std::string m_activation = "none";
     float m_alpha = 0.f, m_beta = 0.f;
     int64_t m_threads = 0;

@@ -410,7 +410,7 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
                        "activation": r["act"],
                        "op": node.get_friendly_name()})
     _drop_identity_scales(model)
-    n_shuffles = _concat_shuffles(model, factory) if nchw_ops else 0
+    n_shuffles = _concat_shuffles(model, factory, layers) if nchw_ops else 0
     model.validate_nodes_and_infer_types()
     live = {op.get_friendly_name() for op in model.get_ordered_ops()}
     for layer in layers:
@@ -493,12 +493,15 @@ def _plan_blocked(model):
     return touched
 
 
-def _concat_shuffles(model, factory):
+def _concat_shuffles(model, factory, layers):
     """Concat(a, b) on channels -> Reshape [N, 2, C, H, W] -> Transpose [0, 2, 1, 3, 4] ->
-    Reshape [N, 2C, H, W] (a 2-group channel shuffle: ESNet's block output) becomes one
-    ConcatShuffle op: one pass instead of OpenVINO's copy of a into the concat plus a shuffle
-    pass. Returns how many."""
+    Reshape [N, 2C, H, W] (a 2-group channel shuffle: ESNet's block output): if b is a sparse
+    1x1's only output use, that op writes the shuffled tensor itself (its rows to the odd
+    channels, a copied to the even ones); else one ConcatShuffle op. Either way one pass instead
+    of OpenVINO's copy of a into the concat plus a shuffle pass. Returns how many; `layers`'
+    records of the sparse ops that took one over say so."""
     live = {op.get_name() for op in model.get_ordered_ops()}
+    by_op = {layer["op"]: layer for layer in layers}
 
     def sole(node):
         return _sole_consumer(node, live=live)
@@ -526,8 +529,21 @@ def _concat_shuffles(model, factory):
         r2 = sole(tr)
         if r2 is None or r2.get_type_name() != "Reshape" or static(r2) != shape:
             continue
-        node = factory.create(SHUFFLE_TYPE, [a, b], {})
-        _swap_in(r2, node)
+        conv = b.get_node()
+        attrs = conv.get_attributes() if conv.get_type_name() == OP_TYPE else None
+        if (attrs is not None and b.get_index() == 0 and not len(attrs["out_parts"])
+                and sole(conv) is not None and _same(sole(conv), cat)):
+            node = factory.create(OP_TYPE, [conv.input_value(i) for i in
+                                            range(conv.get_input_size())] + [a],
+                                  {**attrs, "shuffle": 1})
+            node.set_friendly_name(conv.get_friendly_name())  # per-layer records name it
+            names = set(r2.output(0).get_names())
+            r2.output(0).replace(node.output(0))
+            if names:
+                node.output(0).get_tensor().set_names(names)
+            by_op[conv.get_friendly_name()]["folded"].append("Concat, ChannelShuffle")
+        else:
+            _swap_in(r2, factory.create(SHUFFLE_TYPE, [a, b], {}))
         count += 1
     return count
 

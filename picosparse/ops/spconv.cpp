@@ -67,6 +67,7 @@ struct SpPlan {
     int64_t tiles = 1;              // pixel tiles per image
     int rchunks = 1;                // row chunks per tile (threads on small maps)
     const int32_t* offs = nullptr;  // per nonzero: cols[k] * tw, its row in a packed tile
+    int64_t yrow = 0;               // floats between NCHW output rows: hw, 2 hw (shuffle_with)
     // Always packed: x's channel rows sit hw floats apart, a stride that maps a tile's channels
     // onto a few L1 sets (80x80: 3-4x slower unpacked) and, even where they spread over the
     // sets (40x40), puts each row on its own page (measured 10-15% slower than packing).
@@ -120,6 +121,7 @@ const char* sp_layout_error(const SparseWeights& w, int isa) {
     if ((w.in_blocked && w.cin % b) || (w.out_blocked && w.cout % b))
         return "blocked layout needs channels divisible by the vector width (16 avx512, 8 avx2, "
                "4 portable)";
+    if (w.shuffle_with && w.out_blocked) return "a shuffled output must be NCHW";
     return nullptr;
 }
 
@@ -156,6 +158,15 @@ void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int 
         offs = local.data();
     }
     g.offs = offs;
+    g.yrow = w.shuffle_with ? 2 * hw : hw;
+    if (y && w.shuffle_with) {  // shuffle_with's planes to the even channels; ours go between
+        const float* a = w.shuffle_with;
+        parallel_ranges((int64_t)n * w.cout, threads, [&](int64_t p0, int64_t p1) {
+            for (int64_t p = p0; p < p1; ++p)
+                std::memcpy(y + 2 * p * hw, a + p * hw, sizeof(float) * hw);
+        });
+        y += hw;
+    }
     const int nt = resolve_threads(threads);
     // too few pixel tiles to feed every thread (small feature maps): also split the rows
     // (NCHW output only: a staged tile needs all its rows in one task)
@@ -172,7 +183,7 @@ void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int 
     const auto images = [&](const SparseWeights& wi, int64_t img0, int nimg) {
         parallel_ranges(g.tiles * g.rchunks * nimg, threads, [&](int64_t t0, int64_t t1) {
             if (o) staged(wi, g, x, *o, hw, img0, t0, t1);
-            else tasks(wi, g, x + img0 * w.cin * hw, y + img0 * w.cout * hw, nimg, hw, t0, t1);
+            else tasks(wi, g, x + img0 * w.cin * hw, y + img0 * w.cout * g.yrow, nimg, hw, t0, t1);
         });
     };
     const bool se = w.se_reduce && w.se_expand;
