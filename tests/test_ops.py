@@ -560,6 +560,52 @@ def test_rewrite_blocks_tensors_around_depthwise(monkeypatch, isa):
         assert_close(_compile(model, threads)(xv)[0], want, 1e-5)
 
 
+def _ghost_model(rng, se):
+    """ESNet's block body: sparse 1x1 + Relu -> depthwise 3x3 -> Concat(1x1 output, depthwise
+    output) -> (squeeze-excite ->) sparse 1x1."""
+    ov, ops = _ov()
+    x = ops.parameter([2, 24, 7, 9], np.float32, name="image")
+
+    def conv(inp, cout, cin, bias=None):
+        w = sparse_weight(rng, cout, cin, 0.75, empty_rows=(1,))
+        c = ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0],
+                            [0, 0], [1, 1])
+        return c if bias is None else ops.add(c, ops.constant(
+            rng.normal(0, bias, (1, cout, 1, 1)).astype(np.float32)))
+
+    pw = ops.relu(conv(x, 16, 24))
+    dw = ops.group_convolution(pw, ops.constant(
+        (rng.standard_normal((16, 1, 1, 3, 3)) * 0.3).astype(np.float32)), [1, 1], [1, 1],
+        [1, 1], [1, 1])
+    y = ops.concat([pw.output(0), dw.output(0)], 1)
+    if se:
+        mean = ops.reduce_mean(y, ops.constant(np.array([2, 3], np.int64)), keep_dims=True)
+        gate = ops.hard_sigmoid(conv(ops.relu(conv(mean, 8, 32, 0.5)), 32, 8, 1.0),
+                                ops.constant(np.float32(0.2)), ops.constant(np.float32(0.5)))
+        y = ops.multiply(y, gate)
+    return ov.Model([conv(y, 24, 32).output(0)], [x])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_rewrite_blocks_ghost_concat(monkeypatch, isa):
+    """The depthwise half of a [1x1, depthwise] concat is written blocked; the sparse reader
+    takes the first 16 channels as NCHW, the rest blocked (packing and SE channel means)."""
+    monkeypatch.setenv("PICOSPARSE_ISA", isa)
+    from picosparse.ops.rewrite import rewrite_model
+    xv = np.random.default_rng(16).standard_normal((2, 24, 7, 9)).astype(np.float32)
+    for se in (True, False):
+        ref_model, model = (_ghost_model(np.random.default_rng(15), se),
+                            _ghost_model(np.random.default_rng(15), se))
+        stats = rewrite_model(model, sparse_threshold=0.6)
+        assert stats["blocked_tensors"] == 1 and stats["se_gates"] == se
+        layouts = [l.get("layout") for l in stats["layers"] if not l.get("fused_into")]
+        assert layouts == [None, {"in": "nchw", "out": "blocked"},
+                           {"in": "nchw 16 + blocked", "out": "nchw"}]
+        want = _compile(ref_model)(xv)[0]
+        for threads in (1, 2):
+            assert_close(_compile(model, threads)(xv)[0], want, 1e-5)
+
+
 def _shuffle_model(rng, conv_b=True):
     """ESNet's stride-1 block: split channels in half, a sparse 1x1 on the second half,
     concat, 2-group channel shuffle (reshape / transpose / reshape), then a sparse 1x1;

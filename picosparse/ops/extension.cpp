@@ -25,7 +25,8 @@
 //           out_parts, out_sigmoid: empty (one NCHW output), or channels-last outputs: output k
 //           is [N, H*W, out_parts[k]] of the next out_parts[k] channels, sigmoid if
 //           out_sigmoid[k] (a detection head's split + sigmoid + transpose; no gate, no SE);
-//           in_blocked / out_blocked: kBlocked layouts (spconv.h); shuffle: 0 / 1 (above);
+//           in_blocked / out_blocked: kBlocked layouts (spconv.h); in_nchw: with in_blocked,
+//           x's first in_nchw channels are NCHW (SparseWeights::in_nchw); shuffle: 0 / 1 (above);
 //           threads: 0 = the calling TBB arena's concurrency, n = exactly n
 //           (load_model sets it: inside the CPU plugin, evaluate() runs in the default arena,
 //           whose concurrency is the core count, not INFERENCE_NUM_THREADS)
@@ -163,6 +164,7 @@ public:
         op->m_out_parts = m_out_parts;
         op->m_out_sigmoid = m_out_sigmoid;
         op->m_in_blocked = m_in_blocked;
+        op->m_in_nchw = m_in_nchw;
         op->m_out_blocked = m_out_blocked;
         op->set_arguments(args);
         op->constructor_validate_and_infer_types();
@@ -186,6 +188,7 @@ public:
         v.on_attribute("out_parts", m_out_parts);
         v.on_attribute("out_sigmoid", m_out_sigmoid);
         v.on_attribute("in_blocked", m_in_blocked);
+        v.on_attribute("in_nchw", m_in_nchw);
         v.on_attribute("out_blocked", m_out_blocked);
         return true;
     }
@@ -216,6 +219,7 @@ public:
             w.se_reduce = &se[0], w.se_expand = &se[1];
         }
         w.in_blocked = (int)m_in_blocked, w.out_blocked = (int)m_out_blocked;
+        w.in_nchw = (int)m_in_nchw;
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
@@ -299,6 +303,7 @@ private:
     } m_se[2];      // reduce, expand
     std::vector<int64_t> m_out_parts, m_out_sigmoid;
     int64_t m_in_blocked = 0, m_out_blocked = 0;  // kBlocked layouts (spconv.h)
+    int64_t m_in_nchw = 0;
     mutable std::mutex m_cache_mutex;
     mutable std::shared_ptr<const std::vector<int32_t>> m_offs;
     mutable int m_offs_tw = 0;

@@ -118,7 +118,9 @@ int vector_width(int isa) {
 
 const char* sp_layout_error(const SparseWeights& w, int isa) {
     const int b = vector_width(isa);
-    if ((w.in_blocked && w.cin % b) || (w.out_blocked && w.cout % b))
+    if (w.in_nchw && (!w.in_blocked || w.in_nchw < 0 || w.in_nchw >= w.cin))
+        return "in_nchw must lie inside a blocked input's channels";
+    if ((w.in_blocked && (w.cin - w.in_nchw) % b) || (w.out_blocked && w.cout % b))
         return "blocked layout needs channels divisible by the vector width (16 avx512, 8 avx2, "
                "4 portable)";
     if (w.shuffle_with && w.out_blocked) return "a shuffled output must be NCHW";
@@ -214,9 +216,15 @@ void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int 
         const float* gain = se ? squeeze + w.cin + w.se_reduce->cout : w.gate + (int64_t)i * w.cin;
         if (se) {  // squeeze (a pass over x[i]), then the two tiny convs
             const float* xi = x + i * (int64_t)w.cin * hw;
-            const int b = w.in_blocked ? vector_width(isa) : 1;  // channels per unit of work
-            parallel_ranges(w.cin / b, threads, [&](int64_t u0, int64_t u1) {
-                means(xi, hw, (int)u0 * b, (int)u1 * b, w.in_blocked, squeeze);
+            // units of work: the NCHW channels one by one, then the blocked ones b at a time
+            const int nchw = w.in_blocked ? w.in_nchw : w.cin;
+            const int b = vector_width(isa), units = nchw + (w.cin - nchw) / b;
+            const float* xb = xi + (int64_t)nchw * hw;
+            parallel_ranges(units, threads, [&](int64_t u0, int64_t u1) {
+                if (u0 < nchw) means(xi, hw, (int)u0, (int)std::min<int64_t>(u1, nchw), 0, squeeze);
+                if (u1 > nchw)
+                    means(xb, hw, (int)(std::max<int64_t>(u0, nchw) - nchw) * b,
+                          (int)(u1 - nchw) * b, 1, squeeze + nchw);
             });
             conv(*w.se_reduce, squeeze, squeeze + w.cin);
             conv(*w.se_expand, squeeze + w.cin, squeeze + w.cin + w.se_reduce->cout);

@@ -33,6 +33,9 @@ struct SparseWeights {
     const SparseWeights* se_expand = nullptr;
     // x / y in the blocked layout (see kBlocked) instead of NCHW
     int in_blocked = 0, out_blocked = 0;
+    // in_blocked only: x's first in_nchw channels are NCHW planes, the rest blocked (a concat of
+    // an NCHW tensor and a blocked one, ESNet's [pointwise, depthwise] ghost concat)
+    int in_nchw = 0;
     // optional [n, cout, hw]: y is then [n, 2 cout, hw], shuffle_with's channel c at 2c and this
     // conv's output channel c at 2c + 1: ESNet's concat + 2-group channel shuffle, without a
     // pass of its own over the conv's output (NCHW y only)
