@@ -10,7 +10,8 @@ fixed input size. For each sparsity and thread count the same exported model run
   dense-bf16  the same with bf16 (OpenVINO's default on AMX CPUs), shown for honesty
   x86-sparse  `picosparse.ops.export_x86_sparse` + `load_model` (FP32)
 Timing: rounds of interleaved runs (each round: every config, `--iters` timed inferences after
-one warm-up; a round's value is their median). "speedup" is the median over rounds of the
+one warm-up; a round's value is their median). Only `infer()` is timed, as in `picosparse
+bench`: the input tensor is set once and the outputs are read as views. "speedup" is the median over rounds of the
 per-round ratio dense / x86-sparse (the two ran back to back, at one machine speed); "best" the
 ratio of the fastest rounds (what an otherwise idle machine shows); "rounds p25-p75" the
 spread of the per-round ratios. On a shared 2-vCPU VM the speed of the machine itself drifted

@@ -433,6 +433,29 @@ def test_openvino_op_one_node(monkeypatch, isa):
             f.create("SparseConv1x1", [x.output(0), ops.constant(seg).output(0)], a)
 
 
+def test_openvino_conv2d_op_checks_its_weights():
+    """Conv2d's one weights input is cout * Cin/groups * K * K weights, then cout biases."""
+    from openvino.utils.node_factory import NodeFactory
+    from picosparse.ops import load
+    ov, ops = _ov()
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    f = NodeFactory("opset13")
+    f.add_extension(str(load()))
+    x = ops.parameter([2, 8, 9, 7], np.float32)
+    attrs = {"cout": 8, "kernel": 3, "groups": 8, "stride": 2, "pads": [1, 1, 1, 1],
+             "activation": "relu", "alpha": 0.0, "beta": 0.0, "pool": []}
+    node = f.create("Conv2d", [x.output(0), ops.constant(np.concatenate([w.ravel(), b]))
+                               .output(0)], attrs)
+    assert list(node.get_output_partial_shape(0).to_shape()) == [2, 8, 5, 4]
+    xv = rng.standard_normal((2, 8, 9, 7)).astype(np.float32)
+    y = _compile(ov.Model([node.output(0)], [x]), 1)(xv)[0]
+    assert_close(y, dw_ref(xv, w[:, 0], b, 2, 1, "relu"))
+    with pytest.raises(Exception, match="weights must hold"):
+        f.create("Conv2d", [x.output(0), ops.constant(w.ravel()).output(0)], attrs)
+
+
 def _toy_model(rng, sparse=0.8):
     """x -> conv1x1+BN+HSwish -> conv1x1+bias+HardSigmoid -> (dense-ish conv1x1 + Relu) ->
     depthwise 3x3 s2 + BN + Relu -> conv1x1 (two consumers: left unfused), covering every

@@ -309,28 +309,23 @@ private:
     mutable int m_offs_tw = 0;
 };
 
-// Op "Conv2d" (opset "picosparse"): inputs x f32 [N, Cin, H, W], weights f32 [Cout, Cin/groups,
-// K, K] (BN folded), bias f32 [Cout]; attrs groups, stride, pads (top, left, bottom, right),
-// activation/alpha/beta, pool (empty, or a max pool fused after the activation: kernel, stride,
-// pads top/left/bottom/right), threads. The depthwise convs (groups == Cin == Cout) and the small dense
-// stem conv: plain NCHW like SparseConv1x1, so no layout reorders sit between them.
+// Op "Conv2d" (opset "picosparse"): inputs x f32 [N, Cin, H, W], weights f32 [Cout * Cin/groups
+// * K * K + Cout]: the conv's [Cout, Cin/groups, K, K] weights (BN folded), then its bias (one
+// input, not two: see SparseConv1x1); attrs cout, kernel (K), groups, stride, pads (top, left,
+// bottom, right), activation/alpha/beta, pool (empty, or a max pool fused after the activation:
+// kernel, stride, pads top/left/bottom/right), threads, in_blocked / out_blocked. The depthwise
+// convs (groups == Cin == Cout) and the small dense stem conv: plain NCHW like SparseConv1x1, so
+// no layout reorders sit between them.
 class Conv2d : public ov::op::Op {
 public:
     OPENVINO_OP("Conv2d", "picosparse");
 
-    Conv2d() = default;
-    Conv2d(const ov::OutputVector& args, int64_t groups, int64_t stride, std::vector<int64_t> pads,
-           std::string activation, float alpha, float beta, std::vector<int64_t> pool)
-        : Op(args), m_groups(groups), m_stride(stride), m_pads(std::move(pads)),
-          m_activation(std::move(activation)), m_alpha(alpha), m_beta(beta),
-          m_pool(std::move(pool)) {
-        constructor_validate_and_infer_types();
-    }
+    Conv2d() = default;  // built by NodeFactory / the IR reader: attributes, then inputs
 
-    ConvParams params(const ov::Shape& xs, const ov::Shape& ws) const {
+    ConvParams params(const ov::Shape& xs) const {
         ConvParams p;
-        p.cin = (int)xs[1], p.cout = (int)ws[0], p.groups = (int)m_groups;
-        p.h = (int)xs[2], p.w = (int)xs[3], p.k = (int)ws[2];
+        p.cin = (int)xs[1], p.cout = (int)m_cout, p.groups = (int)m_groups;
+        p.h = (int)xs[2], p.w = (int)xs[3], p.k = (int)m_kernel;
         p.stride = (int)m_stride;
         p.pad_t = (int)m_pads[0], p.pad_l = (int)m_pads[1];
         p.pad_b = (int)m_pads[2], p.pad_r = (int)m_pads[3];
@@ -344,39 +339,53 @@ public:
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 3, "Conv2d takes 3 inputs");
+        NODE_VALIDATION_CHECK(this, get_input_size() == 2, "Conv2d takes 2 inputs (x, weights)");
         NODE_VALIDATION_CHECK(this, m_pool.empty() || (m_pool.size() == 6 && m_pool[0] >= 1 &&
                                                         m_pool[1] >= 1),
                               "pool must be empty or [k, stride, pad t, l, b, r]");
         NODE_VALIDATION_CHECK(this, act_code(m_activation) >= 0, "unknown activation");
-        NODE_VALIDATION_CHECK(this, m_pads.size() == 4 && m_stride >= 1 && m_groups >= 1,
-                              "bad groups/stride/pads");
+        NODE_VALIDATION_CHECK(this, m_pads.size() == 4 && m_stride >= 1 && m_groups >= 1 &&
+                                  m_cout >= 1 && m_kernel >= 1,
+                              "bad cout/kernel/groups/stride/pads");
+        NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::f32 &&
+                                  get_input_partial_shape(1).rank().compatible(1),
+                              "Conv2d weights must be a 1-D f32 tensor");
         const auto& xs = get_input_partial_shape(0);
         const auto& ws = get_input_partial_shape(1);
         if (xs.is_static() && ws.is_static()) {
-            const ov::Shape x = xs.to_shape(), w = ws.to_shape();
-            NODE_VALIDATION_CHECK(this, w.size() == 4 && w[2] == w[3], "weights must be "
-                                  "[Cout, Cin/groups, K, K]");
-            NODE_VALIDATION_CHECK(this, x[1] % m_groups == 0 && w[0] % m_groups == 0 &&
-                                  w[1] * m_groups == x[1], "channels do not match groups");
-            const auto p = params(x, w);
+            const ov::Shape x = xs.to_shape();
+            NODE_VALIDATION_CHECK(this, x[1] % m_groups == 0 && m_cout % m_groups == 0,
+                                  "channels do not match groups");
+            NODE_VALIDATION_CHECK(this, ws.to_shape()[0] == (size_t)(m_cout * ((int64_t)x[1] /
+                                                                     m_groups) * m_kernel *
+                                                                     m_kernel + m_cout),
+                                  "weights must hold cout * Cin/groups * kernel^2 weights and "
+                                  "cout biases");
+            const auto p = params(x);
             set_output_type(0, ov::element::f32,
-                            ov::PartialShape{xs[0], ws[0], p.final_h(), p.final_w()});
+                            ov::PartialShape{xs[0], m_cout, p.final_h(), p.final_w()});
         } else {
             set_output_type(0, ov::element::f32, ov::PartialShape::dynamic(4));
         }
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        auto op = std::make_shared<Conv2d>(args, m_groups, m_stride, m_pads, m_activation,
-                                           m_alpha, m_beta, m_pool);
+        auto op = std::make_shared<Conv2d>();  // attributes first: validation reads them
+        op->m_cout = m_cout, op->m_kernel = m_kernel;
+        op->m_groups = m_groups, op->m_stride = m_stride, op->m_pads = m_pads;
+        op->m_activation = m_activation, op->m_alpha = m_alpha, op->m_beta = m_beta;
+        op->m_pool = m_pool;
         op->m_threads = m_threads;
         op->m_in_blocked = m_in_blocked;
         op->m_out_blocked = m_out_blocked;
+        op->set_arguments(args);
+        op->constructor_validate_and_infer_types();
         return op;
     }
 
     bool visit_attributes(ov::AttributeVisitor& v) override {
+        v.on_attribute("cout", m_cout);
+        v.on_attribute("kernel", m_kernel);
         v.on_attribute("groups", m_groups);
         v.on_attribute("stride", m_stride);
         v.on_attribute("pads", m_pads);
@@ -394,9 +403,9 @@ public:
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const ov::Shape xs = inputs[0].get_shape();
-        ConvParams p = params(xs, inputs[1].get_shape());
+        ConvParams p = params(xs);
         p.wt = inputs[1].data<const float>();
-        p.bias = inputs[2].data<const float>();
+        p.bias = p.wt + (int64_t)p.cout * (p.cin / p.groups) * p.k * p.k;
         outputs[0].set_shape(ov::Shape{xs[0], (size_t)p.cout, (size_t)p.final_h(),
                                        (size_t)p.final_w()});
         const char* err = nullptr;
@@ -410,7 +419,7 @@ public:
     }
 
 private:
-    int64_t m_groups = 1, m_stride = 1;
+    int64_t m_cout = 0, m_kernel = 0, m_groups = 1, m_stride = 1;
     std::vector<int64_t> m_pads{0, 0, 0, 0};
     std::string m_activation = "none";
     float m_alpha = 0.f, m_beta = 0.f;

@@ -345,10 +345,12 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
             continue
         act = {"activation": r["act"], "alpha": float(r["alpha"]), "beta": float(r["beta"])}
         if r["kind"] in ("depthwise", "conv"):
-            node = factory.create(CONV_TYPE, [x, ops.constant(r["weight"]).output(0),
-                                              ops.constant(r["bias"]).output(0)],
-                                  {"groups": r["groups"], "stride": r["stride"],
-                                   "pads": r["pads"], "pool": r["pool"], **act})
+            weights = np.concatenate([np.ravel(r["weight"]), np.ravel(r["bias"])])
+            node = factory.create(CONV_TYPE, [x, ops.constant(weights.astype(np.float32))
+                                              .output(0)],
+                                  {"cout": int(r["cout"]), "kernel": int(r["k"]), "groups": r["groups"],
+                                   "stride": r["stride"], "pads": r["pads"], "pool": r["pool"],
+                                   **act})
             _swap_in(r["last"], node)
             n_dw += r["kind"] == "depthwise"
             n_kxk += r["kind"] == "conv"
@@ -457,10 +459,10 @@ def _is_depthwise(node):
     """A picosparse Conv2d that can write the blocked layout (spconv.h: conv_layout_error)."""
     if node.get_type_name() != CONV_TYPE:
         return False
-    a, ws = node.get_attributes(), node.get_input_partial_shape(1)
+    a = node.get_attributes()
     c = node.get_input_partial_shape(0)[1].get_length()
-    return (a["groups"] == c and ws.is_static and list(ws.to_shape())[:2] == [c, 1]
-            and ws.to_shape()[2] in (3, 5) and a["stride"] in (1, 2) and not list(a["pool"]))
+    return (a["groups"] == c == a["cout"] and a["kernel"] in (3, 5) and a["stride"] in (1, 2)
+            and not list(a["pool"]))
 
 
 def _plan_blocked(model):
