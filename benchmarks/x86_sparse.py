@@ -11,10 +11,10 @@ fixed input size. For each sparsity and thread count the same exported model run
   x86-sparse  `picosparse.ops.export_x86_sparse` + `load_model` (FP32)
 Timing: rounds of interleaved runs (each round: every config, `--iters` timed inferences after
 one warm-up; a round's value is their median). Only `infer()` is timed, as in `picosparse
-bench`: the input tensor is set once and the outputs are read as views. "speedup" is the median over rounds of the
-per-round ratio dense / x86-sparse (the two ran back to back, at one machine speed); "best" the
-ratio of the fastest rounds (what an otherwise idle machine shows); "rounds p25-p75" the
-spread of the per-round ratios. On a shared 2-vCPU VM the speed of the machine itself drifted
+bench`: the input tensor is set once and the outputs are read as views. "speedup" is the
+median over rounds of the per-round ratio dense / x86-sparse (the two ran back to back, at one
+machine speed); "best" the ratio of the fastest rounds (what an otherwise idle machine shows);
+"rounds p25-p75" the spread of the per-round ratios. On a shared 2-vCPU VM the speed of the machine itself drifted
 by up to 1.7x within minutes while we measured, and memory-bound code (ours: NCHW, a pass per
 op) suffers more from that than OpenVINO's compute-bound dense convs: read all three.
 """

@@ -348,9 +348,9 @@ def rewrite_model(model, sparse_threshold=0.6, lib_path=None, nchw_ops=True):
             weights = np.concatenate([np.ravel(r["weight"]), np.ravel(r["bias"])])
             node = factory.create(CONV_TYPE, [x, ops.constant(weights.astype(np.float32))
                                               .output(0)],
-                                  {"cout": int(r["cout"]), "kernel": int(r["k"]), "groups": r["groups"],
-                                   "stride": r["stride"], "pads": r["pads"], "pool": r["pool"],
-                                   **act})
+                                  {"cout": int(r["cout"]), "kernel": int(r["k"]),
+                                   "groups": r["groups"], "stride": r["stride"],
+                                   "pads": r["pads"], "pool": r["pool"], **act})
             _swap_in(r["last"], node)
             n_dw += r["kind"] == "depthwise"
             n_kxk += r["kind"] == "conv"
@@ -569,7 +569,8 @@ def _concat_shuffles(model, factory, layers):
             r2.output(0).replace(node.output(0))
             if names:
                 node.output(0).get_tensor().set_names(names)
-            by_op[conv.get_friendly_name()]["folded"].append("Concat, ChannelShuffle")
+            if conv.get_friendly_name() in by_op:
+                by_op[conv.get_friendly_name()]["folded"].append("Concat, ChannelShuffle")
         else:
             _swap_in(r2, factory.create(SHUFFLE_TYPE, [a, b], {}))
         count += 1

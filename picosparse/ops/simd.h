@@ -184,12 +184,12 @@ struct VAvx2 {
     static T gather(const float* base, const int32_t* idx) {
         return _mm256_i32gather_ps(base, _mm256_loadu_si256((const __m256i*)idx), 4);
     }
-    static __m256i first(int n) {
+    static __m256i lanes_below(int n) {  // mask of lanes 0 .. n-1
         return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     }
-    static T loadu_n(const float* p, int n) { return _mm256_maskload_ps(p, first(n)); }
+    static T loadu_n(const float* p, int n) { return _mm256_maskload_ps(p, lanes_below(n)); }
     static T gather_n(const float* base, const int32_t* idx, int n) {
-        const __m256i m = first(n);
+        const __m256i m = lanes_below(n);
         return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, _mm256_maskload_epi32(idx, m),
                                         _mm256_castsi256_ps(m), 4);
     }

@@ -145,7 +145,6 @@ float act_scalar(float v, const SparseWeights& w) {
     return v;
 }
 
-
 // spconv1x1 and spconv1x1_nlc: y (NCHW) or o (staged, transposed outputs) is the destination
 void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int n, int64_t hw,
          int isa, int threads, const int32_t* offs) {
