@@ -2,6 +2,7 @@
 OpenVINO op, the model rewrite (BN/bias folding, activation fusion), and a whole PicoDet."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -456,6 +457,16 @@ def test_openvino_conv2d_op_checks_its_weights():
         f.create("Conv2d", [x.output(0), ops.constant(w.ravel()).output(0)], attrs)
 
 
+def _conv1x1(rng, inp, cout, cin, bias=None, sparsity=0.75, empty_rows=(1,)):
+    """A 1x1 Convolution node with a random sparse weight (+ a per-channel bias Add)."""
+    ov, ops = _ov()
+    w = sparse_weight(rng, cout, cin, sparsity, empty_rows=empty_rows)
+    c = ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0], [0, 0],
+                        [1, 1])
+    return c if bias is None else ops.add(c, ops.constant(
+        rng.normal(0, bias, (1, cout, 1, 1)).astype(np.float32)))
+
+
 def _toy_model(rng, sparse=0.8):
     """x -> conv1x1+BN+HSwish -> conv1x1+bias+HardSigmoid -> (dense-ish conv1x1 + Relu) ->
     depthwise 3x3 s2 + BN + Relu -> conv1x1 (two consumers: left unfused), covering every
@@ -464,9 +475,7 @@ def _toy_model(rng, sparse=0.8):
     x = ops.parameter([1, 20, 6, 7], np.float32, name="image")
 
     def conv(inp, cout, cin, sp):
-        w = sparse_weight(rng, cout, cin, sp, empty_rows=(0,))
-        return ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0],
-                               [0, 0], [1, 1])
+        return _conv1x1(rng, inp, cout, cin, sparsity=sp, empty_rows=(0,))
 
     c1 = conv(x, 32, 20, sparse)
     bn = ops.batch_norm_inference(c1, *(ops.constant(v.astype(np.float32)) for v in (
@@ -521,13 +530,7 @@ def _se_model(rng):
     ov, ops = _ov()
     x = ops.parameter([2, 24, 9, 11], np.float32, name="image")
 
-    def conv(inp, cout, cin, bias=None, sparsity=0.75):
-        w = sparse_weight(rng, cout, cin, sparsity, empty_rows=(1,))
-        c = ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0],
-                            [0, 0], [1, 1])
-        if bias is None:
-            return c
-        return ops.add(c, ops.constant(rng.normal(0, bias, (1, cout, 1, 1)).astype(np.float32)))
+    conv = partial(_conv1x1, rng)
 
     y = ops.relu(conv(x, 56, 24))
     mean = ops.reduce_mean(y, ops.constant(np.array([2, 3], np.int64)), keep_dims=True)
@@ -545,12 +548,7 @@ def _dw_block_model(rng):
     ov, ops = _ov()
     x = ops.parameter([2, 32, 12, 10], np.float32, name="image")
 
-    def conv(inp, cout, cin, bias=None):
-        w = sparse_weight(rng, cout, cin, 0.75, empty_rows=(1,))
-        c = ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0],
-                            [0, 0], [1, 1])
-        return c if bias is None else ops.add(c, ops.constant(
-            rng.normal(0, bias, (1, cout, 1, 1)).astype(np.float32)))
+    conv = partial(_conv1x1, rng)
 
     def dw(inp, k, s):
         w = (rng.standard_normal((32, 1, 1, k, k)) * 0.3).astype(np.float32)
@@ -589,12 +587,7 @@ def _ghost_model(rng, se):
     ov, ops = _ov()
     x = ops.parameter([2, 24, 7, 9], np.float32, name="image")
 
-    def conv(inp, cout, cin, bias=None):
-        w = sparse_weight(rng, cout, cin, 0.75, empty_rows=(1,))
-        c = ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0],
-                            [0, 0], [1, 1])
-        return c if bias is None else ops.add(c, ops.constant(
-            rng.normal(0, bias, (1, cout, 1, 1)).astype(np.float32)))
+    conv = partial(_conv1x1, rng)
 
     pw = ops.relu(conv(x, 16, 24))
     dw = ops.group_convolution(pw, ops.constant(
@@ -636,10 +629,7 @@ def _shuffle_model(rng, conv_b=True):
     ov, ops = _ov()
     x = ops.parameter([2, 32, 7, 9], np.float32, name="image")
 
-    def conv(inp, cout, cin):
-        w = sparse_weight(rng, cout, cin, 0.75, empty_rows=(1,))
-        return ops.convolution(inp, ops.constant(w.reshape(cout, cin, 1, 1)), [1, 1], [0, 0],
-                               [0, 0], [1, 1])
+    conv = partial(_conv1x1, rng)
 
     halves = ops.variadic_split(x, ops.constant(np.int64(1)),
                                 ops.constant(np.array([16, 16], np.int64)))

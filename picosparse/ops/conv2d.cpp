@@ -130,9 +130,7 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
         });
     };
     if (uses_gemm(p)) {
-        auto* gemm = isa == ISA_AVX512 ? avx512::gemm_band
-                     : isa == ISA_AVX2 ? avx2::gemm_band
-                                       : portable::gemm_band;
+        auto* gemm = PICOSPARSE_PER_ISA(isa, gemm_band);
         return by_bands([&](int64_t img, int b, int rows, const Activation& a) {
             gemm(p, x, y, img, b, rows, a);
         });
@@ -143,9 +141,7 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
         const int wp = p.w + p.pad_l + p.pad_r;
         for (int r = 0, q = 0; r < p.h && !p.in_blocked; ++r)
             for (int c = 0; c < p.w; ++c, ++q) dtab[q] = ((r + p.pad_t) * wp + c + p.pad_l) * vec;
-        auto* blocked = isa == ISA_AVX512 ? avx512::dw_blocked_any
-                        : isa == ISA_AVX2 ? avx2::dw_blocked_any
-                                          : portable::dw_blocked_any;
+        auto* blocked = PICOSPARSE_PER_ISA(isa, dw_blocked_any);
         const int blocks = (p.cin + vec - 1) / vec;
         const Activation a{p.act, p.alpha, p.beta};
         return parallel_ranges((int64_t)n * blocks, threads, [&](int64_t t0, int64_t t1) {
@@ -155,13 +151,9 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
         });
     }
     const ConvPlan g = make_plan(p, vec);
-    auto* tasks = isa == ISA_AVX512 ? avx512::conv_tasks
-                  : isa == ISA_AVX2 ? avx2::conv_tasks
-                                    : portable::conv_tasks;
+    auto* tasks = PICOSPARSE_PER_ISA(isa, conv_tasks);
     if (p.pool_k && has_fast_path(p, g)) {  // conv + max pool: by bands of pooled rows
-        auto* pool = isa == ISA_AVX512 ? avx512::conv_pool_band
-                     : isa == ISA_AVX2 ? avx2::conv_pool_band
-                                       : portable::conv_pool_band;
+        auto* pool = PICOSPARSE_PER_ISA(isa, conv_pool_band);
         return by_bands([&](int64_t img, int b, int rows, const Activation& a) {
             pool(p, g, x, y, img, b, rows, a);
         });

@@ -83,14 +83,14 @@ public:
     SparseConv1x1() = default;  // built by NodeFactory / the IR reader: attributes, then inputs
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, m_shuffle == 0 || m_shuffle == 1, "shuffle must be 0 or 1");
-        const size_t n_in = get_input_size() - (size_t)m_shuffle;  // without shuffle_with
+        NODE_VALIDATION_CHECK(this, at.shuffle == 0 || at.shuffle == 1, "shuffle must be 0 or 1");
+        const size_t n_in = get_input_size() - (size_t)at.shuffle;  // without shuffle_with
         NODE_VALIDATION_CHECK(this, n_in == 2 || n_in == 3,
                               "SparseConv1x1 takes x, weights, an optional gate and (shuffle = 1) "
                               "shuffle_with");
-        for (const auto* a : {&m_activation, &m_se[0].activation, &m_se[1].activation})
+        for (const auto* a : {&at.activation, &at.se[0].activation, &at.se[1].activation})
             NODE_VALIDATION_CHECK(this, act_code(*a) >= 0, "unknown activation '", *a, "'");
-        NODE_VALIDATION_CHECK(this, m_cout >= 1 && m_se_channels >= 0,
+        NODE_VALIDATION_CHECK(this, at.cout >= 1 && at.se_channels >= 0,
                               "cout must be >= 1 and se_channels >= 0");
         NODE_VALIDATION_CHECK(this, get_input_element_type(0) == ov::element::f32,
                               "SparseConv1x1 input must be f32");
@@ -107,7 +107,7 @@ public:
                                       "the weights input does not match cout / se_channels / "
                                       "Cin");
         if (n_in == 3) {
-            NODE_VALIDATION_CHECK(this, m_se_channels == 0,
+            NODE_VALIDATION_CHECK(this, at.se_channels == 0,
                                   "a gate input and se_channels exclude each other");
             const auto& gs = get_input_partial_shape(2);
             NODE_VALIDATION_CHECK(this, get_input_element_type(2) == ov::element::f32,
@@ -122,30 +122,30 @@ public:
         if (xs.rank().is_static()) {
             NODE_VALIDATION_CHECK(this, xs.rank().get_length() == 4, "input must be NCHW");
             out = xs;
-            out[1] = m_cout;
+            out[1] = at.cout;
         }
-        if (m_shuffle) {
-            NODE_VALIDATION_CHECK(this, m_out_parts.empty() && !m_out_blocked,
+        if (at.shuffle) {
+            NODE_VALIDATION_CHECK(this, at.out_parts.empty() && !at.out_blocked,
                                   "shuffle needs one NCHW output");
             NODE_VALIDATION_CHECK(this, get_input_element_type(n_in) == ov::element::f32 &&
                                       get_input_partial_shape(n_in).compatible(out),
                                   "shuffle_with must be f32 [N, Cout, H, W]");
-            if (out.rank().is_static()) out[1] = 2 * m_cout;
+            if (out.rank().is_static()) out[1] = 2 * at.cout;
         }
-        if (m_out_parts.empty()) {
+        if (at.out_parts.empty()) {
             set_output_type(0, ov::element::f32, out);
             return;
         }
-        NODE_VALIDATION_CHECK(this, n_in == 2 && m_se_channels == 0 &&
-                                  m_out_sigmoid.size() == m_out_parts.size() && !m_out_blocked,
+        NODE_VALIDATION_CHECK(this, n_in == 2 && at.se_channels == 0 &&
+                                  at.out_sigmoid.size() == at.out_parts.size() && !at.out_blocked,
                               "out_parts needs no gate / SE block, one out_sigmoid flag per "
                               "part and no blocked output");
         int64_t total = 0;
-        for (auto c : m_out_parts) total += c;
-        NODE_VALIDATION_CHECK(this, total == m_cout, "out_parts must sum to cout");
-        set_output_size(m_out_parts.size());
-        for (size_t k = 0; k < m_out_parts.size(); ++k) {
-            ov::PartialShape pk{out[0], ov::Dimension::dynamic(), m_out_parts[k]};
+        for (auto c : at.out_parts) total += c;
+        NODE_VALIDATION_CHECK(this, total == at.cout, "out_parts must sum to cout");
+        set_output_size(at.out_parts.size());
+        for (size_t k = 0; k < at.out_parts.size(); ++k) {
+            ov::PartialShape pk{out[0], ov::Dimension::dynamic(), at.out_parts[k]};
             if (out.rank().is_static() && out[2].is_static() && out[3].is_static())
                 pk[1] = out[2].get_length() * out[3].get_length();
             set_output_type(k, ov::element::f32, pk);
@@ -153,43 +153,32 @@ public:
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        auto op = std::make_shared<SparseConv1x1>();  // attributes first: validation reads them
-        op->m_cout = m_cout;
-        op->m_activation = m_activation, op->m_alpha = m_alpha, op->m_beta = m_beta;
-        op->m_se_channels = m_se_channels;
-        op->m_shuffle = m_shuffle;
-        op->m_threads = m_threads;
-        op->m_se[0] = m_se[0];
-        op->m_se[1] = m_se[1];
-        op->m_out_parts = m_out_parts;
-        op->m_out_sigmoid = m_out_sigmoid;
-        op->m_in_blocked = m_in_blocked;
-        op->m_in_nchw = m_in_nchw;
-        op->m_out_blocked = m_out_blocked;
+        auto op = std::make_shared<SparseConv1x1>();
+        op->at = at;  // attributes first: validation reads them
         op->set_arguments(args);
         op->constructor_validate_and_infer_types();
         return op;
     }
 
     bool visit_attributes(ov::AttributeVisitor& v) override {
-        v.on_attribute("cout", m_cout);
-        v.on_attribute("se_channels", m_se_channels);
-        v.on_attribute("shuffle", m_shuffle);
-        v.on_attribute("activation", m_activation);
-        v.on_attribute("alpha", m_alpha);
-        v.on_attribute("beta", m_beta);
-        v.on_attribute("threads", m_threads);
-        v.on_attribute("se_reduce_activation", m_se[0].activation);
-        v.on_attribute("se_reduce_alpha", m_se[0].alpha);
-        v.on_attribute("se_reduce_beta", m_se[0].beta);
-        v.on_attribute("se_expand_activation", m_se[1].activation);
-        v.on_attribute("se_expand_alpha", m_se[1].alpha);
-        v.on_attribute("se_expand_beta", m_se[1].beta);
-        v.on_attribute("out_parts", m_out_parts);
-        v.on_attribute("out_sigmoid", m_out_sigmoid);
-        v.on_attribute("in_blocked", m_in_blocked);
-        v.on_attribute("in_nchw", m_in_nchw);
-        v.on_attribute("out_blocked", m_out_blocked);
+        v.on_attribute("cout", at.cout);
+        v.on_attribute("se_channels", at.se_channels);
+        v.on_attribute("shuffle", at.shuffle);
+        v.on_attribute("activation", at.activation);
+        v.on_attribute("alpha", at.alpha);
+        v.on_attribute("beta", at.beta);
+        v.on_attribute("threads", at.threads);
+        v.on_attribute("se_reduce_activation", at.se[0].activation);
+        v.on_attribute("se_reduce_alpha", at.se[0].alpha);
+        v.on_attribute("se_reduce_beta", at.se[0].beta);
+        v.on_attribute("se_expand_activation", at.se[1].activation);
+        v.on_attribute("se_expand_alpha", at.se[1].alpha);
+        v.on_attribute("se_expand_beta", at.se[1].beta);
+        v.on_attribute("out_parts", at.out_parts);
+        v.on_attribute("out_sigmoid", at.out_sigmoid);
+        v.on_attribute("in_blocked", at.in_blocked);
+        v.on_attribute("in_nchw", at.in_nchw);
+        v.on_attribute("out_blocked", at.out_blocked);
         return true;
     }
 
@@ -204,50 +193,50 @@ public:
             OPENVINO_THROW("picosparse: SparseConv1x1 '", get_friendly_name(),
                            "': the weights input does not match cout / se_channels / Cin");
         w.cin = cin;
-        w.act = act_code(m_activation);
-        w.alpha = m_alpha;
-        w.beta = m_beta;
-        if (inputs.size() - (size_t)m_shuffle == 3) w.gate = inputs[2].data<const float>();
-        if (m_shuffle) w.shuffle_with = inputs.back().data<const float>();
-        if (m_se_channels > 0) {
-            se[0].cin = cin, se[1].cin = (int)m_se_channels;
+        w.act = act_code(at.activation);
+        w.alpha = at.alpha;
+        w.beta = at.beta;
+        if (inputs.size() - (size_t)at.shuffle == 3) w.gate = inputs[2].data<const float>();
+        if (at.shuffle) w.shuffle_with = inputs.back().data<const float>();
+        if (at.se_channels > 0) {
+            se[0].cin = cin, se[1].cin = (int)at.se_channels;
             for (int j = 0; j < 2; ++j) {
-                se[j].act = act_code(m_se[j].activation);
-                se[j].alpha = m_se[j].alpha;
-                se[j].beta = m_se[j].beta;
+                se[j].act = act_code(at.se[j].activation);
+                se[j].alpha = at.se[j].alpha;
+                se[j].beta = at.se[j].beta;
             }
             w.se_reduce = &se[0], w.se_expand = &se[1];
         }
-        w.in_blocked = (int)m_in_blocked, w.out_blocked = (int)m_out_blocked;
-        w.in_nchw = (int)m_in_nchw;
+        w.in_blocked = (int)at.in_blocked, w.out_blocked = (int)at.out_blocked;
+        w.in_nchw = (int)at.in_nchw;
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
         if (const char* why = sp_layout_error(w, isa)) OPENVINO_THROW("picosparse: ", why);
         const int64_t hw = (int64_t)(xs[2] * xs[3]);
         const auto offs = offsets(w, sp_tile_width(isa, w.cin, hw));
-        if (!m_out_parts.empty()) {
-            const size_t parts = m_out_parts.size();
+        if (!at.out_parts.empty()) {
+            const size_t parts = at.out_parts.size();
             std::vector<int> channels(parts), sigmoid(parts);
             std::vector<float*> out(parts);
             for (size_t k = 0; k < parts; ++k) {
-                channels[k] = (int)m_out_parts[k];
-                sigmoid[k] = (int)m_out_sigmoid[k];
+                channels[k] = (int)at.out_parts[k];
+                sigmoid[k] = (int)at.out_sigmoid[k];
                 outputs[k].set_shape(ov::Shape{xs[0], (size_t)hw, (size_t)channels[k]});
                 out[k] = outputs[k].data<float>();
             }
             NlcOut o;
             o.parts = (int)parts, o.channels = channels.data(), o.sigmoid = sigmoid.data();
             o.out = out.data();
-            spconv1x1_nlc(w, x.data<const float>(), o, (int)xs[0], hw, isa, (int)m_threads,
+            spconv1x1_nlc(w, x.data<const float>(), o, (int)xs[0], hw, isa, (int)at.threads,
                           offs->data());
             return true;
         }
         ov::Shape ys = xs;
-        ys[1] = (size_t)w.cout * (m_shuffle ? 2 : 1);
+        ys[1] = (size_t)w.cout * (at.shuffle ? 2 : 1);
         outputs[0].set_shape(ys);
         spconv1x1(w, x.data<const float>(), outputs[0].data<float>(), (int)xs[0], hw, isa,
-                  (int)m_threads, offs->data());
+                  (int)at.threads, offs->data());
         return true;
     }
 
@@ -257,9 +246,9 @@ private:
     bool read_weights(const int32_t* p, size_t len, int cin, SparseWeights& w,
                       SparseWeights* se) const {
         size_t pos = 0;
-        bool ok = read_segment(p, len, pos, (int)m_cout, w);
-        if (ok && m_se_channels > 0)
-            ok = read_segment(p, len, pos, (int)m_se_channels, se[0]) &&
+        bool ok = read_segment(p, len, pos, (int)at.cout, w);
+        if (ok && at.se_channels > 0)
+            ok = read_segment(p, len, pos, (int)at.se_channels, se[0]) &&
                  read_segment(p, len, pos, cin, se[1]);
         return ok && pos == len;
     }
@@ -275,8 +264,8 @@ private:
                 if (s.cols[k] < 0 || s.cols[k] >= in) return false;
             return true;
         };
-        return rows_ok(w, cin) && (m_se_channels == 0 || (rows_ok(se[0], cin) &&
-                                                          rows_ok(se[1], (int)m_se_channels)));
+        return rows_ok(w, cin) && (at.se_channels == 0 || (rows_ok(se[0], cin) &&
+                                                          rows_ok(se[1], (int)at.se_channels)));
     }
 
     // The nonzeros' tile offsets for tile width tw, computed on the first call and kept (the
@@ -293,17 +282,20 @@ private:
         return m_offs;
     }
 
-    int64_t m_cout = 0, m_se_channels = 0, m_shuffle = 0;
-    std::string m_activation = "none";
-    float m_alpha = 0.f, m_beta = 0.f;
-    int64_t m_threads = 0;
     struct SeAct {  // a squeeze-excite conv's activation
         std::string activation = "none";
         float alpha = 0.f, beta = 0.f;
-    } m_se[2];      // reduce, expand
-    std::vector<int64_t> m_out_parts, m_out_sigmoid;
-    int64_t m_in_blocked = 0, m_out_blocked = 0;  // kBlocked layouts (spconv.h)
-    int64_t m_in_nchw = 0;
+    };
+    struct Attrs {  // everything visit_attributes names (one copy in clone_with_new_inputs)
+        int64_t cout = 0, se_channels = 0, shuffle = 0;
+        std::string activation = "none";
+        float alpha = 0.f, beta = 0.f;
+        int64_t threads = 0;
+        SeAct se[2];  // reduce, expand
+        std::vector<int64_t> out_parts, out_sigmoid;
+        int64_t in_blocked = 0, out_blocked = 0;  // kBlocked layouts (spconv.h)
+        int64_t in_nchw = 0;
+    } at;
     mutable std::mutex m_cache_mutex;
     mutable std::shared_ptr<const std::vector<int32_t>> m_offs;
     mutable int m_offs_tw = 0;
@@ -324,28 +316,28 @@ public:
 
     ConvParams params(const ov::Shape& xs) const {
         ConvParams p;
-        p.cin = (int)xs[1], p.cout = (int)m_cout, p.groups = (int)m_groups;
-        p.h = (int)xs[2], p.w = (int)xs[3], p.k = (int)m_kernel;
-        p.stride = (int)m_stride;
-        p.pad_t = (int)m_pads[0], p.pad_l = (int)m_pads[1];
-        p.pad_b = (int)m_pads[2], p.pad_r = (int)m_pads[3];
-        p.act = act_code(m_activation), p.alpha = m_alpha, p.beta = m_beta;
-        if (m_pool.size() == 6) {
-            p.pool_k = (int)m_pool[0], p.pool_s = (int)m_pool[1];
-            p.pool_pad_t = (int)m_pool[2], p.pool_pad_l = (int)m_pool[3];
-            p.pool_pad_b = (int)m_pool[4], p.pool_pad_r = (int)m_pool[5];
+        p.cin = (int)xs[1], p.cout = (int)at.cout, p.groups = (int)at.groups;
+        p.h = (int)xs[2], p.w = (int)xs[3], p.k = (int)at.kernel;
+        p.stride = (int)at.stride;
+        p.pad_t = (int)at.pads[0], p.pad_l = (int)at.pads[1];
+        p.pad_b = (int)at.pads[2], p.pad_r = (int)at.pads[3];
+        p.act = act_code(at.activation), p.alpha = at.alpha, p.beta = at.beta;
+        if (at.pool.size() == 6) {
+            p.pool_k = (int)at.pool[0], p.pool_s = (int)at.pool[1];
+            p.pool_pad_t = (int)at.pool[2], p.pool_pad_l = (int)at.pool[3];
+            p.pool_pad_b = (int)at.pool[4], p.pool_pad_r = (int)at.pool[5];
         }
         return p;
     }
 
     void validate_and_infer_types() override {
         NODE_VALIDATION_CHECK(this, get_input_size() == 2, "Conv2d takes 2 inputs (x, weights)");
-        NODE_VALIDATION_CHECK(this, m_pool.empty() || (m_pool.size() == 6 && m_pool[0] >= 1 &&
-                                                        m_pool[1] >= 1),
+        NODE_VALIDATION_CHECK(this, at.pool.empty() || (at.pool.size() == 6 && at.pool[0] >= 1 &&
+                                                        at.pool[1] >= 1),
                               "pool must be empty or [k, stride, pad t, l, b, r]");
-        NODE_VALIDATION_CHECK(this, act_code(m_activation) >= 0, "unknown activation");
-        NODE_VALIDATION_CHECK(this, m_pads.size() == 4 && m_stride >= 1 && m_groups >= 1 &&
-                                  m_cout >= 1 && m_kernel >= 1,
+        NODE_VALIDATION_CHECK(this, act_code(at.activation) >= 0, "unknown activation");
+        NODE_VALIDATION_CHECK(this, at.pads.size() == 4 && at.stride >= 1 && at.groups >= 1 &&
+                                  at.cout >= 1 && at.kernel >= 1,
                               "bad cout/kernel/groups/stride/pads");
         NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::f32 &&
                                   get_input_partial_shape(1).rank().compatible(1),
@@ -354,48 +346,42 @@ public:
         const auto& ws = get_input_partial_shape(1);
         if (xs.is_static() && ws.is_static()) {
             const ov::Shape x = xs.to_shape();
-            NODE_VALIDATION_CHECK(this, x[1] % m_groups == 0 && m_cout % m_groups == 0,
+            NODE_VALIDATION_CHECK(this, x[1] % at.groups == 0 && at.cout % at.groups == 0,
                                   "channels do not match groups");
-            NODE_VALIDATION_CHECK(this, ws.to_shape()[0] == (size_t)(m_cout * ((int64_t)x[1] /
-                                                                     m_groups) * m_kernel *
-                                                                     m_kernel + m_cout),
+            NODE_VALIDATION_CHECK(this, ws.to_shape()[0] == (size_t)(at.cout * ((int64_t)x[1] /
+                                                                     at.groups) * at.kernel *
+                                                                     at.kernel + at.cout),
                                   "weights must hold cout * Cin/groups * kernel^2 weights and "
                                   "cout biases");
             const auto p = params(x);
             set_output_type(0, ov::element::f32,
-                            ov::PartialShape{xs[0], m_cout, p.final_h(), p.final_w()});
+                            ov::PartialShape{xs[0], at.cout, p.final_h(), p.final_w()});
         } else {
             set_output_type(0, ov::element::f32, ov::PartialShape::dynamic(4));
         }
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        auto op = std::make_shared<Conv2d>();  // attributes first: validation reads them
-        op->m_cout = m_cout, op->m_kernel = m_kernel;
-        op->m_groups = m_groups, op->m_stride = m_stride, op->m_pads = m_pads;
-        op->m_activation = m_activation, op->m_alpha = m_alpha, op->m_beta = m_beta;
-        op->m_pool = m_pool;
-        op->m_threads = m_threads;
-        op->m_in_blocked = m_in_blocked;
-        op->m_out_blocked = m_out_blocked;
+        auto op = std::make_shared<Conv2d>();
+        op->at = at;  // attributes first: validation reads them
         op->set_arguments(args);
         op->constructor_validate_and_infer_types();
         return op;
     }
 
     bool visit_attributes(ov::AttributeVisitor& v) override {
-        v.on_attribute("cout", m_cout);
-        v.on_attribute("kernel", m_kernel);
-        v.on_attribute("groups", m_groups);
-        v.on_attribute("stride", m_stride);
-        v.on_attribute("pads", m_pads);
-        v.on_attribute("activation", m_activation);
-        v.on_attribute("alpha", m_alpha);
-        v.on_attribute("beta", m_beta);
-        v.on_attribute("pool", m_pool);
-        v.on_attribute("threads", m_threads);
-        v.on_attribute("in_blocked", m_in_blocked);
-        v.on_attribute("out_blocked", m_out_blocked);
+        v.on_attribute("cout", at.cout);
+        v.on_attribute("kernel", at.kernel);
+        v.on_attribute("groups", at.groups);
+        v.on_attribute("stride", at.stride);
+        v.on_attribute("pads", at.pads);
+        v.on_attribute("activation", at.activation);
+        v.on_attribute("alpha", at.alpha);
+        v.on_attribute("beta", at.beta);
+        v.on_attribute("pool", at.pool);
+        v.on_attribute("threads", at.threads);
+        v.on_attribute("in_blocked", at.in_blocked);
+        v.on_attribute("out_blocked", at.out_blocked);
         return true;
     }
 
@@ -411,21 +397,23 @@ public:
         const char* err = nullptr;
         const int isa = select_isa(&err);
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
-        p.in_blocked = (int)m_in_blocked, p.out_blocked = (int)m_out_blocked;
+        p.in_blocked = (int)at.in_blocked, p.out_blocked = (int)at.out_blocked;
         if (const char* why = conv_layout_error(p, isa)) OPENVINO_THROW("picosparse: ", why);
         conv2d(p, inputs[0].data<const float>(), outputs[0].data<float>(), (int)xs[0], isa,
-               (int)m_threads);
+               (int)at.threads);
         return true;
     }
 
 private:
-    int64_t m_cout = 0, m_kernel = 0, m_groups = 1, m_stride = 1;
-    std::vector<int64_t> m_pads{0, 0, 0, 0};
-    std::string m_activation = "none";
-    float m_alpha = 0.f, m_beta = 0.f;
-    std::vector<int64_t> m_pool;
-    int64_t m_threads = 0;
-    int64_t m_in_blocked = 0, m_out_blocked = 0;  // kBlocked layouts (spconv.h)
+    struct Attrs {  // everything visit_attributes names (one copy in clone_with_new_inputs)
+        int64_t cout = 0, kernel = 0, groups = 1, stride = 1;
+        std::vector<int64_t> pads{0, 0, 0, 0};
+        std::string activation = "none";
+        float alpha = 0.f, beta = 0.f;
+        std::vector<int64_t> pool;
+        int64_t threads = 0;
+        int64_t in_blocked = 0, out_blocked = 0;  // kBlocked layouts (spconv.h)
+    } at;
 };
 
 // Op "Upsample" (opset "picosparse"): x f32 [N, C, H, W] -> [N, C, H * factor_h, W * factor_w],

@@ -12,6 +12,11 @@
 
 namespace picosparse {
 
+// The ISA's instance of a kernel instantiated in namespaces avx512 / avx2 / portable (where
+// spconv.cpp and conv2d.cpp include their *_impl.inc once per ISA)
+#define PICOSPARSE_PER_ISA(isa, f) \
+    ((isa) == ISA_AVX512 ? avx512::f : (isa) == ISA_AVX2 ? avx2::f : portable::f)
+
 // Flush-to-zero + denormals-are-zero while a kernel runs (restored after). A denormal input
 // costs a ~100-cycle microcode assist per FMA: measured 100x slower on a layer whose
 // activations were denormal, which random-init PicoDets produce; oneDNN's kernels do the same.

@@ -174,12 +174,8 @@ void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int 
     if (!o && nt > 1 && g.tiles * n < 4 * nt)
         g.rchunks = (int)std::max<int64_t>(
             1, std::min<int64_t>((4 * nt + g.tiles * n - 1) / (g.tiles * n), w.cout / 8));
-    auto* tasks = isa == ISA_AVX512 ? avx512::sp_tasks
-                  : isa == ISA_AVX2 ? avx2::sp_tasks
-                                    : portable::sp_tasks;
-    auto* staged = isa == ISA_AVX512 ? avx512::sp_tasks_nlc
-                   : isa == ISA_AVX2 ? avx2::sp_tasks_nlc
-                                     : portable::sp_tasks_nlc;
+    auto* tasks = PICOSPARSE_PER_ISA(isa, sp_tasks);
+    auto* staged = PICOSPARSE_PER_ISA(isa, sp_tasks_nlc);
     // images [img0, img0 + nimg) with weights wi
     const auto images = [&](const SparseWeights& wi, int64_t img0, int nimg) {
         parallel_ranges(g.tiles * g.rchunks * nimg, threads, [&](int64_t t0, int64_t t1) {
@@ -193,15 +189,9 @@ void run(const SparseWeights& w, const float* x, float* y, const NlcOut* o, int 
     const int nnz = w.rowptr[w.cout];
     float* scaled = scratch<6>((size_t)nnz + 1);  // the caller's thread, reused per call
     float* squeeze = se ? scratch<10>((size_t)2 * w.cin + w.se_reduce->cout) : nullptr;
-    auto* means = isa == ISA_AVX512 ? avx512::channel_means
-                  : isa == ISA_AVX2 ? avx2::channel_means
-                                    : portable::channel_means;
-    auto* matvec = isa == ISA_AVX512 ? avx512::sparse_matvec
-                   : isa == ISA_AVX2 ? avx2::sparse_matvec
-                                     : portable::sparse_matvec;
-    auto* scale = isa == ISA_AVX512 ? avx512::scale_values
-                  : isa == ISA_AVX2 ? avx2::scale_values
-                                    : portable::scale_values;
+    auto* means = PICOSPARSE_PER_ISA(isa, channel_means);
+    auto* matvec = PICOSPARSE_PER_ISA(isa, sparse_matvec);
+    auto* scale = PICOSPARSE_PER_ISA(isa, scale_values);
     // y = act(W x + b) on one pixel: the squeeze-excite block's 1x1 convs
     const auto conv = [&](const SparseWeights& sw, const float* in, float* out) {
         matvec(sw, in, out);
