@@ -32,28 +32,55 @@ def check_schedule(spec, iters_per_epoch, where="UnstructuredPruner"):
 
 
 def _exact_gmp_class(base):
-    """PaddleSlim's GMP pruner with exact local sparsity.
+    """PaddleSlim's GMP pruner with exact and monotone masks.
 
-    PaddleSlim keeps |w| >= the k-th smallest |w|, so each layer ends one weight short of the
-    target (74.5% for a 196-weight layer at 75%). We zero exactly ceil(ratio * n) per layer.
+    Exact: PaddleSlim keeps |w| >= the k-th smallest |w|, so each layer ends one weight short
+    of the target (74.5% for a 196-weight layer at 75%). We zero exactly ceil(ratio * n) per
+    layer (per pruned set without local sparsity).
+    Monotone: masks are recomputed from |w| after optimizer steps, and momentum moves pruned
+    weights too (they are only re-zeroed before the next forward), so a pruned weight could
+    outrank a live one and grow back. GMP's contract is that pruned weights stay pruned:
+    previously pruned weights are ranked first, the rest by |w|.
     """
     class ExactGMP(base):
-        def _update_masks(self):
-            if not self.local_sparsity:
-                return super()._update_masks()
-            np = paddle_env.stack().np
+        def update_threshold(self):
+            pass  # masks come from ranks below, not from a threshold
+
+        def _pruned_params(self):
             for _, layer in self.model.named_sublayers():
                 if not self._should_prune_layer(layer):
                     continue
                 for p in layer.parameters(include_sublayers=False):
-                    if p.name in self.skip_params:
-                        continue
-                    flat = np.abs(p.numpy()).ravel()
-                    k = min(flat.size, math.ceil(self.ratio * flat.size - 1e-9))
-                    keep = np.ones(flat.size, dtype="float32")
-                    keep[np.argsort(flat, kind="stable")[:k]] = 0
-                    paddle_env.stack().paddle.assign(keep.reshape(p.shape), output=self.masks[p.name])
+                    if p.name not in self.skip_params:
+                        yield p
+
+        def _update_masks(self):
+            paddle = paddle_env.stack().paddle
+            params = list(self._pruned_params())
+            groups = [[p] for p in params] if self.local_sparsity else [params]
+            for group in groups:
+                keep = _monotone_keep([p.numpy() for p in group],
+                                      [self.masks[p.name].numpy() for p in group], self.ratio)
+                for p, k in zip(group, keep):
+                    paddle.assign(k, output=self.masks[p.name])
     return ExactGMP
+
+
+def _monotone_keep(weights, masks, ratio):
+    """Float masks zeroing exactly ceil(ratio * n) of the n entries of `weights` (together):
+    entries whose old mask is 0 first, then the smallest |w| (ties by position)."""
+    np = paddle_env.stack().np
+    score = np.concatenate([np.abs(w).ravel() for w in weights]).astype("float64")
+    old = np.concatenate([m.ravel() for m in masks])
+    score[old == 0] = -1.0  # |w| >= 0: previously pruned entries rank below every live one
+    k = min(score.size, math.ceil(ratio * score.size - 1e-9))
+    keep = np.ones(score.size, dtype="float32")
+    keep[np.argsort(score, kind="stable")[:k]] = 0
+    out, at = [], 0
+    for w in weights:
+        out.append(keep[at:at + w.size].reshape(w.shape))
+        at += w.size
+    return out
 
 
 class GMP:
@@ -80,6 +107,10 @@ class GMP:
             self._slim = _exact_gmp_class(s.GMPUnstructuredPruner)(
                 model, ratio=spec.ratio, skip_params_func=policy.skip_func(self.decisions, model),
                 local_sparsity=spec.local_sparsity, configs=configs)
+        if iteration > 0:
+            # PaddleSlim's fast-forward stops at the last ramp ratio when the schedule has no
+            # tuning stages left (tunning_epochs: 0): the uninterrupted run is at the target
+            self._slim.ratio = self.schedule.ratio(iteration - 1)
 
     @property
     def ratio(self):
