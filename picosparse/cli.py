@@ -10,7 +10,7 @@ import sys
 import click
 
 from picosparse import __version__
-from picosparse.errors import NotYetAvailable, PicosparseError
+from picosparse.errors import PicosparseError
 from picosparse import progress
 
 
@@ -23,10 +23,6 @@ class _Group(click.Group):
                 raise
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
-
-
-def _not_yet(command, issue):
-    raise NotYetAvailable(f"'picosparse {command}' is not available yet (issue #{issue})")
 
 
 def _emit_json(obj, dest):
@@ -65,10 +61,12 @@ def cli(ctx, debug, quiet):
 
     \b
     Typical use:
-      picosparse data synth --out data/shapes
-      picosparse train -c configs/demo/picodet_demo.yml --sparsity 0.75 --pretrained dense.pdparams
-      picosparse export --lite --run runs/sparse75
       picosparse run pipelines/demo.yml
+      picosparse data synth --out data/shapes
+      picosparse train -c configs/demo/picodet_demo.yml --from-scratch --out runs/dense
+      picosparse train -c configs/demo/picodet_demo.yml --sparsity 0.75 \\
+        --pretrained runs/dense/model_final.pdparams --out runs/sparse75
+      picosparse export --lite --run runs/sparse75
     """
     ctx.meta["picosparse.debug"] = debug
     progress.set_quiet(quiet)
@@ -166,23 +164,37 @@ def data_check(ann, images, as_json):
 @config_option
 @slim_option
 @override_option
+@click.option("--sparsity", type=float, help="Target sparsity; without a recipe, the built-in default recipe.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Show zero fractions of these weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def layers(config, slim_config, overrides, weights, as_json):
+def layers(config, slim_config, overrides, sparsity, weights, as_json):
     """List every parameter: shape, pruned or skipped (and by which rule), zero fraction.
 
     \b
     Example:
+      picosparse layers -c configs/picodet/picodet_m_320_coco.yml --sparsity 0.75
       picosparse layers -c configs/picodet/picodet_m_320_coco.yml \\
         --slim-config configs/prune/picodet_m_unstructured_prune_75.yml
     """
     from picosparse.sparsity.layers import layer_table
-    rows = layer_table(_load_cfg(config, slim_config, overrides), weights)
+    cfg = _load_cfg(config, slim_config, overrides, sparsity)
+    rows = layer_table(cfg, weights)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
         from picosparse.render import layers_table
         layers_table(rows)
+        if cfg.prune is not None:
+            _echo_recipe(cfg.prune)
+
+
+def _echo_recipe(spec):
+    click.echo(f"recipe: {spec.recipe or 'the config / --slim-config'}: GMP to {spec.ratio:.0%} "
+               f"from {spec.initial_ratio:.0%}, {spec.stable_epochs} stable + "
+               f"{spec.pruning_epochs} pruning ({spec.pruning_steps} steps) + "
+               f"{spec.tunning_epochs} tuning epochs, "
+               f"{'local' if spec.local_sparsity else 'global'} sparsity; dense: "
+               + (", ".join(r.describe() for r in spec.skip) or "nothing skipped"))
 
 
 @cli.command()

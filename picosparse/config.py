@@ -13,7 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from picosparse import yamlio
 from picosparse.errors import ConfigError
+from picosparse.yamlio import Tagged, TaggedList
 
 BASE_KEY = "_BASE_"
 PRUNE_KEY = "UnstructuredPruner"
@@ -32,9 +34,19 @@ PRUNE_SCHEMA = {
                           "'conv1x1_only' or null (all conv/linear weights)"),
     "local_sparsity": ((bool,), lambda v: True, "true or false"),
     "skip": ((list,), lambda v: True, "a list of skip rules"),
+    "recipe": ((str,), lambda v: True, "a note saying where the recipe came from"),
 }
 PRUNE_REQUIRED = ("pruning_epochs", "pruning_steps", "ratio")
-SKIP_RULE_KEYS = {"name", "regex", "shape", "why"}
+SKIP_RULE_KEYS = {"name", "regex", "shape", "structure", "why"}
+# found from the model's structure, so one rule fits PicoDet-s/m/l, ESNet and LCNet alike
+STRUCTURES = {
+    "head_outputs": "the head's prediction convs (class scores + box distributions)",
+    "stage_last_se": "squeeze-excite convs of the last block of each backbone stage",
+}
+# PaddleDetection's older pruner configs put the GMP keys at the top level
+LEGACY_PRUNE_KEYS = ("stable_epochs", "pruning_epochs", "tunning_epochs", "pruning_steps",
+                     "ratio", "initial_ratio", "prune_params_type")
+DEFAULT_RECIPE = "built-in default (the seed's policy; schedule from the config's epoch)"
 
 
 @dataclass
@@ -44,11 +56,13 @@ class SkipRule:
     name: str = None  # glob on the structured name, e.g. "head.head_cls*"
     regex: str = None
     shape: list = None  # exact shape; -1 matches any size
+    structure: str = None  # one of STRUCTURES
     why: str = ""
 
     def describe(self):
         return (f"name~{self.name}" if self.name else
-                f"regex~{self.regex}" if self.regex else f"shape={self.shape}")
+                f"regex~{self.regex}" if self.regex else
+                f"structure={self.structure}" if self.structure else f"shape={self.shape}")
 
 
 @dataclass
@@ -62,6 +76,7 @@ class PruneSpec:
     prune_params_type: str = "conv1x1_only"
     local_sparsity: bool = True
     skip: list = field(default_factory=list)
+    recipe: str = None
 
     @property
     def total_epochs(self):
@@ -82,10 +97,14 @@ class DetectorConfig:
 
     def dump(self):
         """The resolved config as YAML, written next to every run's outputs."""
-        return yaml.safe_dump(_plain(self.data), sort_keys=False)
+        return yamlio.dump(_plain(self.data))
 
 
 def _plain(obj):
+    if isinstance(obj, Tagged):
+        return Tagged(obj.tag, {str(k): _plain(v) for k, v in obj.items()})
+    if isinstance(obj, TaggedList):
+        return TaggedList(obj.tag, [_plain(v) for v in obj])
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -93,11 +112,24 @@ def _plain(obj):
     return obj
 
 
+def _merges_into(base, over):
+    """Whether `over` is merged key by key into `base` (else it replaces it)."""
+    if not (isinstance(base, dict) and isinstance(over, dict)) or isinstance(over, Tagged):
+        return False
+    # a plain `{name: Class, ...}` over a `!Class {...}` names its class anew: it replaces
+    return not (isinstance(base, Tagged) and "name" in over)
+
+
 def merge(base, over):
-    """PaddleDetection's merge rule: nested dicts merge, everything else is replaced."""
+    """PaddleDetection's merge rule: nested dicts merge, everything else is replaced.
+
+    A tagged value (`!COCODataSet {...}`) is a mapping of its class's arguments, so a later
+    plain mapping sets some of them (`-o TrainDataset.dataset_dir=...` works on it); a later
+    tagged value replaces it whole, as in PaddleDetection.
+    """
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(out.get(k), dict) and isinstance(v, dict):
+        if _merges_into(out.get(k), v):
             out[k] = merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -109,12 +141,10 @@ def read_yaml(path, what="config"):
     if not path.is_file():
         raise ConfigError(f"{path}: {what} file does not exist")
     try:
-        # ppdet's configs are parsed with the full loader; keep that for compatibility
-        data = yaml.load(path.read_text(), Loader=yaml.Loader)
+        # data only: PaddleDetection's `!Class` tags are kept as Tagged (detector configs only)
+        data = yamlio.load(path.read_text(), tags=what == "config")
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{path}: {yamlio.error_text(e)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
     if data is None:
@@ -156,7 +186,7 @@ def parse_override(text):
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"-o {text}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yamlio.load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -177,7 +207,7 @@ def apply_override(data, text):
     last = path[-1]
     if isinstance(node, list):
         node[_index(node, last, text)] = value
-    elif isinstance(node.get(last), dict) and isinstance(value, dict):
+    elif _merges_into(node.get(last), value):
         node[last] = merge(node[last], value)
     else:
         node[last] = value
@@ -210,6 +240,9 @@ def validate_prune(section, where):
             raise ConfigError(f"{where}: {PRUNE_KEY}.{k} must be {desc}, got {v!r}")
         if not isinstance(v, types) or not ok(v):
             raise ConfigError(f"{where}: {PRUNE_KEY}.{k} must be {desc}, got {v!r}")
+    if "skip" not in section:
+        # a stock slim file says nothing: apply the seed's policy (`skip: []` prunes all)
+        section["skip"] = [{"structure": k, "why": v} for k, v in STRUCTURES.items()]
     spec = PruneSpec(**{k: v for k, v in section.items() if k != "skip"})
     if spec.initial_ratio > spec.ratio:
         raise ConfigError(f"{where}: {PRUNE_KEY}.initial_ratio ({spec.initial_ratio}) "
@@ -226,9 +259,12 @@ def _skip_rule(rule, i, where):
     if unknown:
         raise ConfigError(f"{where}: unknown key {key}.{sorted(unknown)[0]} "
                           f"(known: {', '.join(sorted(SKIP_RULE_KEYS))})")
-    given = [k for k in ("name", "regex", "shape") if k in rule]
+    given = [k for k in ("name", "regex", "shape", "structure") if k in rule]
     if len(given) != 1:
-        raise ConfigError(f"{where}: {key} needs exactly one of name, regex, shape")
+        raise ConfigError(f"{where}: {key} needs exactly one of name, regex, shape, structure")
+    if "structure" in rule and rule["structure"] not in STRUCTURES:
+        raise ConfigError(f"{where}: {key}.structure must be one of "
+                          f"{', '.join(STRUCTURES)}, got {rule['structure']!r}")
     if "shape" in rule and not (isinstance(rule["shape"], list)
                                 and all(isinstance(d, int) for d in rule["shape"])):
         raise ConfigError(f"{where}: {key}.shape must be a list of integers (-1 = any)")
@@ -253,6 +289,44 @@ def _check_training_keys(data, where):
                           "detector config?)")
 
 
+def default_recipe(data, ratio):
+    """The UnstructuredPruner section `--sparsity R` uses when no recipe is given.
+
+    The seed's policy (1x1 convs only, local sparsity, head outputs and each stage's last
+    squeeze-excite block dense) and its schedule scaled to the config's `epoch`: no stable
+    phase, half the epochs pruning, half tuning, two ratio steps per pruning epoch, starting at
+    0.15 (0.20 above 75%), as the seed's 300-epoch recipe does.
+    """
+    epochs = data.get("epoch")
+    epochs = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0 \
+        else 1
+    pruning = max(1, epochs // 2)
+    return {
+        "recipe": DEFAULT_RECIPE,
+        "stable_epochs": 0,
+        "pruning_epochs": pruning,
+        "tunning_epochs": max(0, epochs - pruning),
+        "pruning_steps": 2 * pruning,
+        "ratio": float(ratio),
+        "initial_ratio": min(0.15 if ratio <= 0.75 else 0.20, float(ratio)),
+        "prune_params_type": "conv1x1_only",
+        "local_sparsity": True,
+        "skip": [{"structure": k, "why": v} for k, v in STRUCTURES.items()],
+    }
+
+
+def _legacy_section(data):
+    """PaddleDetection's older pruner configs: `unstructured_prune: true` and the GMP keys at
+    the top level (its trainer applies no skip list there; ours applies the seed's)."""
+    if PRUNE_KEY in data or not data.get("unstructured_prune"):
+        return
+    section = {k: data[k] for k in LEGACY_PRUNE_KEYS if k in data}
+    if "ratio" in section:
+        section["recipe"] = "top-level unstructured_prune keys of the config"
+        data[PRUNE_KEY] = section
+        data.setdefault("slim", PRUNE_KEY)
+
+
 def load_detector(path, overrides=(), slim_config=None, sparsity=None):
     """Resolve a detector config: file < slim file < -o overrides < --sparsity."""
     path = Path(path)
@@ -267,23 +341,28 @@ def load_detector(path, overrides=(), slim_config=None, sparsity=None):
         data = apply_override(data, o)
         if o.split("=", 1)[0].split(".")[0] == PRUNE_KEY:
             where = f"-o {o}"
+    _legacy_section(data)
     _check_training_keys(data, str(path))
-    prune = None
-    if PRUNE_KEY in data:
-        prune = validate_prune(data[PRUNE_KEY], where)
     if sparsity is not None:
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
                 or not 0 <= sparsity < 1:
             raise ConfigError(f"--sparsity must be in [0, 1), got {sparsity}")
+        if sparsity > 0 and PRUNE_KEY not in data:
+            data[PRUNE_KEY] = default_recipe(data, sparsity)
+            data["slim"] = PRUNE_KEY
+            where = "--sparsity (built-in default recipe)"
+    prune = None
+    if PRUNE_KEY in data:
+        prune = validate_prune(data[PRUNE_KEY], where)
+    if sparsity is not None:
         if sparsity == 0:
             prune = None
-        elif prune is None:
-            raise ConfigError(f"--sparsity {sparsity}: {path} has no {PRUNE_KEY} section; "
-                              "pass --slim-config configs/prune/<recipe>.yml")
         else:
+            # the written config.yml must say what runs: ratio and a lowered initial_ratio
             prune.ratio = float(sparsity)
             prune.initial_ratio = min(prune.initial_ratio, prune.ratio)
-            data[PRUNE_KEY]["ratio"] = float(sparsity)
+            data[PRUNE_KEY]["ratio"] = prune.ratio
+            data[PRUNE_KEY]["initial_ratio"] = prune.initial_ratio
     if prune is None:
         data.pop(PRUNE_KEY, None)
         data.pop("slim", None)

@@ -108,8 +108,43 @@ def activate(cfg_dict):
         module.clear()
         module.update(copy.deepcopy(items))
         g[k] = module
-    s.workspace.merge_config(copy.deepcopy(cfg_dict))
+    s.workspace.merge_config(_instantiate(copy.deepcopy(cfg_dict), "", _tag_classes()))
     return g
+
+
+def _tag_classes():
+    """{name: class} of the ppdet classes a config may name by tag (`!COCODataSet`).
+
+    Exactly the classes ppdet marks `@serializable` (they register a YAML representer), less
+    `Callable`, which calls any function it names.
+    """
+    import yaml
+    return {c.__name__: c for c in yaml.Dumper.yaml_representers
+            if isinstance(c, type) and c.__module__.startswith("ppdet.")
+            and c.__name__ != "Callable"}
+
+
+def _instantiate(obj, where, classes):
+    """Turn the config's Tagged values into the ppdet objects ppdet's own loader would build."""
+    from picosparse.errors import ConfigError
+    from picosparse.yamlio import Tagged, TaggedList
+    if isinstance(obj, (Tagged, TaggedList)):
+        cls = classes.get(obj.tag)
+        if cls is None:
+            raise ConfigError(f"{where or 'config'}: unknown tag !{obj.tag} (not a "
+                              "PaddleDetection class a config can name)")
+        try:
+            if isinstance(obj, Tagged):
+                return cls(**{k: _instantiate(v, f"{where}.{k}", classes) for k, v in obj.items()})
+            return cls(*[_instantiate(v, f"{where}[{i}]", classes) for i, v in enumerate(obj)])
+        except Exception as e:  # the class's own argument checks
+            raise ConfigError(f"{where}: !{obj.tag}: {' '.join(str(e).split())}") from None
+    if isinstance(obj, dict):
+        return {k: _instantiate(v, f"{where}.{k}" if where else str(k), classes)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_instantiate(v, f"{where}[{i}]", classes) for i, v in enumerate(obj)]
+    return obj
 
 
 def create(name, *args, **kwargs):

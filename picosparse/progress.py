@@ -23,7 +23,7 @@ def console():
 def say(msg):
     """A status line on stderr (stdout stays clean for --json)."""
     if not _state["quiet"]:
-        console().print(msg, highlight=False)
+        console().print(msg, highlight=False, soft_wrap=True)  # one line, for logs and grep
 
 
 class Progress:

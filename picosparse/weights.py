@@ -107,6 +107,52 @@ def load_into(model, path, flag="--weights"):
     return state
 
 
+def _match(own_key, state):
+    """The key of `state` that holds `own_key`: the same key, else the longest one that
+    `own_key` ends with at a dot (backbone-only weights say `conv1.weight` where the
+    detector says `backbone.conv1.weight`), as PaddleDetection's pretrain loading does."""
+    if own_key in state:
+        return own_key
+    best = None
+    for k in state:
+        if own_key.endswith("." + k) and (best is None or len(k) > len(best)):
+            best = k
+    return best
+
+
+def load_pretrained(model, path, flag="--pretrained"):
+    """Load what fits, PaddleDetection's way: parameters missing from the file stay as built,
+    parameters of another shape (a head for other classes) are skipped; one line says so.
+
+    For starting a training only; resuming and evaluating stay strict (`load_into`).
+    Returns {"loaded": n, "skipped_shape": [...], "not_in_file": [...]}.
+    """
+    state = read(path, flag)
+    own = strip_masks(model.state_dict())
+    load, wrong, absent = {}, [], []
+    for k, v in own.items():
+        src = _match(k, state)
+        if src is None:
+            absent.append(k)
+        elif list(v.shape) != list(getattr(state[src], "shape", [])):
+            wrong.append(f"{k} {list(getattr(state[src], 'shape', []))} vs {list(v.shape)}")
+        else:
+            load[k] = state[src]
+    if not load:
+        raise DataError(f"{flag} {path}: no parameter fits the config's model (is it a "
+                        "PicoDet of this config's architecture?)")
+    model.set_state_dict({**own, **load})  # the whole dict: paddle warns per key left out
+    if wrong or absent:
+        parts = [f"loaded {len(load)} of {len(own)} parameters"]
+        if wrong:
+            more = f" (+{len(wrong) - 2} more)" if len(wrong) > 2 else ""
+            parts.append(f"skipped {len(wrong)} of another shape: {', '.join(wrong[:2])}{more}")
+        if absent:
+            parts.append(f"{len(absent)} not in the file kept as initialized")
+        progress.say(f"warning: {flag} {Path(path).name}: " + "; ".join(parts))
+    return {"loaded": len(load), "skipped_shape": wrong, "not_in_file": absent}
+
+
 def save(state, dest):
     """paddle.save a state dict atomically (no mask buffers)."""
     paddle = paddle_env.stack().paddle
