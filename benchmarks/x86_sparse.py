@@ -1,4 +1,4 @@
-"""x86-sparse PicoDet vs dense OpenVINO on this machine, in one run (issue 6).
+"""x86-sparse PicoDet vs dense OpenVINO on this machine, in one run.
 
     .venv/bin/python benchmarks/x86_sparse.py                      # PicoDet-m 320, 75% + 85%
     .venv/bin/python benchmarks/x86_sparse.py --per-layer --json out.json
@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TARGETS = {0.75: 1.6, 0.85: 2.0}  # issue 6: minimum speedup over dense FP32 at 1 thread
+TARGETS = {0.75: 1.6, 0.85: 2.0}  # the seed's ARM ratios: minimum speedup over dense FP32 at 1 thread
 
 
 def prepare(work, cfg, size, sparsity, threshold, log, ov_layout=False):

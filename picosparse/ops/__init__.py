@@ -1,4 +1,4 @@
-"""The x86 sparse 1x1-conv operator (issue 6): kernels (sparse 1x1, plus dense NCHW depthwise /
+"""The x86 sparse 1x1-conv operator: kernels (sparse 1x1, plus dense NCHW depthwise /
 KxK convs and upsampling around it), OpenVINO host, model rewrite, loader.
 
 Public entry points:

@@ -1,4 +1,4 @@
-"""Inference-model export with a fixed input shape (issue 4).
+"""Inference-model export with a fixed input shape.
 
 Why not PaddleDetection's Trainer.export: on paddle 2.6.2 it fails ("Can't call main_program
 when full_graph=False"), and `to_static` on a model that still carries the pruner's hooks
@@ -174,7 +174,7 @@ def check_x86_sparse(sparse_threshold, nchw_ops="on"):
 
 def export_x86_sparse(model_dir, sparse_threshold=0.6, nchw_ops="on"):
     """MODEL_DIR (a `picosparse export` output) -> MODEL_DIR/x86_sparse: OpenVINO IR whose
-    1x1 convs with >= sparse_threshold zeros run picosparse's sparse op (issue 6).
+    1x1 convs with >= sparse_threshold zeros run picosparse's sparse op.
 
     nchw_ops: "on" | "off": whether depthwise / KxK convs (+ the stem's max pool) and nearest
     upsampling also become picosparse NCHW ops (no layout reorders around the sparse ops).
