@@ -4,6 +4,12 @@ A step is skipped only when (cheapest first) it has a lock, the lock's key equal
 computed now, and the lock's outputs still exist. A step that failed or was killed (status
 still "running") has no lock, so it reruns; a train step with a checkpoint from an interrupted
 run with the same key resumes from it.
+
+The run folder is picosparse's only where its manifest says so: a non-empty folder without
+a manifest is refused, and a step's folder (or the report's files) that exists without a
+manifest record of having been written is refused too, before anything runs. A run holds
+RUN_DIR/.lock from before it reads the manifest until it ends; a second run on the same folder
+stops at once with a one-line error.
 """
 
 import fcntl
@@ -21,13 +27,18 @@ from picosparse.atomic import atomic_dir
 from picosparse.config import load_with_base
 from picosparse.errors import DataError, PicosparseError
 from picosparse.pipeline import adapters
-from picosparse.pipeline.cache import (Hasher, Manifest, cache_key, canonical, missing_outputs,
-                                       now, sha256_text)
+from picosparse.pipeline.cache import (MANIFEST, Hasher, Manifest, cache_key, canonical,
+                                       code_fingerprint, missing_outputs, now, sha256_text,
+                                       step_env)
 from picosparse.pipeline.plan import load_pipeline, select
 from picosparse.pipeline.schema import KINDS, resolve_steps, step_refs, walk_strings
 
 VERSIONED = ("paddlepaddle", "paddleslim", "paddledet", "paddlelite", "numpy", "opencv-python",
              "matplotlib", "openvino")
+LOCK, MEMO = ".lock", ".hashes.json"
+REPORT_FILES = ("report.md", "report.json", "plots")  # what a run_dir step (report) writes
+# which dataset sections of its detector config each step kind reads (export: label names)
+DATASETS = {"train": ("TrainDataset",), "eval": ("EvalDataset",), "export": ("EvalDataset",)}
 
 
 class StepFailed(PicosparseError):
@@ -73,9 +84,40 @@ def default_run_dir(pipeline):
 
 def versions():
     from picosparse.paddle_env import version
-    out = {"python": platform.python_version(), "picosparse": __version__}
+    out = {"python": platform.python_version(), "picosparse": __version__,
+           "picosparse_code": code_fingerprint()}
     out.update({d: version(d) for d in VERSIONED})
     return out
+
+
+def writes(kind, name):
+    """What a step of `kind` named `name` writes, relative to the run folder."""
+    return list(REPORT_FILES) if KINDS[kind].where == "run_dir" else [name]
+
+
+def _owned(manifest):
+    """Run-folder entries the manifest says this run folder's steps wrote."""
+    out = set()
+    for name, rec in manifest.data["steps"].items():
+        if rec.get("wrote") is not None:
+            out.update(rec["wrote"])
+        elif rec.get("kind") in KINDS:  # manifests written before `wrote` was recorded
+            out.update(writes(rec["kind"], name))
+    return out
+
+
+def _check_out_folder(run_dir):
+    """Refuse a non-empty folder that is not a picosparse run folder: never delete into it."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise DataError(f"--out {run_dir}: exists and is not a folder")
+    if (run_dir / MANIFEST).is_file():
+        return
+    others = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK, MEMO))
+    if others:
+        raise DataError(f"--out {run_dir}: not empty and not a picosparse run folder (no "
+                        f"{MANIFEST}; it holds {others[0]}); pick a new or empty folder")
 
 
 class Session:
@@ -86,13 +128,43 @@ class Session:
         self.force, self.from_step, self.only_step = force, from_step, only_step
         self.dry_run = dry_run
         self.run_dir = Path(run_dir or default_run_dir(self.pipeline)).absolute()
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise DataError(f"--out {self.run_dir}: exists and is not a folder")
-        self.manifest = Manifest(self.run_dir)
-        self.hasher = Hasher(self.run_dir / ".hashes.json")
         self.outputs = {}  # step -> outputs usable by later steps
         self.pending = set()  # dry run: steps that would run
         self._bases = {}  # config -> its _BASE_ files, parsed once per session
+        self._detectors = {}  # (config, overrides, slim) -> merged config data
+        self._lock = None
+        _check_out_folder(self.run_dir)
+        if not dry_run:
+            self._take_lock()  # before reading any state: a run that waited sees it fresh
+        try:
+            self.manifest = Manifest(self.run_dir)
+            self.hasher = Hasher(self.run_dir / MEMO)
+            self._check_ownership()
+            self.env = step_env()
+        except BaseException:
+            self.close()
+            raise
+
+    def _take_lock(self):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.run_dir / LOCK, "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.close()
+            raise DataError(f"{self.run_dir}: another `picosparse run` is using this run "
+                            "folder") from None
+
+    def _check_ownership(self):
+        owned = _owned(self.manifest)
+        for step in self.pipeline.steps.values():
+            for rel in writes(step.kind, step.name):
+                p = self.run_dir / rel
+                if rel not in owned and (p.exists() or p.is_symlink()):
+                    raise DataError(f"--out {self.run_dir}: {rel} was not written by a step of "
+                                    f"this run folder (its {MANIFEST} has no record of it) and "
+                                    f"step '{step.name}' would replace it; move it away or "
+                                    "pick another --out")
 
     # ------------------------------------------------------------- planning
 
@@ -113,6 +185,8 @@ class Session:
                 inputs[k] = self._hash_path(step, k, v)
                 if t == "config":
                     self._hash_bases(step, k, v, inputs)
+        if step.kind in DATASETS:
+            self._hash_datasets(step, resolved, inputs)
         for name, keys, text in step_refs(step.params, self.where(step)):
             value = resolve_steps("${" + text + "}", self.outputs, self.where(step))
             out_type = KINDS[self.pipeline.steps[name].kind].outputs.get(keys[0]) if keys else None
@@ -141,6 +215,53 @@ class Session:
         for src in self._bases[top]:
             inputs[f"{k}<-{os.path.relpath(src, top.parent)}"] = self.hasher.file(src)
 
+    def _hash_datasets(self, step, resolved, inputs):
+        """The dataset the detector config points at: annotation files by content, image
+        folders by names, sizes and mtimes (by content inside the run folder). Missing ones
+        are recorded as missing (the step itself then says what is wrong)."""
+        sections = DATASETS[step.kind]
+        if step.kind == "train" and resolved.get("eval"):
+            sections += ("EvalDataset",)
+        data = self._detector(step, resolved)
+        for sec in sections:
+            ds = data.get(sec)
+            if not isinstance(ds, dict):
+                continue
+            root = Path(str(ds.get("dataset_dir") or "."))
+            files = [("anno_path", ds.get("anno_path"))]
+            if step.kind != "export":  # export reads only the category names
+                files.append(("label_list", ds.get("label_list")))
+            for key, rel in files:
+                if rel:
+                    f = root / str(rel)
+                    inputs[f"{sec}.{key}"] = self.hasher.file(f) if f.is_file() else "missing"
+            if step.kind != "export":
+                images = root / str(ds.get("image_dir") or "")
+                inputs[f"{sec}.image_dir"] = self._hash_images(images)
+
+    def _hash_images(self, images):
+        if not images.is_dir():
+            return "missing"
+        if images.resolve().is_relative_to(self.run_dir.resolve()):
+            # an upstream step's output: by content, so a rerun that wrote the same bytes
+            # (with new mtimes) does not ripple down
+            return self.hasher.path(images)
+        return self.hasher.listing(images)
+
+    def _detector(self, step, resolved):
+        from picosparse.config import load_detector
+        slim = resolved.get("slim_config")
+        key = (str(Path(resolved["config"]).resolve()), tuple(resolved.get("overrides") or ()),
+               str(Path(slim).resolve()) if slim else None)
+        if key not in self._detectors:
+            try:
+                self._detectors[key] = load_detector(resolved["config"],
+                                                     overrides=resolved.get("overrides") or (),
+                                                     slim_config=slim).data
+            except PicosparseError as e:
+                raise DataError(f"{self.where(step)}: {e}") from None
+        return self._detectors[key]
+
     def decide(self, step):
         sp = StepPlan(step.name, step.kind, "run", "", step.params, deps=list(step.deps))
         rec = self.manifest.step(step.name)
@@ -162,7 +283,7 @@ class Session:
             self._will_run(sp, done)
             return sp
         sp.inputs = self.inputs_of(step, sp.resolved)
-        sp.key = cache_key(step.kind, step.params, sp.inputs)
+        sp.key = cache_key(step.kind, step.params, sp.inputs, self.env)
         if self.force:
             sp.reason = "--force"
         elif step.name in self.forced:
@@ -171,7 +292,7 @@ class Session:
             sp.reason = {"failed": "failed last time", "running": "interrupted last time"}.get(
                 rec.get("status"), "never ran")
         elif lock["key"] != sp.key:
-            sp.reason = "params or inputs changed"
+            sp.reason = self._why_changed(step, rec, sp.inputs)
         elif missing_outputs(KINDS[step.kind], done):
             sp.reason = f"output missing: {missing_outputs(KINDS[step.kind], done)[0]}"
         else:
@@ -180,6 +301,23 @@ class Session:
             return sp
         self._will_run(sp, done)
         return sp
+
+    def _why_changed(self, step, rec, inputs):
+        old = rec.get("env")
+        if isinstance(old, dict) and old != self.env:
+            diff = [k for k in self.env if old.get(k) != self.env[k]]
+            pkgs = [f"{k} {old.get(k)} -> {self.env[k]}" for k in diff
+                    if not k.startswith("picosparse")]
+            what = (["picosparse code"] if len(pkgs) < len(diff) else []) + \
+                (["package versions"] if pkgs else [])
+            return " and ".join(what) + " changed" + (f" ({', '.join(pkgs)})" if pkgs else "")
+        if rec.get("params") == step.params and isinstance(rec.get("inputs"), dict):
+            changed = sorted(k for k in set(inputs) | set(rec["inputs"])
+                             if inputs.get(k) != rec["inputs"].get(k))
+            if changed:
+                return f"input changed: {changed[0]}" + (
+                    f" (+{len(changed) - 1} more)" if len(changed) > 1 else "")
+        return "params or inputs changed"
 
     def _will_run(self, sp, done):
         if self.dry_run:
@@ -190,13 +328,8 @@ class Session:
     # ------------------------------------------------------------- running
 
     def start(self, command):
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.run_dir / ".lock", "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataError(f"{self.run_dir}: another `picosparse run` is using this run "
-                            "folder") from None
+        if self._lock is None:
+            raise RuntimeError("Session.start on a dry-run session (it holds no lock)")
         d = self.manifest.data
         d.setdefault("created", now())
         d["pipeline"] = {"file": str(self.pipeline.path),
@@ -217,13 +350,14 @@ class Session:
         if spec.where == "in_place":
             resume = (prev.get("status") in ("running", "failed")
                       and prev.get("cache_key") == sp.key and _has_checkpoint(step_dir))
-            if not resume and step_dir.exists():
-                shutil.rmtree(step_dir)  # stale outputs of other params must not be resumed
+        self._check_ownership()  # a folder that appeared since the run began is not ours
         record = {"kind": sp.kind, "status": "running", "cache_key": sp.key,
                   "params": sp.params, "resolved": sp.resolved, "inputs": sp.inputs,
-                  "seed": sp.resolved.get("seed"), "started": now(), "resumed": resume,
-                  "lock": None}
+                  "env": self.env, "seed": sp.resolved.get("seed"), "started": now(),
+                  "resumed": resume, "lock": None, "wrote": writes(sp.kind, sp.name)}
         self.manifest.set_step(sp.name, record)
+        if spec.where == "in_place" and not resume and step_dir.exists():
+            shutil.rmtree(step_dir)  # stale outputs of other params must not be resumed
         ctx = SimpleNamespace(name=sp.name, run_dir=self.run_dir, resume=resume,
                               pipeline=self.pipeline.name)
         fn = adapters.REGISTRY[sp.kind]
@@ -260,9 +394,9 @@ class Session:
         self.hasher.save()
 
     def close(self):
-        lock = getattr(self, "_lock", None)
-        if lock:
-            lock.close()
+        if self._lock:
+            self._lock.close()  # closing releases the flock
+            self._lock = None
 
 
 def _has_checkpoint(step_dir):
@@ -323,10 +457,10 @@ def run_pipeline(path, run_dir=None, overrides=(), force=False, from_step=None, 
                  command=None):
     """Run (or skip) every step in order; returns what happened and the report, if any."""
     s = Session(path, run_dir, overrides, force, from_step, only_step)
-    s.start(command or sys.argv)
     done = []
     n = len(s.pipeline.steps)
     try:
+        s.start(command or sys.argv)
         for i, step in enumerate(s.pipeline.steps.values(), 1):
             sp = s.decide(step)
             done.append(sp)
