@@ -1,7 +1,6 @@
 """Reading, checking, downloading and saving .pdparams weights."""
 
 import hashlib
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,8 @@ def strip_masks(state):
 
 
 def cache_dir():
-    return Path(os.environ.get("PICOSPARSE_CACHE", Path.home() / ".cache" / "picosparse"))
+    from picosparse.cachedir import root  # one cache folder (and env var) for all caches
+    return root()
 
 
 def is_url(text):

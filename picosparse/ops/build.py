@@ -1,10 +1,12 @@
-"""Compile the sparse-op library once per (sources, compiler, OpenVINO) and cache it.
+"""Compile the sparse-op library once per (sources, flags, OpenVINO) and cache it.
 
 Plain g++ against the headers and libopenvino/libtbb shipped inside the `openvino` wheel (no
-cmake, no OpenVINO dev package). Cache: $PICOSPARSE_CACHE_DIR, else $XDG_CACHE_HOME/picosparse,
-else ~/.cache/picosparse; the library lands in `ops-<key>/libpicosparse_ops.so`, where key hashes
-the sources, the compiler's `--version`, the flags, the OpenVINO version and its lib directory.
-A build goes to a temp file and is renamed, so concurrent first uses are safe.
+cmake, no OpenVINO dev package). Cache: picosparse's cache folder ($PICOSPARSE_CACHE, see
+picosparse/cachedir.py); the library lands in `ops-<key>/libpicosparse_ops.so`, where key hashes
+the sources, the flags, the OpenVINO version and its lib directory. The compiler is looked for
+(and run) only when that library is not there yet, so a machine without g++ uses a cached or
+bundled one; the compiler that built it is recorded in `ops-<key>/build.json`. A build goes to
+a temp file and is renamed, so concurrent first uses are safe.
 """
 
 import hashlib
@@ -14,7 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from picosparse.atomic import atomic_path
+from picosparse import cachedir, subproc
+from picosparse.atomic import atomic_path, write_json
 from picosparse.errors import StackError
 
 SRC_DIR = Path(__file__).resolve().parent
@@ -26,14 +29,12 @@ LIB_NAME = "libpicosparse_ops.so"
 # are picked at run time, so the cached library is valid on any x86-64 CPU.
 CXXFLAGS = ("-std=c++17", "-O3", "-fPIC", "-shared", "-fvisibility=hidden",
             "-Wall", "-Wno-maybe-uninitialized", "-Wno-uninitialized")
+VERSION_TIMEOUT = 60  # seconds for `g++ --version`
+BUILD_TIMEOUT = 1800  # the build takes about three minutes on two cores
 
 
 def cache_root():
-    env = os.environ.get("PICOSPARSE_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "picosparse"
+    return cachedir.root()
 
 
 def openvino_dirs():
@@ -57,23 +58,28 @@ def _compiler():
     if not cxx:
         raise StackError("no C++ compiler found (set CXX or install g++) to build the sparse op")
     try:
-        ver = subprocess.run([cxx, "--version"], capture_output=True, text=True,
-                             check=True).stdout.splitlines()[0]
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise StackError(f"C++ compiler {cxx} does not run: {e}") from None
-    return cxx, ver
+        r = subproc.run([cxx, "--version"], timeout=VERSION_TIMEOUT)
+    except OSError as e:
+        raise StackError(f"C++ compiler {cxx} does not run: {e.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise StackError(f"C++ compiler {cxx}: `--version` did not answer within "
+                         f"{VERSION_TIMEOUT} s") from None
+    if r.returncode != 0 or not r.stdout.strip():
+        raise StackError(f"C++ compiler {cxx} does not run: `--version` exited with "
+                         f"{r.returncode}")
+    return cxx, r.stdout.splitlines()[0]
 
 
 def build_key():
-    """(key, compile context) identifying the library for these sources/compiler/OpenVINO."""
+    """(key, context) identifying the library for these sources/flags/OpenVINO; no compiler
+    is needed to compute it."""
     ov_version, inc, libs, libov, libtbb = openvino_dirs()
-    cxx, cxx_ver = _compiler()
     h = hashlib.sha256()
     for name in SOURCES + HEADERS:
         h.update(name.encode() + b"\0" + (SRC_DIR / name).read_bytes() + b"\0")
-    for part in (cxx_ver, " ".join(CXXFLAGS), ov_version, str(libs)):
+    for part in (" ".join(CXXFLAGS), ov_version, str(libs)):
         h.update(part.encode() + b"\0")
-    return h.hexdigest()[:16], dict(cxx=cxx, inc=inc, libs=libs, libov=libov, libtbb=libtbb,
+    return h.hexdigest()[:16], dict(inc=inc, libs=libs, libov=libov, libtbb=libtbb,
                                     ov_version=ov_version)
 
 
@@ -83,16 +89,26 @@ def library_path(verbose=True):
     lib = cache_root() / f"ops-{key}" / LIB_NAME
     if lib.is_file():
         return lib
+    cxx, cxx_version = _compiler()
     if verbose:
         print(f"picosparse: building sparse op for OpenVINO {ctx['ov_version']} (once) -> {lib}",
               file=sys.stderr, flush=True)
     with atomic_path(lib) as tmp:
-        cmd = [ctx["cxx"], *CXXFLAGS, f"-I{ctx['inc']}",
+        cmd = [cxx, *CXXFLAGS, f"-I{ctx['inc']}",
                *[str(SRC_DIR / s) for s in SOURCES], "-o", str(tmp),
                str(ctx["libov"]), str(ctx["libtbb"]), f"-Wl,-rpath,{ctx['libs']}"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            r = subproc.run(cmd, timeout=BUILD_TIMEOUT)
+        except OSError as e:
+            raise StackError(f"C++ compiler {cxx} does not run: {e.strerror}") from None
+        except subprocess.TimeoutExpired:
+            raise StackError(f"building the sparse op with {cxx} did not finish within "
+                             f"{BUILD_TIMEOUT} s and was stopped") from None
         if r.returncode != 0:
             log = lib.parent / "build.log"
             log.write_text(" ".join(cmd) + "\n\n" + r.stdout + r.stderr)
             raise StackError(f"building the sparse op failed (compiler log: {log})")
+    write_json(lib.parent / "build.json", {"compiler": cxx, "compiler_version": cxx_version,
+                                           "flags": list(CXXFLAGS),
+                                           "openvino": ctx["ov_version"]})
     return lib
