@@ -56,6 +56,8 @@ def fetch(url, dest_dir=None, timeout=60):
                 raise DataError(f"{url}: download truncated ({got} of {total} bytes)")
             if md5 and h.hexdigest() != md5:
                 raise DataError(f"{url}: md5 {h.hexdigest()} != expected {md5}")
+    except urllib.error.HTTPError as e:
+        raise DataError(f"{url}: download failed (HTTP {e.code} {e.reason})") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise DataError(f"{url}: download failed ({reason})") from None

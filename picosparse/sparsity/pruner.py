@@ -14,14 +14,25 @@ import math
 
 from picosparse import paddle_env
 from picosparse.weights import strip_masks
+from picosparse.config import DEFAULT_RECIPE
 from picosparse.errors import ConfigError
 from picosparse.sparsity import policy
 from picosparse.sparsity.schedule import GMPSchedule
 
 
 def check_schedule(spec, iters_per_epoch, where="UnstructuredPruner"):
-    """PaddleSlim asserts pruning_iterations / pruning_steps > 10; say what to change instead."""
+    """PaddleSlim asserts pruning_iterations / pruning_steps > 10; say what to change instead.
+
+    The built-in recipe (`--sparsity` alone) has no steps a user chose: it takes as many as
+    fit, and says so.
+    """
     pruning_iters = spec.pruning_epochs * iters_per_epoch
+    fit = max(1, (pruning_iters - 1) // 10)
+    if spec.recipe == DEFAULT_RECIPE and spec.pruning_steps > fit and pruning_iters > 10:
+        from picosparse import progress
+        progress.say(f"pruning_steps {spec.pruning_steps} -> {fit}: {pruning_iters} pruning "
+                     "iterations allow at most that many (PaddleSlim needs > 10 per step)")
+        spec.pruning_steps = fit
     if pruning_iters / spec.pruning_steps <= 10:
         need = spec.pruning_steps * 10 // iters_per_epoch + 1
         raise ConfigError(
