@@ -197,18 +197,27 @@ def _echo_recipe(spec):
                + (", ".join(r.describe() for r in spec.skip) or "nothing skipped"))
 
 
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+    help="Where to run. auto: the config's use_gpu when this Paddle build has CUDA and a GPU "
+         "is visible, else the CPU; the choice and why are printed.")
+
+
 @cli.command()
 @config_option
 @slim_option
 @override_option
 @click.option("--sparsity", type=float, help="Target sparsity of pruned weights (overrides the recipe's ratio); 0 = dense training.")
-@click.option("--pretrained", help="Converged dense weights (.pdparams path or URL).")
+@click.option("--pretrained", help="Converged dense weights (.pdparams path or URL) [the config's pretrain_weights].")
 @click.option("--from-scratch", is_flag=True, help="Train without pretrained weights.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder [output/<config name>].")
-@click.option("--eval", "do_eval", is_flag=True, help="COCO mAP at every snapshot; keep the best model.")
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
-def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, out, do_eval, resume, seed):
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [output/<config name>]; one training at a time (locked).")
+@click.option("--eval", "do_eval", is_flag=True, help="COCO mAP at every snapshot (rank 0); keep the best model.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest readable checkpoint; flags not given are the run's own.")
+@click.option("--seed", type=int, default=None, help="Random seed [0; with --resume, the run's].")
+@device_option
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="Training processes: runs paddle.distributed.launch (one GPU each, or CPU processes over gloo); logs in OUT/log/, only rank 0 writes files and progress.")
+def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, out, do_eval,
+          resume, seed, device, nproc):
     """GMP unstructured-sparse (or dense) training of a PicoDet config.
 
     \b
@@ -218,18 +227,38 @@ def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, ou
         --pretrained https://paddledet.bj.bcebos.com/models/picodet_m_320_coco.pdparams --eval
 
     \b
-    Several GPUs (only rank 0 writes files and progress):
-      python -m paddle.distributed.launch --gpus 0,1,2,3 \\
-        "$(python -c 'import picosparse.cli as c; print(c.__file__)')" train -c ...
+    Four GPUs, one process each (each trains on its shard; iterations per epoch and the GMP
+    schedule follow the per-process count):
+      picosparse train -c configs/picodet/picodet_m_320_coco.yml --sparsity 0.75 \\
+        --pretrained https://paddledet.bj.bcebos.com/models/picodet_m_320_coco.pdparams \\
+        --device gpu --nproc 4 --out runs/sparse75
+      picosparse train -c configs/picodet/picodet_m_320_coco.yml --sparsity 0.75 \\
+        --device gpu --nproc 4 --out runs/sparse75 --resume
     """
     from pathlib import Path
-    from picosparse.steps.train import train as run_train
     cfg = _load_cfg(config, slim_config, overrides, sparsity)
     out = Path(out) if out else Path("output") / Path(config).stem
+    if nproc > 1:
+        from picosparse import launch
+        ctx = click.get_current_context()
+        argv = (["--debug"] if ctx.meta.get("picosparse.debug") else []) \
+            + (["-q"] if progress.quiet() else []) + ["train", "-c", config] \
+            + (["--slim-config", slim_config] if slim_config else []) \
+            + [x for o in overrides for x in ("-o", o)] \
+            + (["--sparsity", repr(sparsity)] if sparsity is not None else []) \
+            + (["--pretrained", pretrained] if pretrained else []) \
+            + (["--from-scratch"] if from_scratch else []) + ["--out", str(out)] \
+            + (["--eval"] if do_eval else []) + (["--resume"] if resume else []) \
+            + (["--seed", str(seed)] if seed is not None else [])
+        launch.train(cfg, out, nproc, argv, device=device, pretrained=pretrained,
+                     from_scratch=from_scratch, resume=resume)
+        return
+    from picosparse.steps.train import train as run_train
     res = run_train(cfg, out, pretrained=pretrained, from_scratch=from_scratch, resume=resume,
-                    do_eval=do_eval, seed=seed)
-    from picosparse.render import train_summary
-    train_summary(res)
+                    do_eval=do_eval, seed=seed, device=device)
+    if res["rank"] == 0:
+        from picosparse.render import train_summary
+        train_summary(res)
 
 
 @cli.command()
@@ -239,7 +268,8 @@ def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, ou
 @click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Dense weights (.pdparams).")
 @click.option("--sparsity", type=float, help="Target sparsity (overrides the recipe's ratio).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .pdparams.")
-def prune(config, slim_config, overrides, weights, sparsity, out):
+@device_option
+def prune(config, slim_config, overrides, weights, sparsity, out, device):
     """One-shot magnitude pruning with the same policy as train, no training.
 
     \b
@@ -248,8 +278,11 @@ def prune(config, slim_config, overrides, weights, sparsity, out):
         --slim-config configs/prune/picodet_m_unstructured_prune_75.yml \\
         --weights dense.pdparams --sparsity 0.75 --out sparse75.pdparams
     """
+    from picosparse.device import select
     from picosparse.steps.prune import oneshot
-    res = oneshot(_load_cfg(config, slim_config, overrides, sparsity), weights, out)
+    cfg = _load_cfg(config, slim_config, overrides, sparsity)
+    progress.say(select(device, cfg).line())
+    res = oneshot(cfg, weights, out)
     click.echo(f"wrote {res['weights']}: {res['sparsity']:.2%} zeros in "
                f"{len(res['layers'])} pruned parameters")
 
@@ -260,15 +293,19 @@ def prune(config, slim_config, overrides, weights, sparsity, out):
 @override_option
 @click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Weights (.pdparams).")
 @click.option("--json", "json_out", metavar="FILE", help="Write metrics as JSON ('-' for stdout).")
-def eval_(config, slim_config, overrides, weights, json_out):
+@device_option
+def eval_(config, slim_config, overrides, weights, json_out, device):
     """COCO mAP and per-layer sparsity of a model.
 
     \b
     Example:
       picosparse eval -c configs/demo/picodet_demo.yml --weights runs/x/model_final.pdparams --json -
     """
+    from picosparse.device import select
     from picosparse.steps.evaluate import evaluate
-    res = evaluate(_load_cfg(config, slim_config, overrides), weights)
+    cfg = _load_cfg(config, slim_config, overrides)
+    progress.say(select(device, cfg).line())
+    res = evaluate(cfg, weights)
     if json_out:
         _emit_json(res, json_out)
     if json_out != "-":

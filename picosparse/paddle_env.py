@@ -86,7 +86,8 @@ def stack():
         raise StackError(f"the Paddle stack is not importable ({e}); run `make install`") from None
     for name in ("ppdet", "paddle", "paddleslim", "PaddleSlim"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    paddle.set_device("cpu")
+    from picosparse import device  # CPU unless a command chose a device (--device)
+    paddle.set_device(device.current_place())
     # registered modules are dicts holding their schema; remember their own items only
     _PRISTINE = {k: (v, copy.deepcopy(dict(v))) for k, v in workspace.global_config.items()}
     _snapshot_defaults(workspace.global_config)

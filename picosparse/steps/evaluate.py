@@ -7,21 +7,9 @@ import time
 
 from picosparse import paddle_env, progress, weights as W
 from picosparse.sparsity import policy, report
-from picosparse.steps.data_paths import check_dataset
+from picosparse.steps.loaders import eval_loader  # noqa: F401  (re-exported)
 
 METRIC_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
-
-
-def eval_loader(cfg):
-    """(loader, dataset) for cfg's EvalDataset; the config must be active (paddle_env.activate)."""
-    check_dataset(cfg, "EvalDataset")
-    s = paddle_env.stack()
-    with contextlib.redirect_stdout(io.StringIO()):
-        dataset = paddle_env.create("EvalDataset")()
-        sampler = s.paddle.io.BatchSampler(dataset, batch_size=cfg.get("EvalReader")["batch_size"])
-        loader = paddle_env.create("EvalReader")(dataset, cfg.get("worker_num", 0),
-                                                 batch_sampler=sampler)
-    return loader, dataset
 
 
 def coco_map(model, loader, dataset):
@@ -35,7 +23,7 @@ def coco_map(model, loader, dataset):
                             save_prediction_only=False)
         model.eval()
         with paddle.no_grad(), progress.Progress(len(loader), "eval") as bar:
-            for data in loader.dataloader:  # not ppdet's wrapper: it would prefetch again
+            for data in getattr(loader, "dataloader", loader):  # a DataLoader, or ppdet's
                 metric.update(data, model(data))
                 bar.update(1)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its summary
