@@ -150,13 +150,14 @@ def test_preprocess_matches_ppdet_transforms():
     from ppdet.data.transform import operators as T
     rgb = infer_cfg.random_image(120, seed=7)[:, :100]  # not square, not the model size
     ours = infer_cfg.preprocess(rgb, h.PREPROCESS, 160)
-    sample = {"image": rgb.astype("float32"), "im_shape": np.array([120, 100], "float32"),
+    # uint8, as ppdet's Decode gives it: Resize runs on the uint8 image (cubic saturates)
+    sample = {"image": rgb, "im_shape": np.array([120, 100], "float32"),
               "scale_factor": np.array([1.0, 1.0], "float32")}
     for op in (T.Resize(target_size=[160, 160], keep_ratio=False, interp=2),
                T.NormalizeImage(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
                                 is_scale=True), T.Permute()):
         sample = op(sample)
-    np.testing.assert_allclose(ours["image"][0], sample["image"], atol=1e-4)
+    np.testing.assert_allclose(ours["image"][0], sample["image"], atol=1e-6)
     np.testing.assert_allclose(ours["scale_factor"][0], sample["scale_factor"], rtol=1e-6)
 
 
@@ -249,3 +250,95 @@ def test_adb_flow_with_a_fake_adb(tmp_path, monkeypatch):
     with pytest.raises(PicosparseError, match="built for x86, not arm"):
         bench([h.nb("dense", False, "x86")["nb"]], adb="SER123", benchmark_bin=bb,
               input_size=160, **FAST)
+
+
+def _gone(pid):
+    import time
+    for _ in range(50):
+        stat = Path(f"/proc/{pid}/stat")
+        if not stat.exists() or stat.read_text().split(")")[-1].split()[0] == "Z":
+            return True
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    return False
+
+
+def test_timing_child_that_hangs_is_stopped(tmp_path, monkeypatch):
+    import time
+    from picosparse.steps import bench as bench_mod
+    pidfile = tmp_path / "grandchild.pid"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pidfile}\nwait\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr("sys.executable", str(fake))
+    monkeypatch.setattr(bench_mod, "WORKER_SETUP_S", 1, raising=False)
+    monkeypatch.setattr(bench_mod, "WORKER_PER_RUN_S", 0, raising=False)
+    d = h.exported("dense")
+    t0 = time.monotonic()
+    r = run("bench", "--model", str(d), "--threads", "1", "--repeats", "3", "--warmup", "1")
+    assert time.monotonic() - t0 < 30
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.strip() == (f"Error: --runtime paddle: timing {d} did not finish within 1 s "
+                                "(4 runs) and was stopped")
+    assert _gone(int(pidfile.read_text()))
+
+
+def _fake_adb(tmp_path, monkeypatch, script):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    adb = bindir / "adb"
+    adb.write_text(script)
+    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    bb = tmp_path / "benchmark_bin"
+    bb.write_bytes(b"\x7fELF fake")
+    return bb
+
+
+def test_adb_removes_what_it_pushed(tmp_path, monkeypatch):
+    log = tmp_path / "adb.log"
+    bb = _fake_adb(tmp_path, monkeypatch, FAKE_ADB.format(log=log, data=DATA))
+    dense, sparse = h.nb("dense", False)["nb"], h.nb("sparse", True)["nb"]
+    bench([dense, sparse], adb="SER123", benchmark_bin=bb, input_size=160, **FAST)
+    calls = log.read_text().splitlines()
+    pushed = [c.split()[-1] for c in calls if c.startswith("-s SER123 push ")]
+    assert len(pushed) == 3
+    assert calls[-2:] == ["-s SER123 shell rm -f " + " ".join(pushed),
+                          "-s SER123 shell rmdir /data/local/tmp/picosparse 2>/dev/null || true"]
+    # also when benchmark_bin fails on the board
+    log.unlink()
+    broken = FAKE_ADB.replace('cat "{data}/benchmark_bin_dense.txt"', 'echo "Segmentation fault"')
+    (tmp_path / "bin" / "adb").write_text(broken.format(log=log, data=DATA))
+    with pytest.raises(DataError, match="no timing .*Segmentation fault"):
+        bench([dense], adb="SER123", benchmark_bin=bb, input_size=160, **FAST)
+    assert log.read_text().splitlines()[-2].startswith("-s SER123 shell rm -f ")
+
+
+HANGING_ADB = """#!/bin/sh
+# fake adb: benchmark_bin prints the pid the shell announced, then hangs
+echo "$@" >> "{log}"
+case "$*" in
+  *benchmark_bin\\ --optimized_model_file=*) echo "PICOSPARSE_PID=4242"; sleep 60 ;;
+esac
+"""
+
+
+def test_adb_benchmark_that_hangs_is_killed_on_the_device(tmp_path, monkeypatch):
+    import time
+    from picosparse.deploy import adb as adb_mod
+    log = tmp_path / "adb.log"
+    bb = _fake_adb(tmp_path, monkeypatch, HANGING_ADB.format(log=log))
+    monkeypatch.setattr(adb_mod, "TIMEOUT", 1, raising=False)
+    dense = h.nb("dense", False)["nb"]
+    t0 = time.monotonic()
+    r = run("bench", "--model", str(dense), "--adb", "SER123", "--benchmark-bin", str(bb),
+            "--input-size", "160", "--threads", "1", "--repeats", "3", "--warmup", "1")
+    assert time.monotonic() - t0 < 30
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.strip() == (f"Error: --adb SER123: benchmark_bin on {dense.stem} (1 thread) did not "
+                                "finish within 1 s and was killed on the device")
+    calls = log.read_text().splitlines()
+    run_at = next(i for i, c in enumerate(calls) if "--optimized_model_file" in c)
+    assert "echo PICOSPARSE_PID=$$ && exec ./benchmark_bin" in calls[run_at]
+    assert calls[run_at + 1] == "-s SER123 shell kill -9 4242"
+    assert calls[run_at + 2].startswith("-s SER123 shell rm -f /data/local/tmp/picosparse/")

@@ -134,3 +134,32 @@ def test_cli_opt(tmp_path):
     r = run("opt", "--model-dir", str(h.exported("dense")), "--out", str(tmp_path / "e.nb"))
     assert r.exit_code == 2 and "no sparse_conv2d op" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.nb", "s.nb"]
+
+
+def test_opt_that_hangs_is_stopped_with_one_line(tmp_path, monkeypatch):
+    import time
+    from picosparse import paddle_env
+    from picosparse.steps import lite
+    pidfile = tmp_path / "child.pid"
+    opt = tmp_path / "paddle_lite_opt"
+    opt.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pidfile}\nwait\n")
+    opt.chmod(0o755)
+    monkeypatch.setattr(paddle_env, "find_opt", lambda: str(opt))
+    monkeypatch.setattr(lite, "OPT_TIMEOUT", 1, raising=False)
+    out = tmp_path / "out"
+    d = h.exported("sparse")
+    t0 = time.monotonic()
+    r = run("opt", "--model-dir", str(d), "--out", str(out / "s.nb"))
+    assert time.monotonic() - t0 < 30
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.strip() == (f"Error: paddle_lite_opt did not finish converting {d} within "
+                                "1 s and was stopped")
+    assert list(out.iterdir()) == []  # no .nb, no temp folder
+    pid = int(pidfile.read_text())
+    for _ in range(50):  # opt's own child went with it
+        stat = Path(f"/proc/{pid}/stat")
+        if not stat.exists() or stat.read_text().split(")")[-1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"paddle_lite_opt's child {pid} still runs")

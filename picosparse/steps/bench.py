@@ -1,9 +1,9 @@
-"""Latency of several models side by side, first one the baseline (issue 4).
+"""Latency of several models side by side, first one the baseline.
 
 On this machine (x86) with Paddle Inference, Paddle-Lite's Python API or OpenVINO; or on an ARM
 board over adb with Paddle-Lite's benchmark_bin (deploy/adb.py), where sparse_conv2d kernels
 exist. With --runtime openvino a model may also be an x86-sparse export (`picosparse export
---x86-sparse`, issue 6): it runs picosparse's sparse 1x1 op, the others OpenVINO's dense ops,
+--x86-sparse`): it runs picosparse's sparse 1x1 op, the others OpenVINO's dense ops,
 in the same child process, same threads. Models are timed round-robin (one run of each in
 turn) so drift in machine load hits all of them alike.
 """
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from picosparse import paddle_env, progress
+from picosparse import paddle_env, progress, subproc
 from picosparse.deploy import infer_cfg, nbfile, program
 from picosparse.errors import ConfigError, DataError, PicosparseError
 
@@ -29,6 +29,10 @@ LABEL = {"paddle": "Paddle Inference (CPU, oneDNN)", "lite": "Paddle-Lite x86 (P
 
 
 X86_META = "x86_sparse.json"
+# The timing child's bound: time to load/compile the models, plus per timed run a generous
+# multiple of what a detector takes on a CPU; a hung runtime ends as one error, not forever.
+WORKER_SETUP_S = 600
+WORKER_PER_RUN_S = 10
 
 
 def is_x86_sparse(path):
@@ -317,8 +321,15 @@ def _worker(tmp, runtime, paths, names, threads, precision, warmup, repeats, kin
     result = tmp / "result.json"
     if result.exists():
         result.unlink()
-    r = subprocess.run([sys.executable, "-m", "picosparse.deploy.worker", str(tmp / "spec.json")],
-                       capture_output=True, text=True)
+    runs = (warmup + repeats) * len(paths) * (2 if per_layer else 1)
+    timeout = WORKER_SETUP_S + WORKER_PER_RUN_S * runs
+    try:
+        r = subproc.run([sys.executable, "-m", "picosparse.deploy.worker",
+                         str(tmp / "spec.json")], timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PicosparseError(f"--runtime {runtime}: timing {', '.join(map(str, names))} did "
+                              f"not finish within {timeout} s ({runs} runs) and was "
+                              "stopped") from None
     if r.returncode != 0 or not result.is_file():
         why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit code {r.returncode}"
         lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]

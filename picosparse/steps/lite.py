@@ -1,4 +1,4 @@
-"""paddle_lite_opt conversion with a verified sparse pass (issue 4).
+"""paddle_lite_opt conversion with a verified sparse pass.
 
 Traps handled here (STACK.md, seed section 7):
 - only the exact string `--sparse_model=true` enables the pass; the seed's `True` silently
@@ -15,11 +15,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from picosparse import paddle_env
+from picosparse import paddle_env, subproc
 from picosparse.deploy import nbfile, program
 from picosparse.errors import ConfigError, DataError, PicosparseError, StackError
 
 TARGETS = ("arm", "x86", "opencl")
+OPT_TIMEOUT = 1800  # seconds; a COCO PicoDet converts in well under a minute
 
 
 def _targets(valid_targets):
@@ -75,9 +76,12 @@ def optimize(model_dir, out, sparse=True, sparse_threshold=0.6, valid_targets="a
                f"--sparse_threshold={float(sparse_threshold)}",
                f"--enable_fp16={'true' if fp16 else 'false'}"]
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            r = subproc.run(cmd, timeout=OPT_TIMEOUT)
         except OSError as e:
             raise StackError(f"paddle_lite_opt ({opt}) could not run: {e.strerror}") from None
+        except subprocess.TimeoutExpired:
+            raise StackError(f"paddle_lite_opt did not finish converting {model_dir} within "
+                             f"{OPT_TIMEOUT} s and was stopped") from None
         produced = tmpdir / "model.nb"
         if r.returncode != 0 or not produced.is_file():
             lines = [ln for ln in (r.stderr + r.stdout).strip().splitlines() if ln.strip()]
