@@ -59,14 +59,19 @@ def build(cfg_data, input_size, input_shapes, postprocess, labels, extra=None):
            "min_subgraph_size": MIN_SUBGRAPH.get(arch, 3), "Preprocess": pre,
            "label_list": labels}
     head = (cfg_data.get(arch) or {}).get("head")
+    decode = {}
     if isinstance(head, str) and isinstance(cfg_data.get(head), dict):
         h = cfg_data[head]
         if "nms" in h:
             out["NMS"] = dict(h["nms"])
         if "fpn_stride" in h:
             out["fpn_stride"] = list(h["fpn_stride"])
+        # what decoding raw head outputs needs (Detector, for --no-postprocess exports);
+        # unset keys take the head class's defaults (PicoHead and PicoHeadV2 share them)
+        decode = {"head": head, "reg_max": int(h.get("reg_max", 16)),
+                  "cell_offset": float(h.get("cell_offset", 0))}
     out["picosparse"] = {"input_size": input_size, "input_shapes": input_shapes,
-                         "postprocess": bool(postprocess), **(extra or {})}
+                         "postprocess": bool(postprocess), **decode, **(extra or {})}
     return out
 
 
@@ -109,49 +114,65 @@ def input_shapes(data, size):
     return {"image": [1, 3, size, size], "scale_factor": [1, 2]}
 
 
-def read_image(path):
-    """An RGB uint8 HxWx3 array, or a one-line DataError."""
-    from picosparse import paddle_env
-    cv2 = paddle_env.stack().cv2
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR) if Path(path).is_file() else None
+def read_image(path, flag="--image"):
+    """An RGB uint8 HxWx3 array decoded as PaddleDetection's Decode does, or a DataError."""
+    import cv2
+    import numpy as np
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{flag} {p}: not a readable image file (no such file)")
+    try:
+        data = np.frombuffer(p.read_bytes(), dtype="uint8")
+    except OSError as e:
+        raise DataError(f"{flag} {p}: not a readable image file "
+                        f"({e.strerror or type(e).__name__})") from None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
-        raise DataError(f"--image {path}: not a readable image file")
+        raise DataError(f"{flag} {p}: not a readable image file")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def random_image(size, seed=0):
-    from picosparse import paddle_env
-    np = paddle_env.stack().np
+    import numpy as np
     return np.random.RandomState(seed).randint(0, 256, (size, size, 3)).astype("uint8")
 
 
 def preprocess(rgb, preprocess_list, size):
-    """Feed dict (image, im_shape, scale_factor) for one RGB image, as PaddleDetection's
-    deploy code prepares it."""
-    from picosparse import paddle_env
-    s = paddle_env.stack()
-    np, cv2 = s.np, s.cv2
+    """Feed dict (image, im_shape, scale_factor) for one RGB uint8 image, with the same
+    operations as PaddleDetection's reader (Resize on the uint8 image through fx/fy, then
+    NormalizeImage in place), so a deployed model sees what `eval --weights` feeds."""
+    import cv2
+    import numpy as np
     h0, w0 = rgb.shape[:2]
-    im = rgb.astype("float32")
+    im = rgb
     scale = [1.0, 1.0]
     for p in preprocess_list:
         kind = p.get("type")
         if kind == "Resize":
+            if p.get("keep_ratio"):
+                raise DataError(f"{FILE}: Resize with keep_ratio: true is not supported "
+                                "(picosparse exports a fixed square input)")
             th, tw = p.get("target_size", [size, size])
-            im = cv2.resize(im, (int(tw), int(th)), interpolation=int(p.get("interp", 1)))
-            scale = [th / h0, tw / w0]
+            sy, sx = th / h0, tw / w0
+            interp = int(p.get("interp", 1))
+            out = cv2.resize(im, None, None, fx=sx, fy=sy, interpolation=interp)
+            if out.shape[:2] != (int(th), int(tw)):  # fx * w rounded off the fixed size
+                out = cv2.resize(im, (int(tw), int(th)), interpolation=interp)
+            im = out.astype("float32")
+            scale = [sy, sx]
         elif kind == "NormalizeImage":
+            im = im.astype("float32", copy=True)
             if p.get("is_scale", True):
-                im = im / 255.0
+                im *= 1.0 / 255.0
             if p.get("norm_type", "mean_std") == "mean_std":
-                im = (im - np.array(p.get("mean", [0, 0, 0]), "float32")) / \
-                    np.array(p.get("std", [1, 1, 1]), "float32")
+                im -= np.array(p.get("mean", [0, 0, 0]))[None, None, :]
+                im /= np.array(p.get("std", [1, 1, 1]))[None, None, :]
         elif kind == "Permute":
             im = im.transpose(2, 0, 1)
         elif kind == "PadStride":
             pass  # fixed S x S with S a multiple of 32: nothing to pad
         else:
-            raise DataError(f"{FILE}: preprocess step {kind!r} is not supported by bench")
+            raise DataError(f"{FILE}: preprocess step {kind!r} is not supported")
     if im.ndim == 3 and im.shape[-1] == 3:
         im = im.transpose(2, 0, 1)
     image = np.ascontiguousarray(im[None].astype("float32"))

@@ -10,6 +10,8 @@ PicoDet exported with NMS, on some inputs only (the same model without NMS never
 x86-sparse export crashed there too), and Paddle-Lite aborts on an ARM .nb.
 """
 
+from pathlib import Path
+
 from picosparse.errors import DataError, PicosparseError, StackError
 
 # bench --precision -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -131,6 +133,33 @@ class X86SparseRunner(OpenVINORunner):
             raise PicosparseError(f"--model {model_dir}: OpenVINO cannot compile this "
                                   f"x86-sparse model ({first[:200]})") from None
         self.compiled, self.request = net.compiled, net.request
+        self.precision = _ov_precision(self.compiled)
+        self._inputs = None
+
+
+class OpenVINOIRRunner(OpenVINORunner):
+    """An OpenVINO IR folder (model.xml + model.bin, e.g. an NNCF INT8 model): FP32 hint,
+    `threads` threads."""
+
+    name = "openvino"
+    sets_threads = True
+
+    def __init__(self, model_dir, threads, precision="f32"):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise StackError(f"openvino is not importable ({e}); `make install`") from None
+        from picosparse.ops.runtime import compile_config
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(
+                core.read_model(str(Path(model_dir) / "model.xml")), "CPU",
+                compile_config(threads, False, OV_PRECISION[precision]))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PicosparseError(f"--model {model_dir}: OpenVINO cannot compile it "
+                                  f"({first[:200]})") from None
+        self.request = self.compiled.create_infer_request()
         self.precision = _ov_precision(self.compiled)
         self._inputs = None
 
