@@ -74,6 +74,18 @@ def test_non_empty_folder_without_a_manifest_is_refused(fakes, tmp_path):
     assert not fakes.calls
 
 
+def test_foreign_manifest_is_not_a_run_folder(fakes, tmp_path):
+    proj = tmp_path / "webapp"
+    (proj / "data").mkdir(parents=True)
+    (proj / "manifest.json").write_text('{"name": "my web app", "icons": []}')
+    r = invoke("run", MINI, "--out", proj)
+    assert r.exit_code == 2
+    assert error_line(r) == (f"Error: --out {proj}: its manifest.json is not a picosparse run "
+                             "manifest; pick a new or empty folder")
+    assert sorted(p.name for p in proj.iterdir()) == ["data", "manifest.json"]
+    assert json.loads((proj / "manifest.json").read_text())["name"] == "my web app"
+
+
 def test_empty_folder_is_fine(fakes, tmp_path):
     run = tmp_path / "empty"
     run.mkdir()

@@ -13,6 +13,7 @@ stops at once with a one-line error.
 """
 
 import fcntl
+import json
 import os
 import platform
 import shutil
@@ -113,6 +114,13 @@ def _check_out_folder(run_dir):
     if not run_dir.is_dir():
         raise DataError(f"--out {run_dir}: exists and is not a folder")
     if (run_dir / MANIFEST).is_file():
+        try:
+            doc = json.loads((run_dir / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return  # unreadable: Manifest says so, under the lock
+        if not (isinstance(doc, dict) and "format" in doc and "steps" in doc):
+            raise DataError(f"--out {run_dir}: its {MANIFEST} is not a picosparse run "
+                            "manifest; pick a new or empty folder")
         return
     others = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK, MEMO))
     if others:
@@ -483,7 +491,6 @@ def run_pipeline(path, run_dir=None, overrides=(), force=False, from_step=None, 
 
 
 def _load_report(s):
-    import json
     for step in s.pipeline.steps.values():
         if step.kind == "report" and step.name in s.outputs:
             p = Path(s.outputs[step.name]["report_json"])
