@@ -291,21 +291,31 @@ def prune(config, slim_config, overrides, weights, sparsity, out, device):
 @config_option
 @slim_option
 @override_option
-@click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Weights (.pdparams).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights (.pdparams).")
+@click.option("--model", "model_dir", type=click.Path(), help="Instead of --weights: an exported model folder (`export` output or its x86_sparse folder), run by the Detector: the deployed files' mAP.")
 @click.option("--json", "json_out", metavar="FILE", help="Write metrics as JSON ('-' for stdout).")
 @device_option
-def eval_(config, slim_config, overrides, weights, json_out, device):
-    """COCO mAP and per-layer sparsity of a model.
+def eval_(config, slim_config, overrides, weights, model_dir, json_out, device):
+    """COCO mAP and per-layer sparsity of weights, or of an exported model.
+
+    --model DIR scores the deployed files instead (a Paddle inference folder, an x86_sparse
+    folder, an OpenVINO IR folder) through picosparse.deploy.Detector, at the model's own
+    input size, on the config's EvalDataset; sparsity is then that of its 1x1 convs.
 
     \b
     Example:
       picosparse eval -c configs/demo/picodet_demo.yml --weights runs/x/model_final.pdparams --json -
+      picosparse eval -c configs/demo/picodet_demo.yml --model runs/x/inference/x86_sparse
     """
+    if (weights is None) == (model_dir is None):
+        from picosparse.errors import ConfigError
+        raise ConfigError("eval: give --weights FILE (.pdparams) or --model DIR (an exported "
+                          "model), one of the two")
     from picosparse.device import select
-    from picosparse.steps.evaluate import evaluate
+    from picosparse.steps.evaluate import evaluate, evaluate_model
     cfg = _load_cfg(config, slim_config, overrides)
     progress.say(select(device, cfg).line())
-    res = evaluate(cfg, weights)
+    res = evaluate_model(cfg, model_dir) if model_dir else evaluate(cfg, weights)
     if json_out:
         _emit_json(res, json_out)
     if json_out != "-":
@@ -486,6 +496,37 @@ def bench(models, threads, repeats, warmup, runtime, precision, image, input_siz
         if per_layer:
             from picosparse.render import per_layer_tables
             per_layer_tables(res)
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder: `export` output (with or without NMS), its x86_sparse folder, or an OpenVINO IR folder.")
+@click.option("--image", required=True, type=click.Path(), help="An image, or a folder of images.")
+@click.option("--out", type=click.Path(), help="Write a copy of each image with the boxes drawn here (same file name).")
+@click.option("--json", "json_out", metavar="FILE", help="Write the detections as JSON ('-' for stdout).")
+@click.option("--threshold", type=float, help="Minimum score shown and drawn [the model's draw_threshold, 0.5].")
+@click.option("--runtime", default="auto", show_default=True, type=click.Choice(["auto", "paddle", "openvino"]), help="auto: OpenVINO for x86-sparse/IR folders and exports without NMS, Paddle Inference for exports with NMS.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Inference threads.")
+def infer(model_dir, image, out, json_out, threshold, runtime, threads):
+    """Detect objects in images with an exported model; draw the boxes.
+
+    Preprocessing, labels and NMS settings come from the model's infer_cfg.yml. Exports
+    without NMS (`export --no-postprocess`, the way to export for OpenVINO and x86-sparse)
+    are decoded by picosparse (PicoDet's DFL boxes, class-aware NMS, as PaddleDetection
+    does), so every artifact gives the same boxes, in the original image's pixels.
+
+    \b
+    Example:
+      picosparse infer --model runs/x/inference/x86_sparse --image bus.jpg --out shown/
+      picosparse infer --model runs/x/inference --image photos/ --json - --threshold 0.3
+    """
+    from picosparse.steps.infer import infer as run_infer
+    res = run_infer(model_dir, image, out=out, threshold=threshold, runtime=runtime,
+                    threads=threads)
+    if json_out:
+        _emit_json(res, json_out)
+    if json_out != "-":
+        from picosparse.render import infer_table
+        infer_table(res)
 
 
 @cli.command()

@@ -243,3 +243,30 @@ def per_layer_tables(res):
                 f"{x(s['bound_speedup'])} bound", highlight=False)
         out.print("ideal x = 1 / (1 - zeros): the speed-up if time fell with the nonzeros; the "
                   "bound = the model's speed-up if every sparse 1x1 reached it", highlight=False)
+
+
+def infer_table(res):
+    """`picosparse infer`: one row per detection (an image without any gets one dash row)."""
+    from pathlib import Path
+    out = _out()
+    out.print(f"infer: {res['model']} ({res['kind']} model, {res['runtime']} runtime, "
+              f"{res['input_size']}x{res['input_size']}), score >= {res['threshold']:g}",
+              highlight=False)
+    t = Table()
+    for col, just in (("image", "left"), ("label", "left"), ("score", "right"),
+                      ("box x1, y1, x2, y2", "right"), ("ms", "right")):
+        t.add_column(col, justify=just)
+    for im in res["images"]:
+        name = Path(im["image"]).name
+        dets = im["detections"] or [None]
+        for i, d in enumerate(dets):
+            first = i == 0
+            t.add_row(name if first else "", d["label"] if d else "-",
+                      f"{d['score']:.3f}" if d else "-",
+                      ", ".join(f"{v:.1f}" for v in d["box"]) if d else "-",
+                      f"{im['ms']:.1f}" if first else "")
+    out.print(t)
+    n = sum(len(im["detections"]) for im in res["images"])
+    written = [im["output"] for im in res["images"] if im.get("output")]
+    out.print(f"{n} detection(s) in {len(res['images'])} image(s)"
+              + (f"; drawn copies in {res['out']}" if written else ""), highlight=False)

@@ -2,6 +2,7 @@
 x86-sparse export) at a given input size, made once per session, and detection matching."""
 
 import functools
+from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +18,7 @@ def exports(size=160, kind="sparse"):
     export(h.load_cfg(), h.weights(kind), out["nms"], input_size=size, postprocess=True)
     export(h.load_cfg(), h.weights(kind), out["raw"], input_size=size, postprocess=False)
     # threshold 0: every 1x1 conv becomes the sparse op, whatever the weights' zeros
-    out["x86"] = export_x86_sparse(out["raw"], sparse_threshold=0.0)["out_dir"]
+    out["x86"] = Path(export_x86_sparse(out["raw"], sparse_threshold=0.0)["out_dir"])
     return out
 
 

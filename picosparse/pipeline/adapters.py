@@ -58,8 +58,12 @@ def run_prune(p, out, ctx):
 
 
 def run_eval(p, out, ctx):
-    evaluate = _step_fn("picosparse.steps.evaluate", "evaluate", 4)
-    res = dict(evaluate(_detector(p), _weights(p)))
+    if p.get("model") is not None:
+        from picosparse.steps.evaluate import evaluate_model
+        res = dict(evaluate_model(_detector(p), p["model"]))
+    else:
+        evaluate = _step_fn("picosparse.steps.evaluate", "evaluate", 4)
+        res = dict(evaluate(_detector(p), _weights(p)))
     res["metrics"] = Path(out) / "metrics.json"
     write_json(res["metrics"], {k: v for k, v in res.items() if k != "metrics"})
     return res

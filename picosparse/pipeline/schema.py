@@ -47,6 +47,14 @@ class P:
     choices: tuple = None
 
 
+class Params(dict):
+    """A kind's parameters, with groups of which exactly one must be given (not null)."""
+
+    def __init__(self, params, one_of=()):
+        super().__init__(params)
+        self.one_of = tuple(one_of)
+
+
 @dataclass(frozen=True)
 class Kind:
     params: dict
@@ -83,11 +91,13 @@ KINDS = {
         {"weights": "path", "config": "path", "sparsity": "number", "layers": "any"},
         help="one-shot magnitude pruning (picosparse prune)"),
     "eval": Kind(
-        {**_DETECTOR, "weights": P("source")},
+        # `model`: an exported folder (the deployed files' mAP, through the Detector)
+        Params({**_DETECTOR, "weights": P("source?", None), "model": P("path?", None)},
+               one_of=(("weights", "model"),)),
         {"metrics": "path", "mAP": "number", "mAP50": "number", "mAP75": "number",
          "mAP_small": "number", "mAP_medium": "number", "mAP_large": "number",
          "sparsity": "any", "images": "int", "seconds": "number"},
-        help="COCO mAP + per-layer sparsity (picosparse eval)"),
+        help="COCO mAP + sparsity of weights or of an exported model (picosparse eval)"),
     "export": Kind(
         {**_DETECTOR, "weights": P("source"), "input_size": P("int?", None),
          "postprocess": P("bool", True)},
@@ -333,6 +343,11 @@ class _Checker:
                 continue
             self.value(f"{key}.{k}", given[k], spec.type, spec.choices)
             out[k] = given[k]
+        for group in getattr(schema, "one_of", ()):
+            set_ = [k for k in group if out.get(k) is not None]
+            if len(set_) != 1:
+                self.err(key, f"give exactly one of {' or '.join(group)}"
+                              + (f" (got {' and '.join(set_)})" if set_ else ""))
         return out
 
 

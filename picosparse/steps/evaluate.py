@@ -52,3 +52,78 @@ def evaluate(cfg, weights):
 def _conv1x1_spec():
     from picosparse.config import PruneSpec
     return PruneSpec(ratio=0.0, pruning_epochs=0, pruning_steps=1)
+
+
+def evaluate_model(cfg, model_dir, runtime="auto", threads=1):
+    """COCO bbox metrics of an exported model (Paddle inference folder, x86-sparse export,
+    OpenVINO IR) on cfg's EvalDataset, run by picosparse.deploy.Detector on each image file
+    and scored by the same COCOMetric as `evaluate`: the mAP of the files that are deployed.
+
+    The model's own input size and preprocessing (its infer_cfg.yml) apply, not EvalReader's.
+    "sparsity" is the zero fraction of the model's 1x1 conv weights (all of them, as read
+    from the exported files).
+    """
+    from picosparse.deploy import infer_cfg
+    from picosparse.deploy.detector import Detector
+    from picosparse.errors import DataError
+    from picosparse.steps.data_paths import check_dataset
+    t0 = time.monotonic()
+    check_dataset(cfg, "EvalDataset")
+    np = paddle_env.stack().np
+    from ppdet.metrics import COCOMetric  # after stack(): it imports ppdet in the right order
+    det = Detector(model_dir, runtime=runtime, threads=threads)
+    paddle_env.activate(cfg.data)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dataset = paddle_env.create("EvalDataset")()
+        dataset.parse_dataset()
+    clsid2catid = {v: k for k, v in dataset.catid2clsid.items()}
+    if det.num_classes and det.num_classes != len(clsid2catid):
+        raise DataError(f"--model {model_dir}: {det.num_classes} classes, but EvalDataset "
+                        f"{dataset.get_anno()} has {len(clsid2catid)} categories")
+    _note_input_size(cfg, det)
+    with tempfile.TemporaryDirectory() as tmp:
+        metric = COCOMetric(anno_file=dataset.get_anno(), clsid2catid=clsid2catid,
+                            output_eval=tmp, classwise=False, bias=0, IouType="bbox",
+                            save_prediction_only=False)
+        with progress.Progress(len(dataset.roidbs), "eval") as bar:
+            for rec in dataset.roidbs:
+                found = det.predict(infer_cfg.read_image(rec["im_file"], "EvalDataset image"))
+                rows = np.concatenate([found.class_ids[:, None].astype("float32"),
+                                       found.scores[:, None], found.boxes], axis=1)
+                metric.update({"im_id": np.array([[rec["im_id"]]])},
+                              {"bbox": rows, "bbox_num": np.array([len(rows)])})
+                bar.update(1)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its summary
+            metric.accumulate()
+        stats = metric.get_results().get("bbox", [0.0] * 12)
+    out = {name: float(max(v, 0.0)) for name, v in zip(METRIC_NAMES, stats)}
+    out["sparsity"] = _model_sparsity(det)
+    out["images"] = len(dataset.roidbs)
+    out.update(model=str(model_dir), kind=det.kind, runtime=det.runtime,
+               input_size=det.input_size, seconds=time.monotonic() - t0)
+    return out
+
+
+def _note_input_size(cfg, det):
+    for t in (cfg.get("EvalReader") or {}).get("sample_transforms") or []:
+        size = (t.get("Resize") or {}).get("target_size") if isinstance(t, dict) else None
+        if isinstance(size, (list, tuple)) and size and int(size[-1]) != det.input_size:
+            progress.say(f"note: the model runs at {det.input_size}x{det.input_size} (its "
+                         f"infer_cfg.yml), EvalReader resizes to {size[0]}x{size[-1]}: mAP "
+                         "is not comparable with `eval --weights` at that size")
+
+
+def _model_sparsity(det):
+    """{"overall", "layers"} zero fractions of the exported 1x1 conv weights."""
+    import json
+    from picosparse.deploy import program
+    if det.kind == "paddle":
+        sp = program.conv1x1_sparsity(det.path)
+        return {"overall": sp["overall"], "layers": sp["layers"]}
+    overall = (det.cfg.get("picosparse") or {}).get("conv1x1_zero_fraction")
+    layers = {}
+    meta = det.path / "x86_sparse.json"
+    if meta.is_file():
+        layers = {l["name"]: l["zero_fraction"] for l in json.loads(meta.read_text())["layers"]
+                  if l.get("kind") == "sparse1x1" and "zero_fraction" in l}
+    return {"overall": overall, "layers": layers}
