@@ -133,3 +133,21 @@ def test_two_processes_shard_agree_and_resume_exactly(tiny_data, tmp_path):
     assert set(wa) == set(wb)
     for k in wa:
         assert (wa[k].numpy() == wb[k].numpy()).all(), k
+
+
+@pytest.mark.slow
+def test_an_error_in_the_ranks_is_the_commands_one_line(tiny_data, tmp_path):
+    """Found only once the ranks run (the batch does not fit a process's shard): the
+    command ends with that rank's error line and exit code 2, not the launcher's traceback."""
+    out = tmp_path / "run"
+    a = [sys.executable, "-m", "picosparse", "-q", "train", "-c", str(DEMO_CFG),
+         "--from-scratch", "--sparsity", "0", "--out", str(out), "--nproc", "2"]
+    for o in tiny_overrides(tiny_data, 1) + ["TrainReader.batch_size=20"]:
+        a += ["-o", o]
+    r = subprocess.run(a, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "Error: TrainDataset: fewer images than one batch per process "
+        "(TrainReader.batch_size=20, 2 process(es))"]
+    assert "Traceback" not in r.stdout + r.stderr
+    assert (out / "log" / "workerlog.0").is_file() and not (out / "checkpoints").exists()
