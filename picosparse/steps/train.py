@@ -359,8 +359,8 @@ def _run(cfg, out, pretrained, from_scratch, resume, do_eval, seed, dev, world, 
         final_state = _final_from_checkpoint(model, pruner, ema)
     result = {"out": out, "config": out / "config.yml", "weights": out / "model_final.pdparams",
               "epochs": epochs, "iters": it, "iters_per_epoch": iters_per_epoch,
-              "processes": world, "rank": rank, "device": dev.place, "best": best or None, "evals": evals,
-              "seconds": time.monotonic() - t_start, "sparsity": None, "layers": {}}
+              "processes": world, "rank": rank, "device": dev.place, "best": best or None,
+              "evals": evals, "seconds": time.monotonic() - t_start, "sparsity": None, "layers": {}}
     if world > 1:
         digests = _gather(_digest(model, pruner), world)
         result["rank_digests"] = digests
