@@ -88,39 +88,37 @@ def decode(outputs, input_hw, strides, num_classes, scale_factor=(1.0, 1.0), reg
     return boxes, np.concatenate(all_scores).T
 
 
-def _iou(box, boxes, normalized):
-    """Paddle's JaccardOverlap of one box with many (0 where they do not touch)."""
+def _iou_matrix(boxes, normalized):
+    """Paddle's JaccardOverlap between every pair of boxes (0 where they do not touch)."""
     norm = np.float32(0 if normalized else 1)
-    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]) + norm
-    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]) + norm
+    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+    iw = np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]) + norm
+    ih = np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]) + norm
     inter = iw * ih
-
-    def area(b):
-        valid = (b[..., 2] >= b[..., 0]) & (b[..., 3] >= b[..., 1])
-        return np.where(valid, (b[..., 2] - b[..., 0] + norm) * (b[..., 3] - b[..., 1] + norm),
-                        np.float32(0))
+    valid = (x2 >= x1) & (y2 >= y1)
+    area = np.where(valid, (x2 - x1 + norm) * (y2 - y1 + norm), np.float32(0))
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (area(box) + area(boxes) - inter)
-    apart = ((boxes[:, 0] > box[2]) | (boxes[:, 2] < box[0]) | (boxes[:, 1] > box[3])
-             | (boxes[:, 3] < box[1]))
+        iou = inter / (area[:, None] + area[None] - inter)
+    apart = ((x1[None] > x2[:, None]) | (x2[None] < x1[:, None]) | (y1[None] > y2[:, None])
+             | (y2[None] < y1[:, None]))
     return np.where(apart, np.float32(0), iou)
 
 
 def nms(boxes, threshold, normalized=True, eta=1.0):
     """Indices (into `boxes`, sorted best first) that greedy NMS keeps. A 0/0 IoU (empty
     boxes) suppresses, as NaN <= threshold is false in the C++ kernel."""
+    iou = _iou_matrix(boxes, normalized)
     keep = []
     if eta >= 1.0:  # fixed threshold: dropping what each kept box suppresses is the same
-        alive = np.arange(len(boxes))
-        while alive.size:
-            i = alive[0]
-            keep.append(int(i))
-            rest = alive[1:]
-            alive = rest[_iou(boxes[i], boxes[rest], normalized) <= threshold]
+        gone = np.zeros(len(boxes), bool)
+        for i in range(len(boxes)):
+            if not gone[i]:
+                keep.append(i)
+                gone |= ~(iou[i] <= threshold)
         return keep
     thr = threshold
     for i in range(len(boxes)):
-        if not keep or bool(np.all(_iou(boxes[i], boxes[keep], normalized) <= thr)):
+        if not keep or bool(np.all(iou[i, keep] <= thr)):
             keep.append(i)
             if thr > 0.5:
                 thr *= eta
