@@ -215,7 +215,7 @@ def test_every_help_example_parses_and_its_config_resolves():
     assert any(e.startswith("picosparse train") and "--sparsity 0.75" in e and
                "--slim-config" not in e for e in examples)
     for ex in examples:
-        argv = shlex.split(ex.split(" | ")[0])[1:]
+        argv = shlex.split(ex.split(" | ")[0], comments=True)[1:]
         group, rest = cli, argv
         while isinstance(group, click.Group):
             group, rest = group.commands[rest[0]], rest[1:]
@@ -272,3 +272,75 @@ def test_backbone_only_weights_match_by_suffix(tmp_path):
     W.save({"unrelated.weight": full[next(iter(full))]}, tmp_path / "other.pdparams")
     with pytest.raises(DataError, match="no parameter fits the config's model"):
         W.load_pretrained(model, tmp_path / "other.pdparams")
+
+
+# ------------------------------------------------------------------ end to end, as a user would
+
+def _tiny(data, size=96):
+    """-o overrides shrinking a 320 COCO config to the tiny generated dataset."""
+    ov = []
+    for split, sub in (("TrainDataset", "train"), ("EvalDataset", "val")):
+        ov += [f"{split}.dataset_dir={data}", f"{split}.image_dir={sub}",
+               f"{split}.anno_path={sub}.json"]
+    return ov + ["num_classes=4", "epoch=2", "TrainReader.batch_size=4", "worker_num=0",
+                 f"TrainReader.batch_transforms.0.BatchRandomResize.target_size=[{size}]",
+                 f"EvalReader.sample_transforms.1.Resize.target_size=[{size},{size}]",
+                 "LearningRate.schedulers.0.max_epochs=2", "snapshot_epoch=1", "log_iter=4"]
+
+
+def _with_o(args, overrides):
+    for o in overrides:
+        args += ["-o", o]
+    return args
+
+
+@pytest.mark.slow
+def test_seed_commands_on_upstream_layout_train_export_opt(tiny_data, tmp_path):
+    """The tutorial's pruner config + slim file, as written (tags, top-level keys, no skip),
+    with weights from `pretrain_weights` (an 80-class PicoDet-m file standing for the URL):
+    train --eval, then export --run --lite, and the .nb has the sparse convs."""
+    import numpy as np
+    import paddle
+    from picosparse import paddle_env, weights as W
+    coco_m = tmp_path / "picodet_m_320_coco.pdparams"
+    W.save(paddle_env.build_model(load_detector(M_CFG)).state_dict(), coco_m)
+    run = tmp_path / "m75"
+    args = _with_o(["train", "-c", str(PRUNER_CFG), "--slim-config", str(SEED_SLIM), "--eval",
+                    "--out", str(run)],
+                   _tiny(tiny_data) + [f"pretrain_weights={coco_m}",
+                                       "UnstructuredPruner.pruning_epochs=1",
+                                       "UnstructuredPruner.tunning_epochs=1",
+                                       "UnstructuredPruner.pruning_steps=1",
+                                       "TrainReader.batch_size=2"])
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    # 80-class head skipped (this data has 4 classes), said once
+    assert r.stderr.count(f"warning: pretrain_weights {coco_m.name}: loaded") == 1
+    state = paddle.load(str(run / "model_final.pdparams"))
+    for name in SEED_SKIPPED_M:
+        assert float((np.asarray(state[name]) == 0).mean()) < 0.05, name
+    assert float((np.asarray(state["backbone.2_2._se.conv1.weight"]) == 0).mean()) == \
+        pytest.approx(0.75, abs=0.01)
+    r = CliRunner().invoke(cli, ["export", "--run", str(run), "--lite"])
+    assert r.exit_code == 0, r.output
+    assert "95 of 105 1x1 convs -> sparse_conv2d" in r.output
+
+
+@pytest.mark.slow
+def test_lcnet_v2_tagged_config_trains_sparse_alone_exports_and_converts(tiny_data, tmp_path):
+    """An upstream-style tagged LCNet v2 config with `--sparsity` alone: train --eval (from
+    scratch), export --lite with the sparse pass verified."""
+    run = tmp_path / "lc75"
+    ov = _tiny(tiny_data) + ["eval_size=[96,96]", "PicoHeadV2.static_assigner.topk=4",
+                             "PicoHeadV2.assigner.topk=4", "epoch=4",
+                             "LearningRate.schedulers.0.max_epochs=4"]
+    r = CliRunner().invoke(cli, _with_o(
+        ["train", "-c", str(LCNET_CFG), "--sparsity", "0.75", "--from-scratch", "--eval",
+         "--out", str(run)], ov))
+    assert r.exit_code == 0, r.output
+    assert "pruning_steps 4 -> 1" in r.stderr  # the built-in recipe fits its steps
+    written = load_detector(run / "config.yml")
+    assert written.prune.recipe == DEFAULT_RECIPE and written.prune.pruning_steps == 1
+    r = CliRunner().invoke(cli, ["export", "--run", str(run), "--lite"])
+    assert r.exit_code == 0, r.output
+    assert "46 of 60 1x1 convs -> sparse_conv2d" in r.output

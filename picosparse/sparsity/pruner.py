@@ -38,8 +38,9 @@ def check_schedule(spec, iters_per_epoch, where="UnstructuredPruner"):
         raise ConfigError(
             f"{where}: pruning_epochs ({spec.pruning_epochs}) x {iters_per_epoch} iterations/epoch"
             f" = {pruning_iters} iterations for {spec.pruning_steps} pruning_steps; PaddleSlim "
-            f"needs more than 10 iterations per step: lower pruning_steps to "
-            f"{max(1, (pruning_iters - 1) // 10)} or raise pruning_epochs to {need}")
+            f"needs more than 10 iterations per step: "
+            + (f"lower pruning_steps to {fit} or " if pruning_iters > 10 else "")
+            + f"raise pruning_epochs to {need}")
 
 
 def _exact_gmp_class(base):

@@ -264,6 +264,11 @@ def _run(cfg, out, pretrained, from_scratch, resume, do_eval, seed, dev, world, 
             scaler.load_state_dict(ck["state"]["scaler"])
         start_epoch, it = ck["state"]["epoch"], ck["state"]["iter"]
     pruner = GMP(model, cfg.prune, iters_per_epoch, iteration=it) if cfg.prune else None
+    section = cfg.data.get("UnstructuredPruner") or {}
+    if pruner and main and section.get("pruning_steps") != cfg.prune.pruning_steps:
+        # the built-in recipe fitted its steps to this run: the written config says what runs
+        section["pruning_steps"] = cfg.prune.pruning_steps
+        write_text(out / "config.yml", cfg.dump())
     if ck and pruner:
         pruner.restore(ck["masks"])
     if ck:
