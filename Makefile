@@ -4,6 +4,8 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PADDLEDET := paddledet==2.6.0
+# The one Paddle wheel: the CPU build by default; for CUDA: make install PADDLE=paddlepaddle-gpu==2.6.2
+PADDLE ?= paddlepaddle==2.6.2
 # Python 3.10: paddlelite (paddle_lite_opt) has x86-64 wheels only up to cp310.
 PYTHON ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.10*/bin/python3.10 \
                       /usr/bin/python3.10 /usr/local/bin/python3.10 "$$(command -v python3.10)"; do \
@@ -19,6 +21,7 @@ help:
 	@echo "make test       set up .venv (if needed) and run all tests (slow ones included)"
 	@echo "make test-fast  tests without the slow end-to-end ones"
 	@echo "make install    set up .venv only (idempotent; fast when nothing changed)"
+	@echo "                PADDLE=paddlepaddle-gpu==2.6.2 installs the CUDA build instead"
 
 $(BIN)/python:
 	@if [ -z "$(PYTHON)" ]; then \
@@ -28,12 +31,21 @@ $(BIN)/python:
 	"$(PYTHON)" -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Re-runs only when setup.cfg changes (or the venv is new).
+# Re-runs only when setup.cfg changes, the venv is new or PADDLE names another wheel.
 $(STAMP): setup.cfg | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps $(PADDLEDET)
+	@# exactly one Paddle wheel: the other build would shadow it (both install `paddle`)
+	if [ "$$(cat $(VENV)/.paddle 2>/dev/null)" != "$(PADDLE)" ]; then \
+	  $(BIN)/python -m pip uninstall -q -y paddlepaddle paddlepaddle-gpu 2>/dev/null; \
+	  $(BIN)/python -m pip install -q '$(PADDLE)' && echo '$(PADDLE)' > $(VENV)/.paddle; fi
 	$(BIN)/picosparse env >/dev/null || { $(BIN)/picosparse env; exit 1; }
 	touch $(STAMP)
+
+# a PADDLE other than the installed one forces the install step
+ifneq ($(shell cat $(VENV)/.paddle 2>/dev/null),$(PADDLE))
+.PHONY: $(STAMP)
+endif
 
 install: $(STAMP)
 

@@ -27,19 +27,46 @@ def _check(name, ok, detail):
     return {"name": name, "ok": bool(ok), "detail": detail}
 
 
+_PROBE = """
+import json, picosparse.paddle_env as e
+p = e.stack().paddle
+x = p.ones([2, 2])
+cuda = bool(p.is_compiled_with_cuda())
+print(json.dumps({"sum": float((x @ x).sum()), "cuda_build": cuda,
+                  "cuda_version": p.version.cuda() if cuda else None,
+                  "gpus": int(p.device.cuda.device_count()) if cuda else 0}))
+"""
+
+
 def _import_check():
-    # In a child process: the trap is a segfault, which would kill us.
-    code = ("import picosparse.paddle_env as e; s = e.stack(); "
-            "x = s.paddle.ones([2, 2]); print(float((x @ x).sum()))")
+    """(check, device facts) from a child process: the import trap is a segfault."""
+    import json
     try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
                            timeout=180)
     except subprocess.TimeoutExpired:
-        return _check("import paddle+ppdet+paddleslim", False, "timed out after 180 s")
-    if r.returncode == 0 and r.stdout.strip().endswith("8.0"):
-        return _check("import paddle+ppdet+paddleslim", True, "numpy/cv2 first, then paddle")
+        return _check("import paddle+ppdet+paddleslim", False, "timed out after 180 s"), None
+    try:
+        probe = json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        probe = None
+    if r.returncode == 0 and probe and probe["sum"] == 8.0:
+        return (_check("import paddle+ppdet+paddleslim", True, "numpy/cv2 first, then paddle"),
+                probe)
     tail = (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
-    return _check("import paddle+ppdet+paddleslim", False, tail[:200])
+    return _check("import paddle+ppdet+paddleslim", False, tail[:200]), None
+
+
+def device_report(probe):
+    """The Paddle build, the GPUs it sees and what `--device auto` picks for a config with
+    `use_gpu: true` (PaddleDetection's runtime.yml default)."""
+    from picosparse import device
+    if probe is None:
+        return None
+    facts = device.Facts(cuda_build=probe["cuda_build"], gpus=probe["gpus"])
+    auto = device.decide("auto", True, facts)
+    return {"paddle_build": f"CUDA {probe['cuda_version']}" if probe["cuda_build"] else "CPU",
+            "gpus": probe["gpus"], "auto": auto.place, "auto_reason": auto.reason}
 
 
 def _opt_check():
@@ -58,13 +85,18 @@ def _opt_check():
 
 def report():
     versions = {"python": platform.python_version()}
-    for dist in ("paddlepaddle", "paddleslim", "paddledet", "paddlelite", "numpy",
-                 "opencv-python", "openvino"):
+    for dist in ("paddlepaddle", "paddlepaddle-gpu", "paddleslim", "paddledet", "paddlelite",
+                 "numpy", "opencv-python", "openvino"):
         versions[dist] = paddle_env.version(dist)
     checks = [_check("python 3.10", sys.version_info[:2] == (3, 10),
                      f"{versions['python']} (paddlelite wheels stop at cp310)")]
+    wheels = [d for d in ("paddlepaddle", "paddlepaddle-gpu") if versions[d]]
+    checks.append(_check("one Paddle wheel", len(wheels) == 1,
+                         ", ".join(f"{d} {versions[d]}" for d in wheels) or "none installed"))
     for dist, want in paddle_env.PINNED.items():
         have = versions.get(dist)
+        if dist == "paddlepaddle":
+            have = versions["paddlepaddle"] or versions["paddlepaddle-gpu"]
         checks.append(_check(f"{dist}=={want}", have == want, have or "not installed"))
     np_v = versions["numpy"]
     checks.append(_check("numpy < 2", np_v is not None and int(np_v.split(".")[0]) < 2,
@@ -72,7 +104,8 @@ def report():
     opt_check, opt_ver = _opt_check()
     versions["paddle_lite_opt"] = opt_ver
     checks.append(opt_check)
-    checks.append(_import_check())
+    check, probe = _import_check()
+    checks.append(check)
     return {"ok": all(c["ok"] for c in checks), "versions": versions,
             "cpu": {"machine": platform.machine(), "features": cpu_features()},
-            "checks": checks}
+            "device": device_report(probe), "checks": checks}

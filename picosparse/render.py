@@ -15,10 +15,15 @@ def env_table(rep):
     t.add_column("component")
     t.add_column("version / value")
     for k, v in rep["versions"].items():
-        t.add_row(k, str(v) if v else "[red]missing[/]")
+        if v or k not in ("paddlepaddle", "paddlepaddle-gpu"):  # one of the two is enough
+            t.add_row(k, str(v) if v else "[red]missing[/]")
     feats = rep["cpu"]["features"]
     t.add_row("cpu", rep["cpu"]["machine"] + "  " +
               " ".join(k for k, on in feats.items() if on))
+    dev = rep.get("device")
+    if dev:
+        t.add_row("paddle build", f"{dev['paddle_build']}, {dev['gpus']} GPU(s) visible")
+        t.add_row("--device auto", f"{dev['auto']} ({dev['auto_reason']})")
     _out().print(t)
     c = Table(show_header=True)
     c.add_column("check")
