@@ -10,13 +10,12 @@ What the stock PaddleDetection path gets wrong (STACK.md) and how this fixes it:
 
 import contextlib
 import io
-import math
 
 from picosparse import paddle_env
 from picosparse.weights import strip_masks
 from picosparse.config import DEFAULT_RECIPE
 from picosparse.errors import ConfigError
-from picosparse.sparsity import policy
+from picosparse.sparsity import magnitude, policy
 from picosparse.sparsity.schedule import GMPSchedule
 
 
@@ -71,28 +70,11 @@ def _exact_gmp_class(base):
             params = list(self._pruned_params())
             groups = [[p] for p in params] if self.local_sparsity else [params]
             for group in groups:
-                keep = _monotone_keep([p.numpy() for p in group],
-                                      [self.masks[p.name].numpy() for p in group], self.ratio)
+                keep = magnitude.keep_masks([p.numpy() for p in group], self.ratio,
+                                            [self.masks[p.name].numpy() for p in group])
                 for p, k in zip(group, keep):
                     paddle.assign(k, output=self.masks[p.name])
     return ExactGMP
-
-
-def _monotone_keep(weights, masks, ratio):
-    """Float masks zeroing exactly ceil(ratio * n) of the n entries of `weights` (together):
-    entries whose old mask is 0 first, then the smallest |w| (ties by position)."""
-    np = paddle_env.stack().np
-    score = np.concatenate([np.abs(w).ravel() for w in weights]).astype("float64")
-    old = np.concatenate([m.ravel() for m in masks])
-    score[old == 0] = -1.0  # |w| >= 0: previously pruned entries rank below every live one
-    k = min(score.size, math.ceil(ratio * score.size - 1e-9))
-    keep = np.ones(score.size, dtype="float32")
-    keep[np.argsort(score, kind="stable")[:k]] = 0
-    out, at = [], 0
-    for w in weights:
-        out.append(keep[at:at + w.size].reshape(w.shape))
-        at += w.size
-    return out
 
 
 class GMP:
