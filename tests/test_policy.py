@@ -32,7 +32,8 @@ def test_seed_policy_on_picodet_m():
     # these are the seed's build-order names conv2d_17/18, 56/57, 75/76 in a fresh build
     assert {x["paddle_name"].split(".")[0] for x in rows if x["name"] in se} == {
         "conv2d_17", "conv2d_18", "conv2d_56", "conv2d_57", "conv2d_75", "conv2d_76"}
-    assert all(x["zeros"] == 0.0 for x in pruned)  # fresh model
+    # fresh model: random init (a rare exact 0.0 draw happens with some seeds)
+    assert all(x["zeros"] < 0.001 for x in pruned)
 
 
 def test_rules_by_glob_regex_shape_and_prune_all():
