@@ -336,8 +336,10 @@ def eval_(config, slim_config, overrides, weights, model_dir, json_out, device):
 @click.option("--sparse-threshold", default=0.6, show_default=True, help="With --lite / --x86-sparse: min zero fraction for a 1x1 conv to become sparse.")
 @click.option("--x86-sparse", "x86_sparse", is_flag=True, help="Also write OUT/x86_sparse: OpenVINO IR + picosparse's sparse 1x1 op (x86 CPUs).")
 @click.option("--nchw-ops", "nchw_ops", default="on", show_default=True, type=click.Choice(["on", "off"]), help="With --x86-sparse: depthwise/KxK convs (+ the stem's max pool) and upsampling also on picosparse's NCHW ops, so no layout reorders surround the sparse ops (off: OpenVINO's own).")
+@click.option("--int8", is_flag=True, help="Also write OUT/int8: INT8 model (`picosparse quant` defaults); with --lite its .nb too, INT8 kernels verified.")
+@click.option("--calib-images", default=32, show_default=True, type=int, help="With --int8: calibration images from the config's TrainDataset.")
 def export(config, overrides, weights, run_dir, out, input_size, no_postprocess, lite, sparse,
-           sparse_threshold, x86_sparse, nchw_ops):
+           sparse_threshold, x86_sparse, nchw_ops, int8, calib_images):
     """Export an inference model (model.pdmodel/.pdiparams + infer_cfg.yml).
 
     Builds a fresh model from the config, loads the weights (pruner mask buffers are
@@ -350,6 +352,7 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
       picosparse export --run runs/sparse75 --lite
       picosparse export -c configs/demo/picodet_demo.yml --weights w.pdparams --out inf
       picosparse export --run runs/sparse75 --no-postprocess --x86-sparse
+      picosparse export --run runs/sparse75 --lite --int8   # + OUT/int8/model.nb, INT8
 
     \b
     --x86-sparse writes OUT/x86_sparse (model.xml/.bin, libpicosparse_ops.so, x86_sparse.json,
@@ -366,6 +369,9 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
     if x86_sparse:
         from picosparse.steps.export import check_x86_sparse
         check_x86_sparse(sparse_threshold, nchw_ops)  # no OpenVINO: fail before exporting
+    if int8:
+        from picosparse.steps.quant import check_args
+        check_args(calib_images)  # before the export, not after it
     res = do_export(cfg, weights, out, input_size=input_size, postprocess=not no_postprocess)
     zf = res["conv1x1_zero_fraction"]
     click.echo(f"exported {res['model_dir']}/ (model.pdmodel, model.pdiparams, infer_cfg.yml): "
@@ -381,6 +387,12 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
                            ".nb (pass --sparse to insist)")
         _echo_opt(optimize(res["model_dir"], Path(res["model_dir"]) / "model.nb", sparse=sparse,
                            sparse_threshold=sparse_threshold))
+    if int8:
+        from picosparse.steps.quant import quantize
+        q = quantize(cfg, res["model_dir"], calib_images=calib_images)
+        _echo_quant(q)
+        if lite:
+            _int8_nb(q, sparse, sparse_threshold)
     if x86_sparse:
         from picosparse.steps.export import export_x86_sparse
         _echo_x86(export_x86_sparse(res["model_dir"], sparse_threshold, nchw_ops),
@@ -407,8 +419,10 @@ def _echo_opt(r):
     what = (f"{r['sparse_conv2d']} of {r['conv1x1']} 1x1 convs -> sparse_conv2d "
             f"(threshold {r['sparse_threshold']:.0%})" if r["sparse"] else
             f"dense, {r['conv1x1']} 1x1 convs")
-    click.echo(f"wrote {r['nb']} ({mb:.2f} MB, {r['valid_targets']}, Paddle-Lite "
-               f"{r['lite_version']}): {what}")
+    prec = r.get("precision", "fp32").upper()
+    click.echo(f"wrote {r['nb']} ({mb:.2f} MB, {r['valid_targets']}, {prec}, Paddle-Lite "
+               f"{r['lite_version']}): {what}"
+               + (" (INT8 kernels verified)" if prec == "INT8" else ""))
 
 
 @cli.command()
@@ -439,6 +453,76 @@ def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16, json_out)
         _emit_json(res, json_out)
     if json_out != "-":
         _echo_opt(res)
+
+
+@cli.command()
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="Exported FP32 inference model folder (`picosparse export`).")
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), help="Detector config whose TrainDataset/EvalDataset gives the calibration images [the one the export was made from].")
+@override_option
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [MODEL_DIR/int8].")
+@click.option("--calib-images", default=32, show_default=True, type=int, help="Calibration images (a seeded sample of the split).")
+@click.option("--calib-split", default="train", show_default=True, help="Calibrate on the config's train or eval set.")
+@click.option("--algo", default="hist", show_default=True, help="PaddleSlim activation calibration: hist, KL, avg, mse, emd, abs_max.")
+@click.option("--backend", default="paddle", show_default=True, help="paddle (PaddleSlim, for Paddle-Lite / ARM) or openvino (NNCF, an x86 IR).")
+@click.option("--quantize-depthwise", is_flag=True, help="Also quantize depthwise convs (PicoDet's per-channel ranges make this lose much more mAP).")
+@click.option("--lite", is_flag=True, help="Also write OUT/model.nb (ARM), INT8 kernels verified.")
+@click.option("--sparse/--no-sparse", default=None, help="With --lite: force the sparse pass on/off [auto: on when some 1x1 conv reaches --sparse-threshold zeros].")
+@click.option("--sparse-threshold", default=0.6, show_default=True, help="With --lite: min zero fraction for a 1x1 conv to become sparse.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--json", "json_out", metavar="FILE", help="Write the result as JSON ('-' for stdout).")
+def quant(model_dir, config, overrides, out, calib_images, calib_split, algo, backend,
+          quantize_depthwise, lite, sparse, sparse_threshold, seed, json_out):
+    """INT8 post-training quantization of an exported model; exact zeros verified kept.
+
+    PaddleSlim's quant_post_static, calibrated on images of the config's dataset through the
+    model's own preprocessing (infer_cfg.yml). Every weight that was exactly zero is checked
+    to be exactly zero in the INT8 file (fails otherwise). OUT is an inference model folder
+    with infer_cfg.yml: `picosparse opt` on it (or --lite) writes the INT8 .nb with the
+    sparse pass and verifies its sparse convs are INT8 kernels; `picosparse eval --model OUT`
+    measures its mAP. --backend openvino quantizes with NNCF into an OpenVINO IR instead,
+    the x86 baseline for `picosparse bench --runtime openvino`.
+
+    \b
+    Example:
+      picosparse quant --model-dir runs/sparse75/inference --lite
+      picosparse quant --model-dir runs/dense/inference --backend openvino --out dense_ov_int8
+    """
+    from picosparse.errors import ConfigError
+    from picosparse.steps.quant import config_for, quantize
+    if lite and backend != "paddle":
+        raise ConfigError(f"--lite with --backend {backend}: Paddle-Lite reads PaddleSlim's "
+                          "INT8 models only (--backend paddle)")
+    cfg = _load_cfg(config_for(model_dir, config), overrides=overrides)
+    res = quantize(cfg, model_dir, out, calib_images=calib_images, algo=algo, split=calib_split,
+                   seed=seed, backend=backend, quantize_depthwise=quantize_depthwise)
+    if json_out != "-":
+        _echo_quant(res)
+    if lite:
+        res["opt"] = _int8_nb(res, sparse, sparse_threshold, json_out != "-")
+    if json_out:
+        _emit_json(res, json_out)
+
+
+def _int8_nb(res, sparse, sparse_threshold, echo=True):
+    from pathlib import Path
+    from picosparse.steps.lite import auto_sparse, optimize
+    if sparse is None:
+        sparse = auto_sparse(res["model_dir"], sparse_threshold)
+    r = optimize(res["model_dir"], Path(res["model_dir"]) / "model.nb", sparse=sparse,
+                 sparse_threshold=sparse_threshold, int8=True)
+    if echo:
+        _echo_opt(r)
+    return r
+
+
+def _echo_quant(r):
+    z = r["zeros"]
+    how = (f"PaddleSlim {r['algo']}, {' + '.join(r['quantized_ops'])} INT8"
+           if r["backend"] == "paddle" else "NNCF, OpenVINO IR")
+    kept = (f"; {z['int8_weights']} of {z['weights']} conv weights INT8, all {z['zeros']} "
+            f"exact zeros kept ({z['rounded_to_zero']} more rounded to zero)") if z else ""
+    click.echo(f"wrote {r['model_dir']}/ (INT8, {how}, calibrated on {r['calib_images']} "
+               f"{r['split']} images){kept}")
 
 
 @cli.command()

@@ -30,7 +30,11 @@ _KERNEL = re.compile(rb"([a-z][a-z0-9_]*)/([A-Za-z0-9_]+)/(\d{1,2})/(\d{1,2})/(\
 
 def inspect(path):
     """{"meta_version": int, "lite_version": str, "ops": Counter(op_type),
-        "targets": Counter(target), "precisions": Counter(precision), "size_bytes": int}."""
+        "targets": Counter(target), "precisions": Counter(precision),
+        "op_precisions": {op_type: Counter(precision)}, "size_bytes": int}.
+
+    A kernel's precision is the one its key records: an INT8 sparse conv is
+    `sparse_conv2d/int8_fp32_out/4/2/1` (arm, int8), an FP32 one `sparse_conv2d/def/4/1/1`."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -41,22 +45,61 @@ def inspect(path):
     (meta,) = struct.unpack_from("<H", data, 0)
     version = data[2:18].split(b"\x00")[0].decode("ascii", "replace")
     ops, targets, precisions = collections.Counter(), collections.Counter(), collections.Counter()
+    op_precisions = collections.defaultdict(collections.Counter)
     for m in _KERNEL.finditer(data):
         start = m.start()
         # a real flatbuffer string: its uint32 length prefix equals the key's length
         if start < 4 or struct.unpack_from("<I", data, start - 4)[0] != m.end() - 1 - start:
             continue
-        ops[m.group(1).decode()] += 1
+        op = m.group(1).decode()
+        prec = PRECISIONS.get(int(m.group(4)), m.group(4).decode())
+        ops[op] += 1
         targets[TARGETS.get(int(m.group(3)), m.group(3).decode())] += 1
-        precisions[PRECISIONS.get(int(m.group(4)), m.group(4).decode())] += 1
+        precisions[prec] += 1
+        op_precisions[op][prec] += 1
     if meta != 2 or not version.startswith("v") or not ops:
         raise DataError(f"{path}: not a Paddle-Lite .nb this version can read "
                         f"(meta version {meta}, opt version {version!r}); "
                         "make it with paddlelite 2.13 (`picosparse opt`)")
     return {"meta_version": meta, "lite_version": version, "ops": ops, "targets": targets,
-            "precisions": precisions, "size_bytes": len(data)}
+            "precisions": precisions, "op_precisions": dict(op_precisions),
+            "size_bytes": len(data)}
 
 
 def compute_targets(info):
     """The non-host targets the .nb's kernels run on, e.g. {"arm"}."""
     return {t for t in info["targets"] if t in COMPUTE}
+
+
+CONV_KERNELS = ("conv2d", "depthwise_conv2d", "sparse_conv2d")
+
+
+def conv_precisions(info):
+    """{op_type: {precision: count}} of the .nb's conv kernels (plain dicts, for JSON)."""
+    return {op: dict(c) for op, c in sorted(info["op_precisions"].items())
+            if op in CONV_KERNELS}
+
+
+def int8_problems(info, expect_sparse, min_sparse=0):
+    """Why a .nb asked to be INT8 is not (empty when it is): INT8 conv kernels at all, every
+    sparse_conv2d INT8 (Paddle-Lite falls back to FP32 kernels silently), and with
+    `expect_sparse` at least `min_sparse` sparse_conv2d kernels (the rest would run dense)."""
+    convs = conv_precisions(info)
+    sparse = convs.get("sparse_conv2d", {})
+    n_sparse = sum(sparse.values())
+    int8 = sum(c.get("int8", 0) for c in convs.values())
+    out = []
+    if not int8:
+        total = collections.Counter()
+        for c in convs.values():
+            total.update(c)
+        got = ", ".join(f"{n} {p.upper()}" for p, n in sorted(total.items())) or "none"
+        out.append(f"no INT8 conv kernels (conv kernels: {got})")
+    fp = n_sparse - sparse.get("int8", 0)
+    if fp:
+        other = "/".join(sorted(p.upper() for p in sparse if p != "int8"))
+        out.append(f"{fp} of {n_sparse} sparse_conv2d kernels are {other}, not INT8")
+    if expect_sparse and n_sparse < min_sparse:
+        out.append(f"{min_sparse - n_sparse} of {min_sparse} sparse-eligible 1x1 convs stayed "
+                   f"dense conv2d kernels ({n_sparse} sparse_conv2d)")
+    return out

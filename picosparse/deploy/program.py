@@ -61,14 +61,25 @@ def _inputs(op):
 
 
 def convs(prog):
-    """Every conv op of block 0: {"type", "filter", "shape", "groups", "strides", "paddings"}."""
+    """Every conv op of block 0: {"type", "filter", "shape", "groups", "strides", "paddings"}.
+
+    In an INT8 model (`picosparse quant`) a conv reads its weight through a dequantize op:
+    "filter" is then the stored (int8) weight that op reads."""
     block = prog.blocks[0]
     shapes = {v.name: list(v.type.lod_tensor.tensor.dims) for v in block.vars}
-    out = []
+    stored = {v.name for v in block.vars if v.persistable}
+    dequantized, out = {}, []
     for op in block.ops:
+        if op.type == "dequantize_linear":
+            x = _inputs(op)["X"][0]
+            if x in stored:
+                dequantized.update({y: x for o in op.outputs if o.parameter == "Y"
+                                    for y in o.arguments})
+            continue
         if op.type not in CONV_OPS:
             continue
         filt = _inputs(op)["Filter"][0]
+        filt = dequantized.get(filt, filt)
         groups, strides, pads = _attr(op, "groups"), _attr(op, "strides"), _attr(op, "paddings")
         out.append({"type": op.type, "filter": filt, "shape": shapes.get(filt, []),
                     "groups": groups.i if groups else 1,

@@ -38,16 +38,23 @@ def nb_path(out):
     return out if out.suffix == ".nb" else out.with_name(out.name + ".nb")
 
 
-def optimize(model_dir, out, sparse=True, sparse_threshold=0.6, valid_targets="arm", fp16=False):
+def optimize(model_dir, out, sparse=True, sparse_threshold=0.6, valid_targets="arm", fp16=False,
+             int8=None):
     """Convert an exported model to OUT (.nb); with `sparse`, fail unless sparse_conv2d ops exist.
+
+    int8: None = when the model is quantized (`picosparse quant`); then the .nb must hold INT8
+    conv kernels, every sparse_conv2d INT8 and, with `sparse`, one per 1x1 conv at the
+    threshold (Paddle-Lite falls back to FP32 or dense kernels without a word).
 
     Returns {"nb": Path, "size_bytes": int, "sparse_conv2d": int, "conv1x1": int,
              "valid_targets": str, "sparse": bool,
              "eligible": int,          # 1x1 convs the pass may convert (groups 1, stride 1, pad 0)
              "above_threshold": int,   # ... of which have zero fraction >= sparse_threshold
              "conv1x1_zero_fraction": float|None, "ops": {op_type: count},
-             "targets": [str], "lite_version": str}.
+             "targets": [str], "lite_version": str, "precision": "fp32"|"fp16"|"int8",
+             "conv_precisions": {op_type: {precision: count}}}.
     """
+    from picosparse.steps.quant import is_quantized
     targets = _targets(valid_targets)
     if isinstance(sparse_threshold, bool) or not 0 < float(sparse_threshold) <= 1:
         raise ConfigError(f"--sparse-threshold {sparse_threshold}: must be in (0, 1]")
@@ -61,6 +68,13 @@ def optimize(model_dir, out, sparse=True, sparse_threshold=0.6, valid_targets="a
                               "supported on Arm\"); use --valid-targets arm, or --no-sparse "
                               "for an x86/OpenCL .nb")
     model_file, params_file = program.model_files(model_dir)
+    quantized = is_quantized(model_dir)
+    int8 = quantized if int8 is None else bool(int8)
+    if int8 and not quantized:
+        raise DataError(f"--int8: {model_dir} is an FP32 model (no quantize ops); make an "
+                        "INT8 one with `picosparse quant`")
+    if int8 and fp16:
+        raise PicosparseError("--fp16 with an INT8 model: pick one precision")
     opt = paddle_env.find_opt()
     dest = nb_path(out)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +110,8 @@ def optimize(model_dir, out, sparse=True, sparse_threshold=0.6, valid_targets="a
                 f"eligible 1x1 conv has >= {float(sparse_threshold):.0%} zeros (highest "
                 f"{top:.1%}); use sparse weights (picosparse train/prune), lower "
                 "--sparse-threshold, or pass --no-sparse for a dense .nb")
+        if int8:
+            check_int8(info, model_dir, sparse, above)
         got = nbfile.compute_targets(info)
         if not set(targets) & got:
             raise StackError(f"paddle_lite_opt wrote a .nb for {sorted(got)}, "
@@ -109,7 +125,17 @@ def optimize(model_dir, out, sparse=True, sparse_threshold=0.6, valid_targets="a
             "valid_targets": ",".join(targets), "sparse": bool(sparse),
             "sparse_threshold": float(sparse_threshold), "fp16": bool(fp16),
             "ops": dict(info["ops"]), "targets": sorted(got),
-            "lite_version": info["lite_version"]}
+            "lite_version": info["lite_version"],
+            "precision": "int8" if int8 else "fp16" if fp16 else "fp32",
+            "conv_precisions": nbfile.conv_precisions(info)}
+
+
+def check_int8(info, model_dir, sparse, expected_sparse):
+    """One-line DataError unless the .nb (nbfile.inspect) is the INT8 model asked for."""
+    problems = nbfile.int8_problems(info, sparse, expected_sparse)
+    if problems:
+        raise DataError(f"INT8: paddle_lite_opt's .nb of {model_dir} is not INT8"
+                        f"{' sparse' if sparse else ''} as asked: {'; '.join(problems)}")
 
 
 def auto_sparse(model_dir, sparse_threshold=0.6):

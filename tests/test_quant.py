@@ -1,0 +1,249 @@
+"""`picosparse quant` (INT8, zeros kept), the INT8 .nb check, QAT with masks, NNCF, CLI errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import deploy_helpers as h
+from picosparse.cli import cli
+from picosparse.deploy import nbfile, program
+from picosparse.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "real"
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["-q", *args])
+
+
+def one_line_error(r, text):
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.strip() == f"Error: {text}"
+
+
+def data_overrides(data_dir):
+    return [x for d in (f"TrainDataset.dataset_dir={data_dir}",
+                        f"EvalDataset.dataset_dir={data_dir}") for x in ("-o", d)]
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_data, tmp_path_factory):
+    """The 80% sparse demo export quantized through the CLI (config from its infer_cfg.yml,
+    4 calibration images) with its INT8 .nb: (json result, source dir, output dir)."""
+    out = tmp_path_factory.mktemp("quant") / "int8"
+    src = h.exported("sparse")
+    r = run("quant", "--model-dir", str(src), "--out", str(out), "--calib-images", "4",
+            "--lite", "--json", "-", *data_overrides(tiny_data))
+    assert r.exit_code == 0, (r.output, r.exception)
+    return json.loads(r.output), src, out
+
+
+def test_quant_keeps_every_zero_and_writes_an_inference_dir(quantized):
+    res, src, out = quantized
+    assert sorted(p.name for p in out.iterdir()) == ["infer_cfg.yml", "model.nb",
+                                                     "model.pdiparams", "model.pdmodel",
+                                                     "quant.json"]
+    src_w = program.read_params(src / "model.pdmodel", src / "model.pdiparams")
+    q_w = program.read_params(out / "model.pdmodel", out / "model.pdiparams")
+    convs = program.convs(program.read_program(out / "model.pdmodel"))
+    zeros_1x1 = {"src": 0, "int8": 0}
+    for c in convs:
+        a, b = src_w[c["filter"]], q_w[c["filter"]]
+        if c["type"] == "conv2d":  # 1x1 convs and the stem: INT8 weights
+            assert b.dtype.name == "int8", c
+            assert (b[a == 0] == 0).all(), c["filter"]  # every exact zero is still exact
+            assert ((a != 0) == (b != 0)).mean() > 0.99  # and the INT8 grid kept the rest
+        else:  # depthwise: FP32, untouched
+            assert c["type"] == "depthwise_conv2d" and b.dtype.name == "float32"
+            assert (a == b).all()
+        if program.is_conv1x1(c):
+            zeros_1x1["src"] += int((a == 0).sum())
+            zeros_1x1["int8"] += int((b == 0).sum())
+    assert sum(map(program.is_conv1x1, convs)) == 97
+    assert res["zeros"]["int8_weights"] == 98 and res["zeros"]["weights"] == 133
+    assert res["zeros"]["zeros"] == sum(int((src_w[c["filter"]] == 0).sum()) for c in convs)
+    assert zeros_1x1["int8"] - zeros_1x1["src"] <= res["zeros"]["rounded_to_zero"]
+    assert zeros_1x1["src"] > 0.79 * sum(src_w[c["filter"]].size for c in convs
+                                         if program.is_conv1x1(c))
+    # the sparse pass sees the same zero fractions in the INT8 model
+    assert program.conv1x1_sparsity(out)["overall"] >= h.SPARSITY - 1e-3
+    doc = yaml.safe_load((out / "infer_cfg.yml").read_text())
+    srcdoc = yaml.safe_load((src / "infer_cfg.yml").read_text())
+    assert doc["Preprocess"] == srcdoc["Preprocess"] and doc["label_list"] == srcdoc["label_list"]
+    q = doc["picosparse"]["quant"]
+    assert q["algo"] == "hist" and q["calib_images"] == 4 and q["backend"] == "paddle"
+    assert q["quantized_ops"] == ["conv2d"] and q["zeros"] == res["zeros"]
+    assert json.loads((out / "quant.json").read_text()) == q
+
+
+def test_int8_nb_has_int8_sparse_kernels(quantized):
+    res, _, out = quantized
+    info = nbfile.inspect(out / "model.nb")
+    # read back from the file: every sparse conv an INT8 kernel, the 1x1 convs all sparse
+    assert info["op_precisions"]["sparse_conv2d"] == {"int8": 97}
+    assert nbfile.conv_precisions(info)["conv2d"] == {"int8": 1}  # the stem
+    assert set(nbfile.conv_precisions(info)["depthwise_conv2d"]) == {"fp32"}
+    assert nbfile.int8_problems(info, True, 97) == []
+    opt = res["opt"]
+    assert opt["precision"] == "int8" and opt["sparse_conv2d"] == 97
+    assert opt["conv_precisions"]["sparse_conv2d"] == {"int8": 97}
+    fp32 = h.nb("sparse", True)
+    assert opt["size_bytes"] == (out / "model.nb").stat().st_size < fp32["size_bytes"]
+
+
+def test_fp32_nb_asked_to_be_int8_is_refused(tmp_path):
+    from picosparse.steps.lite import check_int8, optimize
+    fp32 = h.nb("sparse", True)
+    with pytest.raises(DataError) as e:
+        check_int8(nbfile.inspect(fp32["nb"]), "m", True, 97)
+    assert str(e.value) == ("INT8: paddle_lite_opt's .nb of m is not INT8 sparse as asked: no "
+                            "INT8 conv kernels (conv kernels: 133 FP32); 97 of 97 "
+                            "sparse_conv2d kernels are FP32, not INT8")
+    with pytest.raises(DataError) as e:
+        optimize(h.exported("sparse"), tmp_path / "x.nb", int8=True)
+    assert str(e.value) == (f"--int8: {h.exported('sparse')} is an FP32 model (no quantize "
+                            "ops); make an INT8 one with `picosparse quant`")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_problems_name_each_silent_fallback():
+    from collections import Counter
+
+    def info(**ops):
+        return {"op_precisions": {k: Counter(v) for k, v in ops.items()}}
+    ok = info(conv2d={"int8": 1}, sparse_conv2d={"int8": 10})
+    assert nbfile.int8_problems(ok, True, 10) == []
+    # some sparse convs fell back to FP32 kernels
+    assert nbfile.int8_problems(info(conv2d={"int8": 1}, sparse_conv2d={"int8": 8, "fp32": 2}),
+                                True, 10) == ["2 of 10 sparse_conv2d kernels are FP32, not INT8"]
+    # the sparse pass skipped convs: dense INT8 kernels where sparse ones were asked for
+    assert nbfile.int8_problems(info(conv2d={"int8": 4}, sparse_conv2d={"int8": 7}),
+                                True, 10) == ["3 of 10 sparse-eligible 1x1 convs stayed dense "
+                                              "conv2d kernels (7 sparse_conv2d)"]
+    assert nbfile.int8_problems(info(conv2d={"int8": 11}), False, 10) == []
+
+
+def test_check_zeros_fails_loudly_when_a_zero_is_lost():
+    from picosparse.steps.quant import check_zeros
+    # same program, dense weights: every zero of the sparse export is "lost"
+    sparse, dense = h.exported("sparse"), h.exported("dense")
+    with pytest.raises(DataError) as e:
+        check_zeros(sparse, dense)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{dense}: quantization lost ")
+    assert msg.endswith(f"the INT8 model is not as sparse as {sparse}")
+    assert check_zeros(sparse, sparse)["rounded_to_zero"] == 0
+
+
+def test_quant_cli_errors_are_one_line(tmp_path, quantized, tiny_data):
+    src = h.exported("sparse")
+    one_line_error(run("quant", "--model-dir", str(tmp_path / "none")),
+                   f"--model-dir {tmp_path / 'none'}: folder does not exist")
+    one_line_error(run("quant", "--model-dir", str(src), "--algo", "best"),
+                   "--algo best: expected one of KL, hist, avg, mse, emd, abs_max")
+    one_line_error(run("quant", "--model-dir", str(src), "--calib-images", "0"),
+                   "--calib-images 0: must be an integer >= 1")
+    one_line_error(run("quant", "--model-dir", str(src), "--calib-split", "test"),
+                   "--calib-split test: expected one of train, eval")
+    one_line_error(run("quant", "--model-dir", str(src), "--backend", "tflite"),
+                   "--backend tflite: expected one of paddle, openvino")
+    one_line_error(run("quant", "--model-dir", str(src), "--backend", "openvino", "--lite"),
+                   "--lite with --backend openvino: Paddle-Lite reads PaddleSlim's INT8 models "
+                   "only (--backend paddle)")
+    one_line_error(run("quant", "--model-dir", str(src), "--backend", "openvino",
+                       *data_overrides(tiny_data)),
+                   f"--model-dir {src}: exported with NMS; OpenVINO 2026.4's multiclass_nms "
+                   "crashed here on some inputs: export with --no-postprocess for --backend "
+                   "openvino")
+    one_line_error(run("quant", "--model-dir", str(quantized[2]), *data_overrides(tiny_data)),
+                   f"--model-dir {quantized[2]}: already quantized (it has quantize ops); give "
+                   "the FP32 export")
+    one_line_error(run("quant", "--model-dir", str(src), "-o",
+                       f"TrainDataset.dataset_dir={tmp_path / 'nodata'}"),
+                   f"TrainDataset.dataset_dir {tmp_path / 'nodata'}: folder does not exist")
+    bare = tmp_path / "bare"
+    shutil.copytree(src, bare)
+    (bare / "infer_cfg.yml").unlink()
+    one_line_error(run("quant", "--model-dir", str(bare)),
+                   f"--model-dir {bare}: its infer_cfg.yml names no config; pass -c CONFIG "
+                   "(its TrainDataset/EvalDataset gives the calibration images)")
+    one_line_error(run("quant", "--model-dir", str(bare), "-c", str(h.DEMO_CFG),
+                       *data_overrides(tiny_data)),
+                   f"--model-dir {bare}: no infer_cfg.yml (it holds the preprocessing the "
+                   "calibration images need; `picosparse export` writes it)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare"]
+    assert not (src / "int8").exists()
+
+
+def test_masks_are_reapplied_after_a_step():
+    from picosparse import paddle_env
+    from picosparse.steps.qat import Masks
+    paddle = paddle_env.stack().paddle
+    conv = paddle.nn.Conv2D(8, 8, 1)
+    w = conv.weight.numpy()
+    w[:, :4] = 0
+    conv.weight.set_value(w)
+    masks = Masks(conv)
+    opt = paddle.optimizer.Momentum(0.1, parameters=conv.parameters(), weight_decay=1e-4)
+    for _ in range(3):
+        conv(paddle.rand([2, 8, 4, 4])).square().mean().backward()
+        opt.step()
+        opt.clear_grad()
+        assert masks.broken() is not None  # the step moved pruned weights...
+        masks.apply()
+        assert masks.broken() is None  # ...and they are exact zeros again
+        got = conv.weight.numpy()
+        assert (got[:, :4] == 0).all() and (got[:, 4:] != 0).all()
+    assert masks.zeros() == 32
+
+
+@pytest.mark.slow
+def test_qat_keeps_masks_exact_and_writes_int8(tiny_data, tmp_path):
+    from conftest import tiny_overrides
+    from picosparse.steps.lite import optimize
+    from picosparse.steps.qat import qat
+    src = h.weights("sparse")
+    cfg = h.load_cfg(*tiny_overrides(tiny_data, epochs=1))
+    res = qat(cfg, src, tmp_path / "qat", epochs=1, lr=0.001, input_size=160, max_iters=4)
+    out = res["model_dir"]
+    assert res["iters"] == 4 and res["masked_weights"] == 97
+    # masks by program weight name: the exported INT8 weights keep every zero
+    from picosparse import paddle_env
+    paddle = paddle_env.stack().paddle
+    state = paddle.load(str(src))
+    q = program.read_params(out / "model.pdmodel", out / "model.pdiparams")
+    model = paddle_env.build_model(cfg)
+    by_name = {k: p.name for k, p in model.named_parameters()}
+    checked = 0
+    for key, v in state.items():
+        v = v.numpy() if hasattr(v, "numpy") else v
+        if h.is_1x1(v.shape):
+            w = q[by_name[key]]
+            assert w.dtype.name == "int8" and (w[v == 0] == 0).all(), key
+            checked += 1
+    assert checked == 97 == res["zeros"]["int8_weights"]
+    r = optimize(out, tmp_path / "qat.nb")
+    assert r["precision"] == "int8" and r["conv_precisions"]["sparse_conv2d"] == {"int8": 97}
+    doc = yaml.safe_load((out / "infer_cfg.yml").read_text())
+    assert doc["picosparse"]["quant"]["algo"] == "qat" and doc["Preprocess"]
+
+
+@pytest.mark.slow
+def test_nncf_int8_ir_runs_in_bench(tiny_data, tmp_path):
+    from picosparse.steps.bench import bench
+    from picosparse.steps.quant import quantize
+    src = h.exported("dense", postprocess=False)
+    cfg = h.load_cfg(f"TrainDataset.dataset_dir={tiny_data}")
+    res = quantize(cfg, src, tmp_path / "ov_int8", calib_images=4, backend="openvino")
+    out = res["model_dir"]
+    assert sorted(p.name for p in out.iterdir()) == ["infer_cfg.yml", "model.bin", "model.xml",
+                                                     "quant.json"]
+    assert 'type="FakeQuantize"' in (out / "model.xml").read_text()
+    b = bench([src, out], threads=[1], repeats=2, warmup=1, runtime="openvino")
+    assert [m["precision"] for m in b["models"]] == ["fp32", "int8"]
+    assert all(m["latency_ms"]["1"]["median"] > 0 for m in b["models"])
