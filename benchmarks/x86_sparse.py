@@ -4,19 +4,21 @@
     .venv/bin/python benchmarks/x86_sparse.py --per-layer --json out.json
 
 Models: random-init PicoDet (configs/picodet/picodet_m_320_coco.yml), BN statistics randomised,
-the smallest S of every 1x1 conv weight zeroed by magnitude (S = 0.75, 0.85), exported with a
-fixed input size. For each sparsity and thread count the same exported model runs as
+every 1x1 conv weight pruned to S by the trainer's magnitude rule (S = 0.75, 0.85;
+picosparse/sparsity/random_model.py), exported with a fixed input size. For each sparsity and
+thread count the same exported model runs as
   dense-f32   OpenVINO reading model.pdmodel, INFERENCE_PRECISION_HINT=f32
   dense-bf16  the same with bf16 (OpenVINO's default on AMX CPUs), shown for honesty
-  x86-sparse  `picosparse.ops.export_x86_sparse` + `load_model` (FP32)
-Timing: rounds of interleaved runs (each round: every config, `--iters` timed inferences after
-one warm-up; a round's value is their median). Only `infer()` is timed, as in `picosparse
-bench`: the input tensor is set once and the outputs are read as views. "speedup" is the
-median over rounds of the per-round ratio dense / x86-sparse (the two ran back to back, at one
-machine speed); "best" the ratio of the fastest rounds (what an otherwise idle machine shows);
-"rounds p25-p75" the spread of the per-round ratios. On a shared 2-vCPU VM the speed of the machine itself drifted
-by up to 1.7x within minutes while we measured, and memory-bound code (ours: NCHW, a pass per
-op) suffers more from that than OpenVINO's compute-bound dense convs: read all three.
+  x86-sparse  `picosparse.steps.x86_sparse.convert` (= `export --x86-sparse`), FP32
+through the runners `picosparse bench` uses (deploy/runtimes.py). Timing is deploy/timing.py's,
+as in `picosparse bench`: interleaved rounds (each round: every config, `--iters` timed
+inferences after one warm-up; a round's value is their median), only the inference timed
+(input set once, outputs read as views). "speedup" is the median over rounds of the per-round
+ratio dense / x86-sparse (the two ran back to back, at one machine speed); "best" the ratio of
+the fastest rounds (what an otherwise idle machine shows); "rounds p25-p75" the spread of the
+per-round ratios. On a shared 2-vCPU VM the speed of the machine itself drifted by up to 1.7x
+within minutes while we measured, and memory-bound code (ours: NCHW, a pass per op) suffers
+more from that than OpenVINO's compute-bound dense convs: read all three.
 """
 
 import argparse
@@ -24,7 +26,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,31 +33,27 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TARGETS = {0.75: 1.6, 0.85: 2.0}  # the seed's ARM ratios: minimum speedup over dense FP32 at 1 thread
+from picosparse.sparsity import SPARSE_THRESHOLD  # noqa: E402
+
+# the seed's ARM ratios: minimum speed-up over dense FP32 at 1 thread
+TARGETS = {0.75: 1.6, 0.85: 2.0}
 
 
 def prepare(work, cfg, size, sparsity, threshold, log, ov_layout=False):
-    from picosparse.ops import export_x86_sparse
-    from picosparse.ops.refmodel import export_random_picodet
+    from picosparse.sparsity.random_model import export_random_picodet
+    from picosparse.steps.x86_sparse import Options, convert
     tag = f"{Path(cfg).stem}_{size}_s{int(round(sparsity * 100))}"
     dense = work / tag
     if not (dense / "model.pdmodel").is_file():
         log(f"exporting {tag} (random init, {sparsity:.0%} of each 1x1 weight zeroed) ...")
         export_random_picodet(cfg, dense, size, sparsity)
     sparse = work / f"{tag}_x86"
-    info = export_x86_sparse(dense, sparse, sparse_threshold=threshold)
+    spelled = {"sparse_threshold": "--threshold"}
+    info = convert(dense, Options(threshold, spelled=spelled), out=sparse)
     if ov_layout:  # variant: OpenVINO's own depthwise convs etc. (+ layout reorders)
-        export_x86_sparse(dense, work / f"{tag}_x86_ovdw", sparse_threshold=threshold,
-                          nchw_ops=False)
+        convert(dense, Options(threshold, nchw_ops=False, spelled=spelled),
+                out=work / f"{tag}_x86_ovdw")
     return dense, sparse, info
-
-
-def compile_dense(path, threads, precision, perf=False):
-    import openvino as ov
-    from picosparse.ops.runtime import compile_config
-    core = ov.Core()
-    return core.compile_model(core.read_model(str(path / "model.pdmodel")), "CPU",
-                              compile_config(threads, perf, precision))
 
 
 def bf16_supported():
@@ -67,37 +64,16 @@ def bf16_supported():
 
 def time_interleaved(runners, x, rounds, iters):
     """Median over rounds of the per-round median of `iters` timed inferences, in ms:
-    ({name: wall}, {name: process CPU}, wall samples per round). The median within a round
-    drops the odd inference another tenant's burst landed on. CPU time (per-inference mean of
-    the round) is reported beside wall time because other processes on a small machine
-    inflate wall time (not CPU time) of whoever gets preempted. Only the inference is timed,
-    as `picosparse bench` and OpenVINO's benchmark_app do: the input tensor is set once and
-    outputs come back as views (Python's copies of the image and the outputs, ~0.3 ms here,
-    are the harness's, the same for every model)."""
-    import openvino as ov
-    wall = {k: [] for k in runners}
-    cpu = {k: [] for k in runners}
-    names = list(runners)
-    for req in runners.values():
-        req.set_input_tensor(ov.Tensor(x))
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
-        for k in order:
-            req = runners[k]
-            req.infer(share_outputs=True)
-            ts, c0 = [], time.process_time()
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                req.infer(share_outputs=True)
-                ts.append(time.perf_counter() - t0)
-            wall[k].append(float(np.median(ts)) * 1e3)
-            cpu[k].append((time.process_time() - c0) / iters * 1e3)
+    ({name: wall}, {name: process CPU}, wall samples per round); deploy/timing.py's rounds.
+    CPU time (per-inference mean of the round) is reported beside wall time because other
+    processes on a small machine inflate wall time (not CPU time) of whoever gets preempted.
+    Python's copies of the image and the outputs (~0.3 ms here) are not timed."""
+    from picosparse.deploy.timing import time_rounds
+    for r in runners.values():
+        r.feed({"image": x})
+    got = time_rounds({k: r.run for k, r in runners.items()}, rounds, iters, rewarm=True)
     med = lambda d: {k: float(np.median(v)) for k, v in d.items()}  # noqa: E731
-    return med(wall), med(cpu), wall
-
-
-def outputs_of(req, n):
-    return [req.get_output_tensor(i).data.copy() for i in range(n)]
+    return med(got.wall), med(got.cpu), got.wall
 
 
 def max_rel_diff(a, b):
@@ -111,7 +87,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.75, 0.85])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--threshold", type=float, default=0.6)
+    ap.add_argument("--threshold", type=float, default=SPARSE_THRESHOLD)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--iters", type=int, default=7)
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_x86_sparse"))
@@ -124,9 +100,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import openvino as ov
-    from picosparse.ops import load_model
-    from picosparse.ops.kernel import selected_isa
-    from picosparse.ops.perlayer import layer_shape, per_layer
+    from picosparse.deploy.runtimes import OpenVINORunner, X86SparseRunner
+    from picosparse.deploy.timing import paired_speedup
+    from picosparse.x86.kernel import selected_isa
+    from picosparse.x86.perlayer import layer_shape, per_layer
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -138,28 +115,27 @@ def main(argv=None):
     models = {s: prepare(work, args.config, args.size, s, args.threshold, log, args.nchw_ops_off)
               for s in args.sparsity}
 
-    runners, nout = {}, {}
+    runners = {}
     for s, (dense_dir, sparse_dir, _) in models.items():
         for t in args.threads:
-            c = compile_dense(dense_dir, t, "f32")
-            runners[(s, t, "dense-f32")] = c.create_infer_request()
-            nout[s] = len(c.outputs)
+            runners[(s, t, "dense-f32")] = OpenVINORunner(dense_dir, t, "f32")
             if use_bf16:
-                runners[(s, t, "dense-bf16")] = compile_dense(dense_dir, t, "bf16") \
-                    .create_infer_request()
-            runners[(s, t, "x86-sparse")] = load_model(sparse_dir, t).request
+                runners[(s, t, "dense-bf16")] = OpenVINORunner(dense_dir, t, "bf16")
+            runners[(s, t, "x86-sparse")] = X86SparseRunner(sparse_dir, t)
             if args.nchw_ops_off:
-                runners[(s, t, "x86-sparse-ovdw")] = load_model(
-                    sparse_dir.with_name(sparse_dir.name + "_ovdw"), t).request
+                runners[(s, t, "x86-sparse-ovdw")] = X86SparseRunner(
+                    sparse_dir.with_name(sparse_dir.name + "_ovdw"), t)
 
     # outputs must agree before any timing means anything
     agree = {}
     for s in models:
         t = args.threads[0]
-        runners[(s, t, "dense-f32")].infer({0: x})
-        runners[(s, t, "x86-sparse")].infer({0: x})
-        agree[s] = max_rel_diff(outputs_of(runners[(s, t, "x86-sparse")], nout[s]),
-                                outputs_of(runners[(s, t, "dense-f32")], nout[s]))
+        got = {}
+        for k in ("dense-f32", "x86-sparse"):
+            runners[(s, t, k)].feed({"image": x})
+            runners[(s, t, k)].run()
+            got[k] = runners[(s, t, k)].outputs()
+        agree[s] = max_rel_diff(got["x86-sparse"], got["dense-f32"])
 
     load_before = os.getloadavg()
     log(f"timing {len(runners)} configs x {args.rounds} rounds x {args.iters} iters ...")
@@ -173,12 +149,11 @@ def main(argv=None):
             d, sp = med[(s, t, "dense-f32")], med[(s, t, "x86-sparse")]
             # paired: dense and sparse of one round ran back to back, so their ratio is
             # measured at one machine speed even when that speed drifts between rounds
-            per_round = (np.array(samples[(s, t, "dense-f32")])
-                         / np.array(samples[(s, t, "x86-sparse")]))
+            paired = paired_speedup(samples[(s, t, "dense-f32")], samples[(s, t, "x86-sparse")])
             row = {"sparsity": s, "threads": t, "dense_f32_ms": round(d, 3),
                    "dense_bf16_ms": round(med[(s, t, "dense-bf16")], 3) if use_bf16 else None,
                    "x86_sparse_ms": round(sp, 3),
-                   "speedup_vs_f32": round(float(np.median(per_round)), 3),
+                   "speedup_vs_f32": round(paired["median"], 3),
                    "ratio_of_medians": round(d / sp, 3),
                    "cpu_dense_f32_ms": round(cpu[(s, t, "dense-f32")], 3),
                    "cpu_x86_sparse_ms": round(cpu[(s, t, "x86-sparse")], 3),
@@ -188,8 +163,8 @@ def main(argv=None):
                    "best_x86_sparse_ms": round(best[(s, t, "x86-sparse")], 3),
                    "best_speedup_vs_f32": round(best[(s, t, "dense-f32")]
                                                 / best[(s, t, "x86-sparse")], 3),
-                   "round_speedup_p25_p75": [round(float(np.percentile(per_round, q)), 3)
-                                             for q in (25, 75)],
+                   "round_speedup_p25_p75": [round(paired["p25"], 3),
+                                             round(paired["p75"], 3)],
                    "target": TARGETS.get(s) if t == 1 else None,
                    "replaced_1x1": info["replaced"], "depthwise_ops": info["depthwise"],
                    "dense_kxk_ops": info.get("dense_kxk", 0),

@@ -12,6 +12,7 @@ import click
 from picosparse import __version__
 from picosparse.errors import PicosparseError
 from picosparse import progress
+from picosparse.sparsity import SPARSE_THRESHOLD
 
 
 class _Group(click.Group):
@@ -333,7 +334,7 @@ def eval_(config, slim_config, overrides, weights, model_dir, json_out, device):
 @click.option("--no-postprocess", is_flag=True, help="Export without NMS/decoding.")
 @click.option("--lite", is_flag=True, help="Also run `picosparse opt` into OUT/model.nb (ARM).")
 @click.option("--sparse/--no-sparse", default=None, help="With --lite: force the sparse pass on/off [auto: on when some 1x1 conv reaches --sparse-threshold zeros].")
-@click.option("--sparse-threshold", default=0.6, show_default=True, help="With --lite / --x86-sparse: min zero fraction for a 1x1 conv to become sparse.")
+@click.option("--sparse-threshold", default=SPARSE_THRESHOLD, show_default=True, help="With --lite / --x86-sparse: min zero fraction for a 1x1 conv to become sparse.")
 @click.option("--x86-sparse", "x86_sparse", is_flag=True, help="Also write OUT/x86_sparse: OpenVINO IR + picosparse's sparse 1x1 op (x86 CPUs).")
 @click.option("--nchw-ops", "nchw_ops", default="on", show_default=True, type=click.Choice(["on", "off"]), help="With --x86-sparse: depthwise/KxK convs (+ the stem's max pool) and upsampling also on picosparse's NCHW ops, so no layout reorders surround the sparse ops (off: OpenVINO's own).")
 @click.option("--int8", is_flag=True, help="Also write OUT/int8: INT8 model (`picosparse quant` defaults); with --lite its .nb too, INT8 kernels verified.")
@@ -358,7 +359,8 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
     --x86-sparse writes OUT/x86_sparse (model.xml/.bin, libpicosparse_ops.so, x86_sparse.json,
     infer_cfg.yml): every 1x1 conv with >= --sparse-threshold zeros runs picosparse's sparse
     op, BN folded; with --nchw-ops on (default) the depthwise/KxK convs and upsampling between
-    them run picosparse's dense NCHW ops too. Run it with picosparse.ops.load_model(dir, threads) or time it with
+    them run picosparse's dense NCHW ops too. Run it with
+    picosparse.x86.runtime.load_model(dir, threads) or time it with
     `picosparse bench --runtime openvino --model OUT --model OUT/x86_sparse`.
     """
     from pathlib import Path
@@ -367,8 +369,10 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
     cfg = _load_cfg(config, overrides=overrides)
     weights = weights or weights_from_config(cfg, config)
     if x86_sparse:
-        from picosparse.steps.export import check_x86_sparse
-        check_x86_sparse(sparse_threshold, nchw_ops)  # no OpenVINO: fail before exporting
+        from picosparse.steps import x86_sparse as x86
+        x86_options = x86.Options(sparse_threshold, nchw_ops == "on", spelled={
+            "sparse_threshold": "--sparse-threshold", "nchw_ops": "--nchw-ops"})
+        x86.check_stack()  # no OpenVINO: fail before exporting
     if int8:
         from picosparse.steps.quant import check_args
         check_args(calib_images)  # before the export, not after it
@@ -394,9 +398,7 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
         if lite:
             _int8_nb(q, sparse, sparse_threshold)
     if x86_sparse:
-        from picosparse.steps.export import export_x86_sparse
-        _echo_x86(export_x86_sparse(res["model_dir"], sparse_threshold, nchw_ops),
-                  res["postprocess"])
+        _echo_x86(x86.convert(res["model_dir"], x86_options), res["postprocess"])
 
 
 def _echo_x86(r, postprocess):
@@ -429,7 +431,7 @@ def _echo_opt(r):
 @click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="Exported inference model folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nb file.")
 @click.option("--sparse/--no-sparse", default=True, show_default=True, help="Enable and verify the sparse_conv2d pass.")
-@click.option("--sparse-threshold", default=0.6, show_default=True, help="Min zero fraction for a 1x1 conv to become sparse.")
+@click.option("--sparse-threshold", default=SPARSE_THRESHOLD, show_default=True, help="Min zero fraction for a 1x1 conv to become sparse.")
 @click.option("--valid-targets", default="arm", show_default=True, help="Paddle-Lite targets (arm, x86, opencl).")
 @click.option("--fp16", is_flag=True, help="FP16 (refused with --sparse).")
 @click.option("--json", "json_out", metavar="FILE", help="Write the result as JSON ('-' for stdout).")

@@ -202,7 +202,7 @@ def bench_table(res):
 def per_layer_tables(res):
     """bench --per-layer: per x86-sparse model, each replaced layer's dense vs sparse-op time
     per thread count, and how far the whole model is from its bound."""
-    from picosparse.ops.perlayer import layer_shape
+    from picosparse.x86.perlayer import layer_shape
     out = _out()
 
     def ms(v):

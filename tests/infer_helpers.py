@@ -12,13 +12,14 @@ import deploy_helpers as h
 @functools.lru_cache(maxsize=None)
 def exports(size=160, kind="sparse"):
     """{"nms": dir, "raw": dir, "x86": dir} of h.weights(kind) exported at size x size."""
-    from picosparse.steps.export import export, export_x86_sparse
+    from picosparse.steps import x86_sparse
+    from picosparse.steps.export import export
     root = h._TMP / f"infer_{kind}_{size}"
     out = {"nms": root / "nms", "raw": root / "raw"}
     export(h.load_cfg(), h.weights(kind), out["nms"], input_size=size, postprocess=True)
     export(h.load_cfg(), h.weights(kind), out["raw"], input_size=size, postprocess=False)
     # threshold 0: every 1x1 conv becomes the sparse op, whatever the weights' zeros
-    out["x86"] = Path(export_x86_sparse(out["raw"], sparse_threshold=0.0)["out_dir"])
+    out["x86"] = Path(x86_sparse.convert(out["raw"], x86_sparse.Options(0.0))["out_dir"])
     return out
 
 

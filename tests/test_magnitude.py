@@ -1,4 +1,5 @@
-"""The one magnitude-pruning rule (sparsity/magnitude.py)."""
+"""The one magnitude-pruning rule (sparsity/magnitude.py), and the random sparse models the x86
+op is tested and benchmarked on pruned by it."""
 
 import numpy as np
 import pytest
@@ -34,3 +35,21 @@ def test_previously_pruned_rank_first():
     (mask,) = magnitude.keep_masks([w], 0.5, [old])
     assert mask.tolist() == [0, 0, 1, 1]  # stays pruned; then the smallest live one
 
+
+def test_random_model_prunes_what_the_trainer_prunes():
+    """Every 1x1 conv weight (the trainer's policy), exactly ceil(ratio * n) zeros; not the
+    3x3 conv, the BN or the biases."""
+    from picosparse.paddle_env import stack
+    from picosparse.sparsity.random_model import prune_1x1_
+    paddle = stack().paddle
+    paddle.seed(0)
+    nn = paddle.nn
+    model = nn.Sequential(nn.Conv2D(6, 10, 1), nn.BatchNorm2D(10), nn.Conv2D(10, 8, 3),
+                          nn.Conv2D(8, 7, 1))
+    assert prune_1x1_(model, 0.85) == 2
+    for name, p in model.named_parameters():
+        zeros = int((p.numpy() == 0).sum())
+        if len(p.shape) == 4 and p.shape[2:] == [1, 1]:
+            assert zeros == magnitude.zero_count(0.85, p.size), name
+        else:
+            assert zeros == 0 or "bias" in name or "_mean" in name, name

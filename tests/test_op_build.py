@@ -9,7 +9,7 @@ import pytest
 
 from picosparse import weights
 from picosparse.errors import StackError
-from picosparse.ops import build
+from picosparse.x86 import build
 
 
 @pytest.fixture
@@ -34,8 +34,8 @@ def test_cached_library_is_used_without_a_compiler(cache, no_compiler):
     lib.parent.mkdir(parents=True)
     lib.write_bytes(b"\x7fELF prebuilt")
     assert build.library_path() == lib
-    from picosparse.ops import runtime
-    assert runtime.load() == lib  # what load_model falls back to for a foreign bundle
+    from picosparse.x86 import runtime
+    assert runtime.library() == lib  # what load_model falls back to for a foreign bundle
 
 
 def test_without_compiler_and_cache_one_line_error(cache, no_compiler):

@@ -1,5 +1,5 @@
-"""The x86 sparse 1x1 operator (issue 6): kernel vs references on every ISA path, the
-OpenVINO op, the model rewrite (BN/bias folding, activation fusion), and a whole PicoDet."""
+"""The x86 sparse 1x1 operator: kernel vs references on every ISA path, the OpenVINO op, the
+model rewrite (BN/bias folding, activation fusion), and a whole PicoDet."""
 
 import json
 from functools import partial
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from picosparse.errors import PicosparseError
-from picosparse.ops import kernel
-from picosparse.ops.kernel import conv2d, pack, spconv1x1, supported_isas
+from picosparse.x86 import kernel
+from picosparse.x86.kernel import conv2d, pack, spconv1x1, supported_isas
 
 ISAS = supported_isas()
 
@@ -307,7 +307,7 @@ def test_upsample_op_replaces_nearest_interpolate():
     other interpolations stay OpenVINO's."""
     import openvino as ov
     import openvino.opset13 as ops
-    from picosparse.ops.rewrite import rewrite_model
+    from picosparse.x86.convert.rewrite import rewrite_model
 
     def model(mode, scales):
         x = ops.parameter([2, 3, 5, 4], np.float32)
@@ -395,10 +395,9 @@ def _ov():
 
 def _compile(model, threads=1):
     ov, _ = _ov()
-    from picosparse.ops import load
-    from picosparse.ops.runtime import set_op_threads
+    from picosparse.x86.runtime import library, set_op_threads
     core = ov.Core()
-    load(core)
+    library(core)
     set_op_threads(model, threads)
     return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                              "INFERENCE_NUM_THREADS": threads})
@@ -408,14 +407,14 @@ def _compile(model, threads=1):
 def test_openvino_op_one_node(monkeypatch, isa):
     monkeypatch.setenv("PICOSPARSE_ISA", isa)
     from openvino.utils.node_factory import NodeFactory
-    from picosparse.ops import load
+    from picosparse.x86.runtime import library
     ov, ops = _ov()
     rng = np.random.default_rng(3)
     w = sparse_weight(rng, 24, 40, 0.75, empty_rows=(1,))
     b = rng.standard_normal(24).astype(np.float32)
     sw = pack(w, b)
     f = NodeFactory("opset13")
-    f.add_extension(str(load()))
+    f.add_extension(str(library()))
     x = ops.parameter([2, 40, 9, 13], np.float32)
     attrs = {"cout": 24, "se_channels": 0, "activation": "hswish", "alpha": 0.0, "beta": 0.0}
     node = f.create("SparseConv1x1", [x.output(0), ops.constant(sw.segment()).output(0)], attrs)
@@ -437,13 +436,13 @@ def test_openvino_op_one_node(monkeypatch, isa):
 def test_openvino_conv2d_op_checks_its_weights():
     """Conv2d's one weights input is cout * Cin/groups * K * K weights, then cout biases."""
     from openvino.utils.node_factory import NodeFactory
-    from picosparse.ops import load
+    from picosparse.x86.runtime import library
     ov, ops = _ov()
     rng = np.random.default_rng(5)
     w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
     f = NodeFactory("opset13")
-    f.add_extension(str(load()))
+    f.add_extension(str(library()))
     x = ops.parameter([2, 8, 9, 7], np.float32)
     attrs = {"cout": 8, "kernel": 3, "groups": 8, "stride": 2, "pads": [1, 1, 1, 1],
              "activation": "relu", "alpha": 0.0, "beta": 0.0, "pool": []}
@@ -500,7 +499,7 @@ def _toy_model(rng, sparse=0.8):
 
 
 def test_rewrite_folds_and_fuses():
-    from picosparse.ops.rewrite import rewrite_model
+    from picosparse.x86.convert.rewrite import rewrite_model
     rng = np.random.default_rng(4)
     ref_model, model = _toy_model(np.random.default_rng(4)), _toy_model(np.random.default_rng(4))
     stats = rewrite_model(model, sparse_threshold=0.6, nchw_ops=True)
@@ -566,7 +565,7 @@ def _dw_block_model(rng):
 @pytest.mark.parametrize("isa", ISAS)
 def test_rewrite_blocks_tensors_around_depthwise(monkeypatch, isa):
     monkeypatch.setenv("PICOSPARSE_ISA", isa)
-    from picosparse.ops.rewrite import rewrite_model
+    from picosparse.x86.convert.rewrite import rewrite_model
     ref_model, model = (_dw_block_model(np.random.default_rng(10)),
                         _dw_block_model(np.random.default_rng(10)))
     stats = rewrite_model(model, sparse_threshold=0.6)
@@ -607,7 +606,7 @@ def test_rewrite_blocks_ghost_concat(monkeypatch, isa):
     """The depthwise half of a [1x1, depthwise] concat is written blocked; the sparse reader
     takes the first 16 channels as NCHW, the rest blocked (packing and SE channel means)."""
     monkeypatch.setenv("PICOSPARSE_ISA", isa)
-    from picosparse.ops.rewrite import rewrite_model
+    from picosparse.x86.convert.rewrite import rewrite_model
     xv = np.random.default_rng(16).standard_normal((2, 24, 7, 9)).astype(np.float32)
     for se in (True, False):
         ref_model, model = (_ghost_model(np.random.default_rng(15), se),
@@ -644,7 +643,7 @@ def _shuffle_model(rng, conv_b=True):
 @pytest.mark.parametrize("isa", ISAS)
 def test_rewrite_fuses_concat_shuffle(monkeypatch, isa):
     monkeypatch.setenv("PICOSPARSE_ISA", isa)
-    from picosparse.ops.rewrite import rewrite_model
+    from picosparse.x86.convert.rewrite import rewrite_model
     xv = np.random.default_rng(14).standard_normal((2, 32, 7, 9)).astype(np.float32)
     for conv_b in (True, False):  # into the sparse op writing b / a ConcatShuffle op
         ref_model, model = (_shuffle_model(np.random.default_rng(13), conv_b),
@@ -664,7 +663,7 @@ def test_rewrite_fuses_concat_shuffle(monkeypatch, isa):
 @pytest.mark.parametrize("isa", ISAS)
 def test_rewrite_fuses_squeeze_excite(monkeypatch, isa):
     monkeypatch.setenv("PICOSPARSE_ISA", isa)
-    from picosparse.ops.rewrite import rewrite_model
+    from picosparse.x86.convert.rewrite import rewrite_model
     ref_model, model = _se_model(np.random.default_rng(6)), _se_model(np.random.default_rng(6))
     stats = rewrite_model(model, sparse_threshold=0.6)
     assert stats["replaced"] == 4 and stats["se_gates"] == 1
@@ -715,7 +714,7 @@ def _head_model(rng, mode):
 @pytest.mark.parametrize("isa", ISAS)
 def test_rewrite_writes_head_outputs_channels_last(monkeypatch, isa):
     monkeypatch.setenv("PICOSPARSE_ISA", isa)
-    from picosparse.ops.rewrite import rewrite_model
+    from picosparse.x86.convert.rewrite import rewrite_model
     xv = np.random.default_rng(9).standard_normal((2, 24, 9, 7)).astype(np.float32) * 3
     for mode in ("split", "single", "shared"):
         ref_model = _head_model(np.random.default_rng(8), mode)
@@ -744,14 +743,15 @@ def test_rewrite_writes_head_outputs_channels_last(monkeypatch, isa):
 
 def test_export_rejects_missing_model(tmp_path):
     from picosparse.errors import DataError
-    from picosparse.ops import export_x86_sparse
+    from picosparse.steps.x86_sparse import convert
     with pytest.raises(DataError, match="no model.pdmodel"):
-        export_x86_sparse(tmp_path, tmp_path / "out")
+        convert(tmp_path, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
 def test_build_cache(tmp_path, monkeypatch, capsys):
-    from picosparse.ops import build
+    from picosparse.x86 import build
     monkeypatch.setenv("PICOSPARSE_CACHE_DIR", str(tmp_path))
     lib = build.library_path()
     assert lib.is_file() and lib.parent.parent == tmp_path
@@ -764,10 +764,11 @@ def test_build_cache(tmp_path, monkeypatch, capsys):
 def test_whole_picodet_matches_dense(tmp_path):
     """Demo PicoDet, random init, 80% of each 1x1 weight zeroed: x86-sparse == dense OpenVINO."""
     import openvino as ov
-    from picosparse.ops import export_x86_sparse, load_model
-    from picosparse.ops.refmodel import export_random_picodet
+    from picosparse.sparsity.random_model import export_random_picodet
+    from picosparse.steps.x86_sparse import Options, convert
+    from picosparse.x86.runtime import load_model
     src = export_random_picodet("configs/demo/picodet_demo.yml", tmp_path / "dense", 160, 0.8)
-    info = export_x86_sparse(src, tmp_path / "x86", sparse_threshold=0.6)  # nchw_ops=True
+    info = convert(src, Options(), out=tmp_path / "x86")  # nchw_ops=True
     assert info["replaced"] == info["conv_1x1_total"] > 50
     assert info["sparse_weight_bytes"] < info["dense_1x1_weight_bytes"] / 2
     assert info["depthwise"] > 30  # every ESNet/CSPPAN/head depthwise conv
@@ -783,7 +784,7 @@ def test_whole_picodet_matches_dense(tmp_path):
     assert sum(1 for l in meta["layers"] if l.get("fused_into")) == 2 * len(blocks)
     xml = (tmp_path / "x86" / "model.xml").read_text()
     assert 'type="ReduceMean"' not in xml
-    ov_dw = export_x86_sparse(src, tmp_path / "x86_ovdw", sparse_threshold=0.6, nchw_ops=False)
+    ov_dw = convert(src, Options(nchw_ops=False), out=tmp_path / "x86_ovdw")
     assert ov_dw["depthwise"] == ov_dw["dense_kxk"] == 0
     core = ov.Core()
     dense = core.compile_model(core.read_model(str(src / "model.pdmodel")), "CPU",

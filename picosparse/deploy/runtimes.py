@@ -3,7 +3,7 @@
 Each runner is built for one model and one thread count; `feed(inputs)` sets the inputs once
 and `run()` is what gets timed. None of these runtimes has sparse kernels on x86: sparse
 weights run through the same dense convolutions; X86SparseRunner runs an `export --x86-sparse`
-model, whose sparse 1x1 convs are picosparse's own OpenVINO op (picosparse.ops). bench runs
+model, whose sparse 1x1 convs are picosparse's own OpenVINO op (picosparse.x86). bench runs
 them in a child process (deploy/worker.py) because they can take the process down: OpenVINO
 2026.4 crashed (SIGSEGV, or "munmap_chunk(): invalid pointer") inside the multiclass_nms of a
 PicoDet exported with NMS, on some inputs only (the same model without NMS never did; its
@@ -69,11 +69,11 @@ class OpenVINORunner:
             import openvino as ov
         except ImportError as e:
             raise StackError(f"openvino is not importable ({e}); `make install`") from None
-        from picosparse.ops.runtime import compile_config
+        from picosparse.x86.runtime import compile_config
         model, _ = model_files(model_dir, "--model")
         core = ov.Core()
         # FP32 unless asked: on AMX/AVX512-BF16 CPUs OpenVINO's default is bf16. The same
-        # config as the x86-sparse models get (ops.runtime), so only the kernels differ.
+        # config as the x86-sparse models get (x86/runtime.py), so only the kernels differ.
         conf = compile_config(threads, False, OV_PRECISION[precision])
         try:
             self.compiled = core.compile_model(core.read_model(str(model)), "CPU", conf)
@@ -112,10 +112,10 @@ def _ov_precision(compiled):
     return {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(got, got)
 
 
-class X86SparseRunner(OpenVINORunner):
-    """An `export --x86-sparse` folder via picosparse.ops.load_model: OpenVINO with the sparse
-    op library, `threads` for OpenVINO and for every picosparse op. Always FP32 (the op is
-    FP32-only); `precision` applies to the dense models of the same bench run."""
+class X86SparseRunner:
+    """An x86-sparse folder, loaded by picosparse.x86.runtime (its one loader): OpenVINO with
+    the sparse op library, `threads` for OpenVINO and for every picosparse op. Always FP32
+    (the op is FP32-only); `precision` applies to the dense models of the same bench run."""
 
     name = "x86-sparse"
     sets_threads = True
@@ -125,16 +125,21 @@ class X86SparseRunner(OpenVINORunner):
             import openvino  # noqa: F401
         except ImportError as e:
             raise StackError(f"openvino is not importable ({e}); `make install`") from None
-        from picosparse.ops import load_model
-        try:
-            net = load_model(model_dir, int(threads))
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PicosparseError(f"--model {model_dir}: OpenVINO cannot compile this "
-                                  f"x86-sparse model ({first[:200]})") from None
-        self.compiled, self.request = net.compiled, net.request
-        self.precision = _ov_precision(self.compiled)
-        self._inputs = None
+        from picosparse.x86.runtime import load_model
+        self.model = load_model(model_dir, int(threads), flag="--model")
+        self.precision = self.model.precision
+
+    def input_names(self):
+        return self.model.input_names()
+
+    def feed(self, inputs):
+        self.model.feed(inputs)
+
+    def run(self):
+        self.model.run()
+
+    def outputs(self):
+        return self.model.outputs()
 
 
 class OpenVINOIRRunner(OpenVINORunner):
@@ -149,7 +154,7 @@ class OpenVINOIRRunner(OpenVINORunner):
             import openvino as ov
         except ImportError as e:
             raise StackError(f"openvino is not importable ({e}); `make install`") from None
-        from picosparse.ops.runtime import compile_config
+        from picosparse.x86.runtime import compile_config
         core = ov.Core()
         try:
             self.compiled = core.compile_model(

@@ -3,24 +3,22 @@
 On this machine (x86) with Paddle Inference, Paddle-Lite's Python API or OpenVINO; or on an ARM
 board over adb with Paddle-Lite's benchmark_bin (deploy/adb.py), where sparse_conv2d kernels
 exist. With --runtime openvino a model may also be an x86-sparse export (`picosparse export
---x86-sparse`): it runs picosparse's sparse 1x1 op, the others OpenVINO's dense ops,
-in the same child process, same threads. Models are timed round-robin (one run of each in
-turn) so drift in machine load hits all of them alike.
+--x86-sparse`, loaded by picosparse.x86.runtime): it runs picosparse's sparse 1x1 op, the others
+OpenVINO's dense ops, in the same child process, same threads. Timing and speed-ups are
+deploy/timing.py's (round robin; speed-up = median of the per-round paired ratios), the same
+as benchmarks/x86_sparse.py's.
 """
 
-import json
-import math
 import os
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from picosparse import paddle_env, progress, subproc
-from picosparse.deploy import infer_cfg, nbfile, program
+from picosparse.deploy import infer_cfg, nbfile, program, timing
 from picosparse.errors import ConfigError, DataError, PicosparseError
+from picosparse.x86.runtime import is_x86_sparse, read_meta
 
 RUNTIMES = ("paddle", "lite", "openvino")
 PRECISIONS = ("f32", "bf16")
@@ -28,17 +26,10 @@ LABEL = {"paddle": "Paddle Inference (CPU, oneDNN)", "lite": "Paddle-Lite x86 (P
          "openvino": "OpenVINO (CPU)"}
 
 
-X86_META = "x86_sparse.json"
 # The timing child's bound: time to load/compile the models, plus per timed run a generous
 # multiple of what a detector takes on a CPU; a hung runtime ends as one error, not forever.
 WORKER_SETUP_S = 600
 WORKER_PER_RUN_S = 10
-
-
-def is_x86_sparse(path):
-    """An `export --x86-sparse` output folder (x86_sparse.json, or an IR + the op library)."""
-    p = Path(path)
-    return p.is_dir() and ((p / X86_META).is_file() or (p / "model.xml").is_file())
 
 
 def model_name(path):
@@ -89,14 +80,7 @@ def _x86_spec(p, runtime, adb):
     if runtime != "openvino" or adb:
         raise ConfigError(f"--model {p}: an x86-sparse export runs on OpenVINO only; "
                           "use --runtime openvino")
-    for f in (p / "model.xml", p / X86_META):
-        if not f.is_file():
-            raise DataError(f"--model {p}: no {f.name} (not a complete x86-sparse export; "
-                            "remake it with `picosparse export --x86-sparse`)")
-    try:
-        return json.loads((p / X86_META).read_text())
-    except ValueError as e:
-        raise DataError(f"--model {p}: unreadable {X86_META} ({e})") from None
+    return read_meta(p, "--model")
 
 
 def _spec(path, runtime, input_size, adb):
@@ -140,22 +124,23 @@ def _unique_names(specs):
             s["name"] = f"{n}#{seen[n]}"
 
 
-def _stats(ms):
-    xs = sorted(ms)
-    p90 = xs[max(0, math.ceil(0.9 * len(xs)) - 1)]  # nearest rank
-    return {"median": statistics.median(xs), "p90": p90, "mean": statistics.fmean(xs),
-            "min": xs[0], "max": xs[-1]}
-
-
 def _speedups(models, threads, basis):
-    base = models[0]["latency_ms"]
+    """speedup_ratio: the baseline's time / this one's: with per-round samples the median of
+    the paired per-round ratios (deploy/timing.py), else (adb: means only) the ratio of the
+    `basis` values; speedup_fps_gain = ratio - 1, the seed's (dense - sparse) / sparse."""
+    base = models[0]
     for m in models:
         m["speedup_fps_gain"], m["speedup_ratio"] = {}, {}
         for t in threads:
-            b, x = base.get(t, {}).get(basis), m["latency_ms"].get(t, {}).get(basis)
-            if b and x:
-                m["speedup_fps_gain"][t] = (b - x) / x  # the seed's (dense - sparse) / sparse
-                m["speedup_ratio"][t] = b / x
+            if "samples_ms" in m:
+                r = timing.paired_speedup(base["samples_ms"][t], m["samples_ms"][t])["median"]
+            else:
+                b = base["latency_ms"].get(t, {}).get(basis)
+                x = m["latency_ms"].get(t, {}).get(basis)
+                r = b / x if b and x else None
+            if r:
+                m["speedup_fps_gain"][t] = r - 1
+                m["speedup_ratio"][t] = r
 
 
 def _inputs(spec, image):
@@ -196,16 +181,17 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
              "models": [{"name", "path", "size_bytes", "size_kind", "input_size",
                          "conv1x1_zero_fraction": float|None,
                          "latency_ms": {"1": {"median", "p90", "mean", "min", "max"}, ...},
-                         "speedup_fps_gain": {"1": float, ...},  # (base - this) / this
-                         "speedup_ratio": {"1": float, ...},     # base / this
+                         "samples_ms": {"1": [ms per round], ...},  # not over adb
+                         "speedup_ratio": {"1": float, ...},  # median of per-round base/this
+                         "speedup_fps_gain": {"1": float, ...},  # ratio - 1
                          "kind": "dense"|"x86-sparse", "precision": "fp32"|"bf16"|None,
                          # x86-sparse only:
                          "x86_sparse": {"replaced", "conv_1x1_total", "depthwise",
                                         "dense_kxk", "upsample", "sparse_threshold"},
-                         # with per_layer, x86-sparse only (picosparse.ops.perlayer):
+                         # with per_layer, x86-sparse only (picosparse.x86.perlayer):
                          "per_layer": {"1": {"summary": {...}, "layers": [...]}, ...}}]}
     Thread keys are strings (JSON). Over adb, benchmark_bin gives min/max/avg only: median and
-    p90 are None and the speed-ups use the mean ("basis").
+    p90 are None, there are no samples and the speed-ups are ratios of means ("basis").
     """
     threads = list(threads)
     _check_args(models, threads, repeats, warmup, runtime, precision, per_layer)
@@ -241,7 +227,7 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
     notes += _kernel_notes(specs, runtime, precision)
     dense_of = {}  # model index -> the dense model.pdmodel its x86-sparse export came from
     if per_layer:
-        from picosparse.ops.perlayer import dense_model_of
+        from picosparse.x86.perlayer import dense_model_of
         dense_of = {str(i): str(dense_model_of(s["path"])) for i, s in enumerate(specs)
                     if s["x86_sparse"]}
     tmp = Path(tempfile.mkdtemp(prefix="picosparse-bench-"))
@@ -253,6 +239,7 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
                   for k, v in _inputs(s, image).items()}
         np.savez(tmp / "inputs.npz", **arrays)
         results = {s["name"]: {} for s in specs}
+        samples = {s["name"]: {} for s in specs}
         precisions = set()
         for t in ran:
             progress.say(f"bench {runtime}: {t} thread{'s' * (t > 1)}, {len(specs)} model(s)")
@@ -260,13 +247,15 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
                           warmup, repeats, [s["kind"] for s in specs], dense_of)
             precisions.update(got["precisions"])
             for s, ms, prec in zip(specs, got["times_ms"], got["precisions"]):
-                results[s["name"]][str(t)] = _stats(ms)
+                results[s["name"]][str(t)] = timing.summary(ms)
+                samples[s["name"]][str(t)] = ms
                 s["precision"] = prec
             for i, pl in (got.get("per_layer") or {}).items():
                 specs[int(i)].setdefault("per_layer", {})[str(t)] = pl
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out_models = [_model_out(s, results[s["name"]]) for s in specs]
+    out_models = [dict(_model_out(s, results[s["name"]]), samples_ms=samples[s["name"]])
+                  for s in specs]
     keys = [str(t) for t in ran]
     _speedups(out_models, keys, "median")
     for s, m in zip(specs, out_models):
@@ -315,34 +304,22 @@ def _worker(tmp, runtime, paths, names, threads, precision, warmup, repeats, kin
     """Time in a child process (deploy/worker.py): a runtime crash must not take us down."""
     spec = {"runtime": runtime, "paths": [str(p) for p in paths], "names": names,
             "inputs": str(tmp / "inputs.npz"), "threads": threads, "precision": precision,
-            "warmup": warmup, "repeats": repeats, "result": str(tmp / "result.json"),
+            "warmup": warmup, "repeats": repeats,
             "kinds": list(kinds or ["dense"] * len(paths)), "per_layer": dict(per_layer or {})}
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    result = tmp / "result.json"
-    if result.exists():
-        result.unlink()
     runs = (warmup + repeats) * len(paths) * (2 if per_layer else 1)
     timeout = WORKER_SETUP_S + WORKER_PER_RUN_S * runs
     try:
-        r = subproc.run([sys.executable, "-m", "picosparse.deploy.worker",
-                         str(tmp / "spec.json")], timeout=timeout)
+        return subproc.call_python("picosparse.deploy.worker:time_models", spec, timeout)
     except subprocess.TimeoutExpired:
         raise PicosparseError(f"--runtime {runtime}: timing {', '.join(map(str, names))} did "
                               f"not finish within {timeout} s ({runs} runs) and was "
                               "stopped") from None
-    if r.returncode != 0 or not result.is_file():
-        why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit code {r.returncode}"
-        lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
-        detail = next((ln for ln in reversed(lines) if "Error" in ln or "fault" in ln),
-                      lines[-1] if lines else "")
+    except subproc.ChildCrashed as e:
         hint = ("; OpenVINO 2026.4's multiclass_nms crashed here on some inputs: time "
                 "models exported with --no-postprocess" if runtime == "openvino" else "")
-        raise PicosparseError(f"--runtime {runtime} crashed ({why}) timing "
-                              f"{', '.join(map(str, names))}: {detail[:200]}{hint}")
-    got = json.loads(result.read_text())
-    if "error" in got:
-        raise PicosparseError(got["error"])
-    return got
+        raise PicosparseError(f"--runtime {runtime} crashed ({e.why}) timing "
+                              f"{', '.join(map(str, names))}: "
+                              f"{e.detail(prefer=('Error', 'fault'))}{hint}") from None
 
 
 def _model_out(spec, latency):

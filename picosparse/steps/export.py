@@ -120,7 +120,7 @@ def export(cfg, weights, out, input_size=None, postprocess=True, quiet_build=Tru
         model.export_post_process = bool(postprocess)
     if hasattr(model, "export_nms"):
         model.export_nms = bool(postprocess)
-    from paddle.static import InputSpec
+    InputSpec = paddle.static.InputSpec
     spec = {"image": InputSpec([1, 3, input_size, input_size], "float32", "image"),
             "im_shape": InputSpec([1, 2], "float32", "im_shape"),
             "scale_factor": InputSpec([1, 2], "float32", "scale_factor")}
@@ -155,39 +155,3 @@ def export(cfg, weights, out, input_size=None, postprocess=True, quiet_build=Tru
             "conv1x1": sp["conv1x1"], "conv1x1_zero_fraction": sp["overall"],
             "conv1x1_layers": sp["layers"]}
 
-
-X86_SPARSE_DIR = "x86_sparse"
-NCHW_OPS = {"on": True, "off": False}
-
-
-def check_x86_sparse(sparse_threshold, nchw_ops="on"):
-    """Fail before the (slow) Paddle export when --x86-sparse cannot work: bad flags, no
-    OpenVINO, or an extension that does not build (built once here and cached)."""
-    if nchw_ops not in NCHW_OPS:
-        raise ConfigError(f"--nchw-ops {nchw_ops}: expected one of {', '.join(NCHW_OPS)}")
-    if isinstance(sparse_threshold, bool) or not 0.0 <= float(sparse_threshold) <= 1.0:
-        raise ConfigError(f"--sparse-threshold {sparse_threshold}: must be in [0, 1]")
-    from picosparse.ops.build import library_path, openvino_dirs
-    openvino_dirs()
-    library_path()
-
-
-def export_x86_sparse(model_dir, sparse_threshold=0.6, nchw_ops="on"):
-    """MODEL_DIR (a `picosparse export` output) -> MODEL_DIR/x86_sparse: OpenVINO IR whose
-    1x1 convs with >= sparse_threshold zeros run picosparse's sparse op.
-
-    nchw_ops: "on" | "off": whether depthwise / KxK convs (+ the stem's max pool) and nearest
-    upsampling also become picosparse NCHW ops (no layout reorders around the sparse ops).
-    Written atomically: on any error MODEL_DIR/x86_sparse does not exist afterwards.
-    Returns picosparse.ops.export_x86_sparse's dict.
-    """
-    check_x86_sparse(sparse_threshold, nchw_ops)
-    from picosparse import progress
-    from picosparse.ops import export_x86_sparse as convert
-    progress.say(f"x86-sparse: rewriting {model_dir} for OpenVINO + picosparse's sparse op")
-    out = Path(model_dir) / X86_SPARSE_DIR
-    if out.exists():
-        # the export it was made from was just replaced; never leave a stale sparse model
-        import shutil
-        shutil.rmtree(out)
-    return convert(model_dir, out, float(sparse_threshold), NCHW_OPS[nchw_ops])

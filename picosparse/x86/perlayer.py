@@ -23,8 +23,9 @@ def dense_model_of(sparse_dir):
 
     OUT/x86_sparse's parent first (folders move together), else the source recorded in
     x86_sparse.json."""
+    from picosparse.x86.runtime import read_meta
     d = Path(sparse_dir)
-    meta = json.loads((d / "x86_sparse.json").read_text())
+    meta = read_meta(d, "--per-layer")
     cands = [d.parent / "model.pdmodel"]
     if meta.get("source"):
         cands.append(Path(meta["source"]))
@@ -66,13 +67,13 @@ def per_layer(dense_model, sparse_dir, inputs, threads=1, reps=20):
     """
     import openvino as ov
 
-    from picosparse.ops.runtime import compile_config, load_model
+    from picosparse.x86.runtime import META_NAME, compile_config, load_model
 
     dense_model = Path(dense_model)
     if dense_model.is_dir():
         dense_model = dense_model / "model.pdmodel"
     sparse_dir = Path(sparse_dir)
-    meta = json.loads((sparse_dir / "x86_sparse.json").read_text())
+    meta = json.loads((sparse_dir / META_NAME).read_text())
     core = ov.Core()
     dense_c = core.compile_model(core.read_model(str(dense_model)), "CPU",
                                  compile_config(threads, True, "f32"))

@@ -1,7 +1,7 @@
-"""Python side of the sparse 1x1 kernel: the weight format and a direct (ctypes) call.
+"""Python side of the kernels: the sparse weight format and direct (ctypes) calls.
 
-The direct call exists for tests and per-layer benchmarks; deployed models reach the same
-kernel through the OpenVINO op (see picosparse.ops.rewrite / picosparse.ops.runtime).
+The direct calls exist for tests and per-kernel benchmarks; deployed models reach the same
+kernels through the OpenVINO ops (picosparse.x86.convert, picosparse.x86.runtime).
 """
 
 import ctypes
@@ -11,7 +11,6 @@ import numpy as np
 
 from picosparse.errors import PicosparseError
 
-ACTS = {"none": 0, "relu": 1, "hswish": 2, "hsigmoid": 3, "leaky": 4}
 ISAS = {"portable": 0, "avx2": 1, "avx512": 2}
 _LIB = None
 
@@ -69,7 +68,7 @@ def pack(weight, bias=None):
 def _lib():
     global _LIB
     if _LIB is None:
-        from picosparse.ops.build import library_path
+        from picosparse.x86.build import library_path
         import openvino  # noqa: F401  (loads libopenvino/libtbb the library links against)
         lib = ctypes.CDLL(str(library_path()))
         f32p, i32p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int32)
@@ -86,8 +85,18 @@ def _lib():
         lib.ps_select_isa.restype = ctypes.c_int
         lib.ps_cpu_supports.restype = ctypes.c_int
         lib.ps_cpu_supports.argtypes = [ctypes.c_int]
+        lib.ps_activation_code.restype = ctypes.c_int
+        lib.ps_activation_code.argtypes = [ctypes.c_char_p]
         _LIB = lib
     return _LIB
+
+
+def activation_code(name):
+    """The kernels' code for an activation name (their table: kernels/activation.h)."""
+    code = _lib().ps_activation_code(str(name).encode())
+    if code < 0:
+        raise ValueError(f"unknown activation {name!r}")
+    return code
 
 
 def supported_isas():
@@ -110,7 +119,7 @@ VECTOR_WIDTH = {"portable": 4, "avx2": 8, "avx512": 16}
 
 
 def to_blocked(x, b):
-    """NCHW array -> the same values in the blocked layout [N, C/b, H*W, b] (spconv.h),
+    """NCHW array -> the same values in the blocked layout [N, C/b, H*W, b] (kernels/api.h),
     returned with x's shape (what the ops see)."""
     n, c, h, w = x.shape
     return np.ascontiguousarray(x.reshape(n, c // b, b, h * w).transpose(0, 1, 3, 2)).reshape(
@@ -152,8 +161,8 @@ def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None, gate=N
     err = ctypes.create_string_buffer(256)
     code = _lib().ps_spconv1x1(
         w.rowptr.ctypes.data_as(i32p), w.cols.ctypes.data_as(i32p),
-        w.vals.ctypes.data_as(f32p), w.bias.ctypes.data_as(f32p), w.cout, w.cin, ACTS[act],
-        alpha, beta, None if g is None else g.ctypes.data_as(f32p), x.ctypes.data_as(f32p),
+        w.vals.ctypes.data_as(f32p), w.bias.ctypes.data_as(f32p), w.cout, w.cin,
+        activation_code(act), alpha, beta, None if g is None else g.ctypes.data_as(f32p), x.ctypes.data_as(f32p),
         y.ctypes.data_as(f32p), n, h * wd, threads, layout, err, len(err))
     if code < 0:
         raise PicosparseError(f"sparse op: {err.value.decode()}")
@@ -190,7 +199,7 @@ def conv2d(x, weight, bias=None, stride=1, pads=(0, 0, 0, 0), groups=1, act="non
     pl = (ctypes.c_int * 6)(*pool) if pool is not None else None
     err = ctypes.create_string_buffer(256)
     code = _lib().ps_conv2d(wt.ctypes.data_as(f32p), b.ctypes.data_as(f32p), cin, cout, groups,
-                            h, w, k, stride, pd, ACTS[act], alpha, beta, pl,
+                            h, w, k, stride, pd, activation_code(act), alpha, beta, pl,
                             x.ctypes.data_as(f32p), y.ctypes.data_as(f32p), n, threads, layout,
                             err, len(err))
     if code < 0:

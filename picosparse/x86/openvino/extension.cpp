@@ -1,6 +1,8 @@
-// OpenVINO host for picosparse's ops - the sparse 1x1 convolution, and the dense NCHW ops that
-// keep its neighbours out of OpenVINO's blocked layouts (Conv2d, Upsample) - plus a tiny C API
-// (for ctypes tests) in the same shared library.
+// OpenVINO host for picosparse's kernels (../kernels): thin node classes - the sparse 1x1
+// convolution, and the dense NCHW ops that keep its neighbours out of OpenVINO's blocked layouts
+// (Conv2d, Upsample, ConcatShuffle). Each maps its attributes to the kernel's descriptors;
+// which attributes combine is one table per op (kSparseRules, kConvRules), the layout rules
+// that depend on the ISA the kernel's own (sparse1x1_error, conv_layout_error).
 //
 // Op "SparseConv1x1" (opset "picosparse"):
 //   inputs  0: x       f32 [N, Cin, H, W]
@@ -25,8 +27,8 @@
 //           out_parts, out_sigmoid: empty (one NCHW output), or channels-last outputs: output k
 //           is [N, H*W, out_parts[k]] of the next out_parts[k] channels, sigmoid if
 //           out_sigmoid[k] (a detection head's split + sigmoid + transpose; no gate, no SE);
-//           in_blocked / out_blocked: kBlocked layouts (spconv.h); in_nchw: with in_blocked,
-//           x's first in_nchw channels are NCHW (SparseWeights::in_nchw); shuffle: 0 / 1 (above);
+//           in_blocked / out_blocked: blocked layouts (kernels/api.h); in_nchw: with in_blocked,
+//           x's first in_nchw channels are NCHW (SparseInput::nchw_prefix); shuffle: 0 / 1;
 //           threads: 0 = the calling TBB arena's concurrency, n = exactly n
 //           (load_model sets it: inside the CPU plugin, evaluate() runs in the default arena,
 //           whose concurrency is the core count, not INFERENCE_NUM_THREADS)
@@ -44,22 +46,77 @@
 #include <openvino/op/constant.hpp>
 #include <openvino/op/op.hpp>
 
-#include "spconv.h"
+#include "../kernels/api.h"
 
 namespace picosparse {
 
-static int act_code(const std::string& s) {
-    if (s == "none") return ACT_NONE;
-    if (s == "relu") return ACT_RELU;
-    if (s == "hswish") return ACT_HSWISH;
-    if (s == "hsigmoid") return ACT_HSIGMOID;
-    if (s == "leaky") return ACT_LEAKY;
-    return -1;
+static int act_code(const std::string& s) { return picosparse::act_code(s.c_str()); }
+
+// One rule an op's attributes (and its input count) must satisfy, with what to say if not.
+template <class Attrs>
+struct Rule {
+    bool (*holds)(const Attrs& a, size_t inputs);
+    const char* why;
+};
+
+template <class Attrs, size_t N>
+void check_rules(const ov::Node* node, const Rule<Attrs> (&rules)[N], const Attrs& a,
+                 size_t inputs) {
+    for (const auto& r : rules) NODE_VALIDATION_CHECK(node, r.holds(a, inputs), r.why);
 }
+
+struct SeAct {  // a squeeze-excite conv's activation
+    std::string activation = "none";
+    float alpha = 0.f, beta = 0.f;
+};
+
+struct SparseAttrs {  // everything SparseConv1x1's visit_attributes names
+    int64_t cout = 0, se_channels = 0, shuffle = 0;
+    std::string activation = "none";
+    float alpha = 0.f, beta = 0.f;
+    int64_t threads = 0;
+    SeAct se[2];  // reduce, expand
+    std::vector<int64_t> out_parts, out_sigmoid;
+    int64_t in_blocked = 0, out_blocked = 0;  // blocked layouts (kernels/api.h)
+    int64_t in_nchw = 0;
+};
+
+// SparseConv1x1's attribute rules (inputs: without shuffle_with)
+const Rule<SparseAttrs> kSparseRules[] = {
+    {[](const SparseAttrs& a, size_t) { return a.shuffle == 0 || a.shuffle == 1; },
+     "shuffle must be 0 or 1"},
+    {[](const SparseAttrs&, size_t n) { return n == 2 || n == 3; },
+     "SparseConv1x1 takes x, weights, an optional gate and (shuffle = 1) shuffle_with"},
+    {[](const SparseAttrs& a, size_t) {
+         return act_code(a.activation) >= 0 && act_code(a.se[0].activation) >= 0 &&
+                act_code(a.se[1].activation) >= 0;
+     },
+     "unknown activation (none, relu, hswish, hsigmoid, leaky)"},
+    {[](const SparseAttrs& a, size_t) { return a.cout >= 1 && a.se_channels >= 0; },
+     "cout must be >= 1 and se_channels >= 0"},
+    {[](const SparseAttrs& a, size_t n) { return n != 3 || a.se_channels == 0; },
+     "a gate input and se_channels exclude each other"},
+    {[](const SparseAttrs& a, size_t) {
+         return !a.shuffle || (a.out_parts.empty() && !a.out_blocked);
+     },
+     "shuffle needs one NCHW output"},
+    {[](const SparseAttrs& a, size_t n) {
+         return a.out_parts.empty() || (n == 2 && a.se_channels == 0 &&
+                                        a.out_sigmoid.size() == a.out_parts.size() &&
+                                        !a.out_blocked);
+     },
+     "out_parts needs no gate / SE block, one out_sigmoid flag per part and no blocked output"},
+    {[](const SparseAttrs& a, size_t) {
+         int64_t total = 0;
+         for (auto c : a.out_parts) total += c;
+         return a.out_parts.empty() || total == a.cout;
+     },
+     "out_parts must sum to cout"},
+};
 
 // One conv's segment of a SparseConv1x1 weights input at p[pos..] (see the op's comment) into
 // w's pointers; advances pos. False if it does not fit in len entries.
-static bool read_segment(const int32_t* p, size_t len, size_t& pos, int cout, SparseWeights& w) {
+static bool read_segment(const int32_t* p, size_t len, size_t& pos, int cout, SparseConv& w) {
     if (cout < 0 || pos + (size_t)cout + 1 > len) return false;
     w.cout = cout;
     w.rowptr = p + pos;
@@ -83,15 +140,8 @@ public:
     SparseConv1x1() = default;  // built by NodeFactory / the IR reader: attributes, then inputs
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, at.shuffle == 0 || at.shuffle == 1, "shuffle must be 0 or 1");
-        const size_t n_in = get_input_size() - (size_t)at.shuffle;  // without shuffle_with
-        NODE_VALIDATION_CHECK(this, n_in == 2 || n_in == 3,
-                              "SparseConv1x1 takes x, weights, an optional gate and (shuffle = 1) "
-                              "shuffle_with");
-        for (const auto* a : {&at.activation, &at.se[0].activation, &at.se[1].activation})
-            NODE_VALIDATION_CHECK(this, act_code(*a) >= 0, "unknown activation '", *a, "'");
-        NODE_VALIDATION_CHECK(this, at.cout >= 1 && at.se_channels >= 0,
-                              "cout must be >= 1 and se_channels >= 0");
+        const size_t n_in = get_input_size() - (size_t)(at.shuffle == 1);  // w/o shuffle_with
+        check_rules(this, kSparseRules, at, n_in);
         NODE_VALIDATION_CHECK(this, get_input_element_type(0) == ov::element::f32,
                               "SparseConv1x1 input must be f32");
         NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::i32 &&
@@ -107,8 +157,6 @@ public:
                                       "the weights input does not match cout / se_channels / "
                                       "Cin");
         if (n_in == 3) {
-            NODE_VALIDATION_CHECK(this, at.se_channels == 0,
-                                  "a gate input and se_channels exclude each other");
             const auto& gs = get_input_partial_shape(2);
             NODE_VALIDATION_CHECK(this, get_input_element_type(2) == ov::element::f32,
                                   "SparseConv1x1 gate must be f32");
@@ -125,8 +173,6 @@ public:
             out[1] = at.cout;
         }
         if (at.shuffle) {
-            NODE_VALIDATION_CHECK(this, at.out_parts.empty() && !at.out_blocked,
-                                  "shuffle needs one NCHW output");
             NODE_VALIDATION_CHECK(this, get_input_element_type(n_in) == ov::element::f32 &&
                                       get_input_partial_shape(n_in).compatible(out),
                                   "shuffle_with must be f32 [N, Cout, H, W]");
@@ -136,13 +182,6 @@ public:
             set_output_type(0, ov::element::f32, out);
             return;
         }
-        NODE_VALIDATION_CHECK(this, n_in == 2 && at.se_channels == 0 &&
-                                  at.out_sigmoid.size() == at.out_parts.size() && !at.out_blocked,
-                              "out_parts needs no gate / SE block, one out_sigmoid flag per "
-                              "part and no blocked output");
-        int64_t total = 0;
-        for (auto c : at.out_parts) total += c;
-        NODE_VALIDATION_CHECK(this, total == at.cout, "out_parts must sum to cout");
         set_output_size(at.out_parts.size());
         for (size_t k = 0; k < at.out_parts.size(); ++k) {
             ov::PartialShape pk{out[0], ov::Dimension::dynamic(), at.out_parts[k]};
@@ -185,66 +224,62 @@ public:
     bool has_evaluate() const override { return true; }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        const auto& x = inputs[0];
-        const ov::Shape& xs = x.get_shape();
-        SparseWeights w, se[2];  // the conv; the squeeze-excite block's reduce, expand
+        const ov::Shape& xs = inputs[0].get_shape();
+        SparseConv w, se[2];  // the conv; the squeeze-excite block's reduce, expand
         const int cin = (int)xs[1];
         if (!read_weights(inputs[1].data<const int32_t>(), inputs[1].get_size(), cin, w, se))
             OPENVINO_THROW("picosparse: SparseConv1x1 '", get_friendly_name(),
                            "': the weights input does not match cout / se_channels / Cin");
         w.cin = cin;
-        w.act = act_code(at.activation);
-        w.alpha = at.alpha;
-        w.beta = at.beta;
-        if (inputs.size() - (size_t)at.shuffle == 3) w.gate = inputs[2].data<const float>();
-        if (at.shuffle) w.shuffle_with = inputs.back().data<const float>();
+        w.act = Activation{act_code(at.activation), at.alpha, at.beta};
+        SparseInput in;  // the reader
+        in.x = inputs[0].data<const float>();
+        in.blocked = (int)at.in_blocked, in.nchw_prefix = (int)at.in_nchw;
+        if (inputs.size() - (size_t)at.shuffle == 3) in.gate = inputs[2].data<const float>();
         if (at.se_channels > 0) {
             se[0].cin = cin, se[1].cin = (int)at.se_channels;
-            for (int j = 0; j < 2; ++j) {
-                se[j].act = act_code(at.se[j].activation);
-                se[j].alpha = at.se[j].alpha;
-                se[j].beta = at.se[j].beta;
-            }
-            w.se_reduce = &se[0], w.se_expand = &se[1];
+            for (int j = 0; j < 2; ++j)
+                se[j].act = Activation{act_code(at.se[j].activation), at.se[j].alpha,
+                                       at.se[j].beta};
+            in.se_reduce = &se[0], in.se_expand = &se[1];
         }
-        w.in_blocked = (int)at.in_blocked, w.out_blocked = (int)at.out_blocked;
-        w.in_nchw = (int)at.in_nchw;
-        const char* err = nullptr;
-        const int isa = select_isa(&err);
-        if (isa < 0) OPENVINO_THROW("picosparse: ", err);
-        if (const char* why = sp_layout_error(w, isa)) OPENVINO_THROW("picosparse: ", why);
         const int64_t hw = (int64_t)(xs[2] * xs[3]);
-        const auto offs = offsets(w, sp_tile_width(isa, w.cin, hw));
+        SparseOutput out;  // the writer
+        std::vector<int> channels(at.out_parts.size()), sigmoid(at.out_parts.size());
+        std::vector<float*> parts(at.out_parts.size());
         if (!at.out_parts.empty()) {
-            const size_t parts = at.out_parts.size();
-            std::vector<int> channels(parts), sigmoid(parts);
-            std::vector<float*> out(parts);
-            for (size_t k = 0; k < parts; ++k) {
+            for (size_t k = 0; k < parts.size(); ++k) {
                 channels[k] = (int)at.out_parts[k];
                 sigmoid[k] = (int)at.out_sigmoid[k];
                 outputs[k].set_shape(ov::Shape{xs[0], (size_t)hw, (size_t)channels[k]});
-                out[k] = outputs[k].data<float>();
+                parts[k] = outputs[k].data<float>();
             }
-            NlcOut o;
-            o.parts = (int)parts, o.channels = channels.data(), o.sigmoid = sigmoid.data();
-            o.out = out.data();
-            spconv1x1_nlc(w, x.data<const float>(), o, (int)xs[0], hw, isa, (int)at.threads,
-                          offs->data());
-            return true;
+            out.layout = SparseOutput::CHANNELS_LAST;
+            out.parts.parts = (int)parts.size(), out.parts.channels = channels.data();
+            out.parts.sigmoid = sigmoid.data(), out.parts.out = parts.data();
+        } else {
+            ov::Shape ys = xs;
+            ys[1] = (size_t)w.cout * (at.shuffle ? 2 : 1);
+            outputs[0].set_shape(ys);
+            out.layout = at.out_blocked ? SparseOutput::BLOCKED : SparseOutput::NCHW;
+            out.y = outputs[0].data<float>();
+            if (at.shuffle) out.interleave = inputs.back().data<const float>();
         }
-        ov::Shape ys = xs;
-        ys[1] = (size_t)w.cout * (at.shuffle ? 2 : 1);
-        outputs[0].set_shape(ys);
-        spconv1x1(w, x.data<const float>(), outputs[0].data<float>(), (int)xs[0], hw, isa,
-                  (int)at.threads, offs->data());
+        const char* err = nullptr;
+        const int isa = select_isa(&err);
+        if (isa < 0) OPENVINO_THROW("picosparse: ", err);
+        if (const char* why = sparse1x1_error(w, in, out, isa))
+            OPENVINO_THROW("picosparse: ", why);
+        const auto offs = offsets(w, sp_tile_width(isa, w.cin, hw));
+        sparse1x1(w, in, out, (int)xs[0], hw, isa, (int)at.threads, offs->data());
         return true;
     }
 
 private:
     // The conv's and (se_channels > 0) the SE block's segments of the weights input, filling
     // exactly len entries
-    bool read_weights(const int32_t* p, size_t len, int cin, SparseWeights& w,
-                      SparseWeights* se) const {
+    bool read_weights(const int32_t* p, size_t len, int cin, SparseConv& w,
+                      SparseConv* se) const {
         size_t pos = 0;
         bool ok = read_segment(p, len, pos, (int)at.cout, w);
         if (ok && at.se_channels > 0)
@@ -255,9 +290,9 @@ private:
 
     // read_weights, and every row's columns inside its input (checked once, at validation)
     bool weights_fit(const int32_t* p, size_t len, int cin) const {
-        SparseWeights w, se[2];
+        SparseConv w, se[2];
         if (!read_weights(p, len, cin, w, se)) return false;
-        const auto rows_ok = [](const SparseWeights& s, int in) {
+        const auto rows_ok = [](const SparseConv& s, int in) {
             for (int r = 0; r < s.cout; ++r)
                 if (s.rowptr[r] > s.rowptr[r + 1]) return false;
             for (int k = 0; k < s.rowptr[s.cout]; ++k)
@@ -271,7 +306,7 @@ private:
     // The nonzeros' tile offsets for tile width tw, computed on the first call and kept (the
     // weights are constants; tw changes only if the input shape does). Shared so a concurrent
     // call that recomputes them never frees what another is reading.
-    std::shared_ptr<const std::vector<int32_t>> offsets(const SparseWeights& w, int tw) const {
+    std::shared_ptr<const std::vector<int32_t>> offsets(const SparseConv& w, int tw) const {
         std::lock_guard<std::mutex> lock(m_cache_mutex);
         if (!m_offs || m_offs_tw != tw) {
             auto offs = std::make_shared<std::vector<int32_t>>((size_t)w.rowptr[w.cout] + 1);
@@ -282,23 +317,36 @@ private:
         return m_offs;
     }
 
-    struct SeAct {  // a squeeze-excite conv's activation
-        std::string activation = "none";
-        float alpha = 0.f, beta = 0.f;
-    };
-    struct Attrs {  // everything visit_attributes names (one copy in clone_with_new_inputs)
-        int64_t cout = 0, se_channels = 0, shuffle = 0;
-        std::string activation = "none";
-        float alpha = 0.f, beta = 0.f;
-        int64_t threads = 0;
-        SeAct se[2];  // reduce, expand
-        std::vector<int64_t> out_parts, out_sigmoid;
-        int64_t in_blocked = 0, out_blocked = 0;  // kBlocked layouts (spconv.h)
-        int64_t in_nchw = 0;
-    } at;
+    SparseAttrs at;  // one copy in clone_with_new_inputs: none can be forgotten there
     mutable std::mutex m_cache_mutex;
     mutable std::shared_ptr<const std::vector<int32_t>> m_offs;
     mutable int m_offs_tw = 0;
+};
+
+struct ConvAttrs {  // everything Conv2d's visit_attributes names
+    int64_t cout = 0, kernel = 0, groups = 1, stride = 1;
+    std::vector<int64_t> pads{0, 0, 0, 0};
+    std::string activation = "none";
+    float alpha = 0.f, beta = 0.f;
+    std::vector<int64_t> pool;
+    int64_t threads = 0;
+    int64_t in_blocked = 0, out_blocked = 0;  // blocked layouts (kernels/api.h)
+};
+
+// Conv2d's attribute rules
+const Rule<ConvAttrs> kConvRules[] = {
+    {[](const ConvAttrs&, size_t n) { return n == 2; }, "Conv2d takes 2 inputs (x, weights)"},
+    {[](const ConvAttrs& a, size_t) {
+         return a.pool.empty() || (a.pool.size() == 6 && a.pool[0] >= 1 && a.pool[1] >= 1);
+     },
+     "pool must be empty or [k, stride, pad t, l, b, r]"},
+    {[](const ConvAttrs& a, size_t) { return act_code(a.activation) >= 0; },
+     "unknown activation (none, relu, hswish, hsigmoid, leaky)"},
+    {[](const ConvAttrs& a, size_t) {
+         return a.pads.size() == 4 && a.stride >= 1 && a.groups >= 1 && a.cout >= 1 &&
+                a.kernel >= 1;
+     },
+     "bad cout/kernel/groups/stride/pads"},
 };
 
 // Op "Conv2d" (opset "picosparse"): inputs x f32 [N, Cin, H, W], weights f32 [Cout * Cin/groups
@@ -321,7 +369,7 @@ public:
         p.stride = (int)at.stride;
         p.pad_t = (int)at.pads[0], p.pad_l = (int)at.pads[1];
         p.pad_b = (int)at.pads[2], p.pad_r = (int)at.pads[3];
-        p.act = act_code(at.activation), p.alpha = at.alpha, p.beta = at.beta;
+        p.act = Activation{act_code(at.activation), at.alpha, at.beta};
         if (at.pool.size() == 6) {
             p.pool_k = (int)at.pool[0], p.pool_s = (int)at.pool[1];
             p.pool_pad_t = (int)at.pool[2], p.pool_pad_l = (int)at.pool[3];
@@ -331,14 +379,7 @@ public:
     }
 
     void validate_and_infer_types() override {
-        NODE_VALIDATION_CHECK(this, get_input_size() == 2, "Conv2d takes 2 inputs (x, weights)");
-        NODE_VALIDATION_CHECK(this, at.pool.empty() || (at.pool.size() == 6 && at.pool[0] >= 1 &&
-                                                        at.pool[1] >= 1),
-                              "pool must be empty or [k, stride, pad t, l, b, r]");
-        NODE_VALIDATION_CHECK(this, act_code(at.activation) >= 0, "unknown activation");
-        NODE_VALIDATION_CHECK(this, at.pads.size() == 4 && at.stride >= 1 && at.groups >= 1 &&
-                                  at.cout >= 1 && at.kernel >= 1,
-                              "bad cout/kernel/groups/stride/pads");
+        check_rules(this, kConvRules, at, get_input_size());
         NODE_VALIDATION_CHECK(this, get_input_element_type(1) == ov::element::f32 &&
                                   get_input_partial_shape(1).rank().compatible(1),
                               "Conv2d weights must be a 1-D f32 tensor");
@@ -405,15 +446,7 @@ public:
     }
 
 private:
-    struct Attrs {  // everything visit_attributes names (one copy in clone_with_new_inputs)
-        int64_t cout = 0, kernel = 0, groups = 1, stride = 1;
-        std::vector<int64_t> pads{0, 0, 0, 0};
-        std::string activation = "none";
-        float alpha = 0.f, beta = 0.f;
-        std::vector<int64_t> pool;
-        int64_t threads = 0;
-        int64_t in_blocked = 0, out_blocked = 0;  // kBlocked layouts (spconv.h)
-    } at;
+    ConvAttrs at;  // one copy in clone_with_new_inputs: none can be forgotten there
 };
 
 // Op "Upsample" (opset "picosparse"): x f32 [N, C, H, W] -> [N, C, H * factor_h, W * factor_w],
@@ -525,71 +558,3 @@ OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>(
      std::make_shared<ov::OpExtension<picosparse::Conv2d>>(),
      std::make_shared<ov::OpExtension<picosparse::Upsample>>(),
      std::make_shared<ov::OpExtension<picosparse::ConcatShuffle>>()}));
-
-// ------------------------------------------------------------------ C API (ctypes, tests, bench)
-extern "C" {
-
-__attribute__((visibility("default"))) int ps_cpu_supports(int isa) {
-    return picosparse::cpu_supports(isa) ? 1 : 0;
-}
-
-// The ISA the next call would use (honours PICOSPARSE_ISA); -1 if the variable is invalid.
-__attribute__((visibility("default"))) int ps_select_isa() {
-    return picosparse::select_isa(nullptr);
-}
-
-// Returns the ISA used (>= 0), or -1 with a message in err.
-__attribute__((visibility("default"))) int ps_spconv1x1(
-    const int32_t* rowptr, const int32_t* cols, const float* vals, const float* bias, int cout,
-    int cin, int act, float alpha, float beta, const float* gate, const float* x, float* y, int n,
-    int64_t hw, int threads, int layout, char* err, int errlen) {
-    const char* e = nullptr;
-    const int isa = picosparse::select_isa(&e);
-    if (isa < 0) {
-        if (err && errlen > 0) std::strncpy(err, e, (size_t)errlen - 1), err[errlen - 1] = 0;
-        return -1;
-    }
-    picosparse::SparseWeights w;
-    w.cout = cout, w.cin = cin, w.rowptr = rowptr, w.cols = cols, w.vals = vals, w.bias = bias;
-    w.act = act, w.alpha = alpha, w.beta = beta, w.gate = gate;
-    w.in_blocked = layout & 1, w.out_blocked = (layout >> 1) & 1;
-    if (const char* why = picosparse::sp_layout_error(w, isa)) {
-        if (err && errlen > 0) std::snprintf(err, (size_t)errlen, "%s", why);
-        return -1;
-    }
-    picosparse::spconv1x1(w, x, y, n, hw, isa, threads < 1 ? 1 : threads);
-    return isa;
-}
-
-// Direct conv (weights [cout, cin/groups, k, k]); pads = {top, left, bottom, right}; pool =
-// null or {k, stride, pad top, left, bottom, right} of a fused max pool. Returns the ISA used
-// or -1 (see above).
-__attribute__((visibility("default"))) int ps_conv2d(
-    const float* wt, const float* bias, int cin, int cout, int groups, int h, int w, int k,
-    int stride, const int* pads, int act, float alpha, float beta, const int* pool,
-    const float* x, float* y, int n, int threads, int layout, char* err, int errlen) {
-    const char* e = nullptr;
-    const int isa = picosparse::select_isa(&e);
-    if (isa < 0) {
-        if (err && errlen > 0) std::strncpy(err, e, (size_t)errlen - 1), err[errlen - 1] = 0;
-        return -1;
-    }
-    picosparse::ConvParams p;
-    p.cin = cin, p.cout = cout, p.groups = groups, p.h = h, p.w = w, p.k = k, p.stride = stride;
-    p.pad_t = pads[0], p.pad_l = pads[1], p.pad_b = pads[2], p.pad_r = pads[3];
-    p.wt = wt, p.bias = bias, p.act = act, p.alpha = alpha, p.beta = beta;
-    if (pool) {
-        p.pool_k = pool[0], p.pool_s = pool[1];
-        p.pool_pad_t = pool[2], p.pool_pad_l = pool[3], p.pool_pad_b = pool[4];
-        p.pool_pad_r = pool[5];
-    }
-    p.in_blocked = layout & 1, p.out_blocked = (layout >> 1) & 1;
-    if (const char* why = picosparse::conv_layout_error(p, isa)) {
-        if (err && errlen > 0) std::snprintf(err, (size_t)errlen, "%s", why);
-        return -1;
-    }
-    picosparse::conv2d(p, x, y, n, isa, threads < 1 ? 1 : threads);
-    return isa;
-}
-
-}  // extern "C"

@@ -5,8 +5,8 @@
 // which OpenVINO runs as a copy of a into the concat plus a shuffle pass; here one pass.
 #include <cstring>
 
+#include "api.h"
 #include "parallel.h"
-#include "spconv.h"
 
 namespace picosparse {
 

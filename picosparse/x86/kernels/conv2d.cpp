@@ -13,9 +13,10 @@
 #include <utility>
 #include <vector>
 
+#include "api.h"
 #include "parallel.h"
+#include "per_isa.h"
 #include "simd.h"
-#include "spconv.h"
 
 namespace picosparse {
 namespace {
@@ -86,26 +87,9 @@ bool has_fast_path(const ConvParams& p, const ConvPlan& g) {
     return false;
 }
 
-namespace portable {
-using V = VPortable;
-#include "conv2d_impl.inc"
-}  // namespace portable
-
-namespace avx2 {
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-using V = VAvx2;
-#include "conv2d_impl.inc"
-#pragma GCC pop_options
-}  // namespace avx2
-
-namespace avx512 {
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-using V = VAvx512;
-#include "conv2d_impl.inc"
-#pragma GCC pop_options
-}  // namespace avx512
+#define PICOSPARSE_KERNEL_BODY "conv2d_impl.inc"
+#include "per_isa.inc"
+#undef PICOSPARSE_KERNEL_BODY
 
 }  // namespace
 
@@ -123,7 +107,7 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
     const auto by_bands = [&](const auto& band) {
         constexpr int kBandRows = 8;
         const int bands = (p.final_h() + kBandRows - 1) / kBandRows;
-        const Activation a{p.act, p.alpha, p.beta};
+        const Activation a = p.act;
         parallel_ranges((int64_t)n * bands, threads, [&](int64_t t0, int64_t t1) {
             FlushDenormals ftz;
             for (int64_t t = t0; t < t1; ++t) band(t / bands, (int)(t % bands), kBandRows, a);
@@ -143,7 +127,7 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
             for (int c = 0; c < p.w; ++c, ++q) dtab[q] = ((r + p.pad_t) * wp + c + p.pad_l) * vec;
         auto* blocked = PICOSPARSE_PER_ISA(isa, dw_blocked_any);
         const int blocks = (p.cin + vec - 1) / vec;
-        const Activation a{p.act, p.alpha, p.beta};
+        const Activation a = p.act;
         return parallel_ranges((int64_t)n * blocks, threads, [&](int64_t t0, int64_t t1) {
             FlushDenormals ftz;
             for (int64_t t = t0; t < t1; ++t)

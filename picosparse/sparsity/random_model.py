@@ -1,32 +1,34 @@
-"""Random-weight PicoDet exports for the op's tests and benchmark (no training, no download).
+"""Random-init PicoDet exports with exactly pruned 1x1 weights: what the x86 op's tests and
+benchmark run when no trained weights are at hand (no training, no download).
 
-Why here and not steps/export.py: the op needs a model whose 1x1 weights are magnitude-sparse
-at an exact ratio and whose BN statistics are non-trivial (so BN folding is really exercised);
-a trained checkpoint is not required for either.
+Pruned as the trainer prunes: its policy's idea of a 1x1 conv weight (sparsity/policy.py,
+`conv1x1_only`, no skip rules) and its rule, exactly ceil(ratio * n) smallest |w| per layer
+(sparsity/magnitude.py), so "75%" here is the trainer's 75%. BN statistics are randomised so
+that BN folding is really exercised.
 """
 
+import subprocess
 from pathlib import Path
 
+from picosparse import subproc
 from picosparse.atomic import atomic_dir
 from picosparse.errors import StackError
 
+EXPORT_TIMEOUT = 1800  # seconds; an export of PicoDet-m takes ~15 s here
+
 
 def prune_1x1_(model, ratio):
-    """Zero the smallest `ratio` of each 1x1 conv weight by magnitude (per layer). Returns count."""
+    """Prune every 1x1 conv weight of `model` in place to `ratio` (local). Returns how many."""
+    from picosparse.config import PruneSpec
     from picosparse.paddle_env import stack
-    s = stack()
-    np, paddle = s.np, s.paddle
+    from picosparse.sparsity import magnitude, policy
+    paddle = stack().paddle
+    spec = PruneSpec(ratio=ratio, pruning_epochs=1, pruning_steps=1)
+    pruned = {d.name for d in policy.decide(model, spec) if d.pruned}
     n = 0
     for name, p in model.named_parameters():
-        if len(p.shape) == 4 and p.shape[2] == 1 and p.shape[3] == 1 and p.shape[1] > 1:
-            w = p.numpy()
-            k = int(round(ratio * w.size))
-            if k <= 0:
-                continue
-            thr_idx = np.argsort(np.abs(w).ravel(), kind="stable")[:k]
-            flat = w.ravel().copy()
-            flat[thr_idx] = 0.0
-            p.set_value(paddle.to_tensor(flat.reshape(w.shape)))
+        if name in pruned:
+            p.set_value(paddle.to_tensor(magnitude.prune_local(p.numpy(), ratio)))
             n += 1
     return n
 
@@ -55,24 +57,24 @@ def export_random_picodet(cfg_path, out, size, sparsity=0.0, seed=0):
     one process failed here (CSPPAN's input-count assert under dy2static), and paddle is not
     needed afterwards by the caller.
     """
-    import subprocess
-    import sys
-    code = ("import sys; from picosparse.ops.refmodel import _export_in_process as f; "
-            "f(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))")
-    r = subprocess.run([sys.executable, "-c", code, str(cfg_path), str(out), str(size),
-                        str(sparsity), str(seed)], capture_output=True, text=True)
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise StackError(f"exporting a random-init {cfg_path} failed: {last}")
+    try:
+        subproc.call_python("picosparse.sparsity.random_model:export_in_process",
+                            dict(cfg_path=str(cfg_path), out=str(out), size=int(size),
+                                 sparsity=float(sparsity), seed=int(seed)), EXPORT_TIMEOUT)
+    except subproc.ChildCrashed as e:
+        raise StackError(f"exporting a random-init {cfg_path} failed: {e.detail()}") from None
+    except subprocess.TimeoutExpired:
+        raise StackError(f"exporting a random-init {cfg_path} did not finish within "
+                         f"{EXPORT_TIMEOUT} s and was stopped") from None
     return Path(out)
 
 
-def _export_in_process(cfg_path, out, size, sparsity=0.0, seed=0):
+def export_in_process(cfg_path, out, size, sparsity=0.0, seed=0):
     """The export itself (see export_random_picodet).
 
     The export stops before box decoding and NMS (export_post_process False), so dense and
     sparse outputs can be compared element-wise; its only input is `image` [1, 3, size, size].
-    Returns OUT as a Path.
+    Returns OUT as text.
     """
     from picosparse.config import load_detector
     from picosparse.paddle_env import build_model, stack
@@ -91,7 +93,6 @@ def _export_in_process(cfg_path, out, size, sparsity=0.0, seed=0):
         "image": paddle.static.InputSpec([1, 3, size, size], "float32", "image"),
     }]
     static = paddle.jit.to_static(model, input_spec=spec)
-    out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(Path(out)) as tmp:
         paddle.jit.save(static, str(tmp / "model"), input_spec=spec)
-    return out
+    return str(out)

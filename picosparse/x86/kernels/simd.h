@@ -1,21 +1,16 @@
 // One vector interface per instruction set, so each kernel is written once (as a template over
 // V) and instantiated per ISA. The AVX2 / AVX-512 traits live inside `#pragma GCC target`
 // regions: the templates instantiated with them are compiled for that ISA while the library
-// itself stays baseline x86-64 and picks its path at run time (see select_isa).
+// itself stays baseline x86-64 and picks its path at run time (see per_isa.h).
 #pragma once
 #include <immintrin.h>
 
 #include <cstdint>
 #include <cstdlib>
 
-#include "spconv.h"
+#include "activation.h"
 
 namespace picosparse {
-
-// The ISA's instance of a kernel instantiated in namespaces avx512 / avx2 / portable (where
-// spconv.cpp and conv2d.cpp include their *_impl.inc once per ISA)
-#define PICOSPARSE_PER_ISA(isa, f) \
-    ((isa) == ISA_AVX512 ? avx512::f : (isa) == ISA_AVX2 ? avx2::f : portable::f)
 
 // Flush-to-zero + denormals-are-zero while a kernel runs (restored after). A denormal input
 // costs a ~100-cycle microcode assist per FMA: measured 100x slower on a layer whose
@@ -337,12 +332,6 @@ struct VAvx512 {
     static T min(T a, T b) { return _mm512_min_ps(a, b); }
 };
 #pragma GCC pop_options
-
-// The activation fused after a conv (+ folded BN); applied by `activate` (activate.inc).
-struct Activation {
-    int act = ACT_NONE;
-    float alpha = 0.f, beta = 0.f;
-};
 
 // A thread's reusable 64-byte aligned scratch buffer (one per `Tag`), grown on demand.
 template <int Tag>

@@ -21,9 +21,16 @@ from picosparse.atomic import atomic_path, write_json
 from picosparse.errors import StackError
 
 SRC_DIR = Path(__file__).resolve().parent
-SOURCES = ("spconv.cpp", "conv2d.cpp", "upsample.cpp", "extension.cpp")
-HEADERS = ("spconv.h", "simd.h", "parallel.h", "activate.inc", "spconv_impl.inc",
-           "conv2d_impl.inc")
+SOURCE_DIRS = ("kernels", "openvino")  # the C++: kernels, and their OpenVINO ops + C API
+
+
+def source_files():
+    """(compiled .cpp files, every C++ file the build reads), relative to SRC_DIR, sorted."""
+    files = sorted(str(f.relative_to(SRC_DIR)) for d in SOURCE_DIRS
+                   for f in (SRC_DIR / d).iterdir() if f.suffix in (".cpp", ".h", ".inc"))
+    return [f for f in files if f.endswith(".cpp")], files
+
+
 LIB_NAME = "libpicosparse_ops.so"
 # Baseline x86-64 on purpose: the AVX2/AVX-512 kernels carry their own target attributes and
 # are picked at run time, so the cached library is valid on any x86-64 CPU.
@@ -75,7 +82,7 @@ def build_key():
     is needed to compute it."""
     ov_version, inc, libs, libov, libtbb = openvino_dirs()
     h = hashlib.sha256()
-    for name in SOURCES + HEADERS:
+    for name in source_files()[1]:
         h.update(name.encode() + b"\0" + (SRC_DIR / name).read_bytes() + b"\0")
     for part in (" ".join(CXXFLAGS), ov_version, str(libs)):
         h.update(part.encode() + b"\0")
@@ -95,7 +102,7 @@ def library_path(verbose=True):
               file=sys.stderr, flush=True)
     with atomic_path(lib) as tmp:
         cmd = [cxx, *CXXFLAGS, f"-I{ctx['inc']}",
-               *[str(SRC_DIR / s) for s in SOURCES], "-o", str(tmp),
+               *[str(SRC_DIR / s) for s in source_files()[0]], "-o", str(tmp),
                str(ctx["libov"]), str(ctx["libtbb"]), f"-Wl,-rpath,{ctx['libs']}"]
         try:
             r = subproc.run(cmd, timeout=BUILD_TIMEOUT)

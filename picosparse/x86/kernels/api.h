@@ -1,0 +1,144 @@
+// The kernels' C++ API, for the OpenVINO ops (openvino/extension.cpp) and the C API
+// (openvino/capi.cpp): the sparse 1x1 convolution with its input readers and output writers,
+// the dense NCHW KxK convolution, upsampling and concat + channel shuffle. NCHW fp32.
+#pragma once
+#include <cstdint>
+
+#include "activation.h"
+
+namespace picosparse {
+
+enum Isa : int { ISA_PORTABLE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+// Best ISA this CPU supports, or the one forced by PICOSPARSE_ISA (avx512|avx2|portable).
+// Returns -1 and fills *err if the forced ISA is unknown or unsupported here.
+int select_isa(const char** err);
+bool cpu_supports(int isa);
+const char* isa_name(int isa);
+
+// The "blocked" layout, for tensors passed between two picosparse ops: [N, C / B, H * W, B]
+// with B = the vector width of the ISA in use (16 / 8 / 4 floats), C a multiple of B, so that
+// a depthwise conv writes whole pixels' channel vectors as computed.
+int vector_width(int isa);
+
+// ------------------------------------------------------------------ sparse 1x1 convolution
+// y[n, r, p] = act(bias[r] + sum_k vals[k] * x[n, cols[k], p]) for k in [rowptr[r], rowptr[r+1]).
+//
+// Weight format ("row CSR"): one CSR row per output channel, int32 column indices into the input
+// channels, fp32 values with BN already folded in (so the zeros stay exact). No output-channel
+// blocking: GMP weights are unstructured, and a 4x1 block at 75% random sparsity is non-empty
+// with probability 1-0.75^4 = 68%, i.e. ~2.7x more multiply-adds than the CSR rows; the kernel
+// instead gets its independent FMA chains from a wide pixel tile and a 2x unrolled nnz loop.
+//
+// Split as XNNPACK splits microkernel and operator: one microkernel computes rows of a packed
+// pixel tile (activation applied on the way out, like a oneDNN post-op); an input reader packs
+// the tile from x's layout (SparseInput), an output writer puts the rows where the graph wants
+// them (SparseOutput). Which readers and writers combine: sparse1x1_error, the one list.
+struct SparseConv {
+    int cout = 0, cin = 0;
+    const int32_t* rowptr = nullptr;  // cout + 1
+    const int32_t* cols = nullptr;    // rowptr[cout]
+    const float* vals = nullptr;      // rowptr[cout]
+    const float* bias = nullptr;      // cout, may be null (= 0)
+    Activation act;
+};
+
+// How x is read: its layout, and a per-image channel gain folded into the weights.
+struct SparseInput {
+    const float* x = nullptr;  // [n, cin, hw]
+    // x in the blocked layout instead of NCHW; with blocked, x's first nchw_prefix channels are
+    // NCHW planes and only the rest blocked (a concat of an NCHW tensor and a blocked one,
+    // ESNet's [pointwise, depthwise] ghost concat)
+    int blocked = 0, nchw_prefix = 0;
+    // optional [n, cin] per-image input channel gains, x[n, c] * gate[n * cin + c]: a
+    // squeeze-excite gate folded into the weights (nnz multiplies per image instead of a pass
+    // over the whole input tensor); null = none
+    const float* gate = nullptr;
+    // optional: the whole squeeze-excite block that makes that gate from x itself,
+    // gate[n] = se_expand(se_reduce(mean over hw of x[n])), two sparse 1x1s on one pixel with
+    // their own bias and activation (ESNet: relu, hsigmoid). Both or neither; no `gate` then.
+    const SparseConv* se_reduce = nullptr;
+    const SparseConv* se_expand = nullptr;
+};
+
+// Channels-last parts, for a detection head's last 1x1 conv whose channels are split into
+// class scores and box distributions, each read as [N, H*W, C]: part k takes the next
+// channels[k] output channels (they sum to cout) into out[k] = [n, hw, channels[k]], through a
+// sigmoid if sigmoid[k]. One pass instead of split + sigmoid + transpose after the conv.
+struct ChannelsLast {
+    int parts = 0;
+    const int* channels = nullptr;
+    const int* sigmoid = nullptr;
+    float* const* out = nullptr;
+    int64_t img_stride = 0;  // floats between images in out[k]; 0: hw * channels[k]
+};
+
+// Where y goes.
+struct SparseOutput {
+    enum Layout : int { NCHW = 0, BLOCKED = 1, CHANNELS_LAST = 2 } layout = NCHW;
+    float* y = nullptr;  // NCHW / BLOCKED: [n, cout, hw] (interleaved: [n, 2 cout, hw])
+    // NCHW only, optional [n, cout, hw]: y is then [n, 2 cout, hw], interleave's channel c at
+    // 2c and this conv's output channel c at 2c + 1: ESNet's concat + 2-group channel shuffle,
+    // without a pass of its own over the conv's output
+    const float* interleave = nullptr;
+    ChannelsLast parts;  // CHANNELS_LAST
+};
+
+// Null if this reader / writer combination runs on this ISA, else why not (one line).
+const char* sparse1x1_error(const SparseConv& w, const SparseInput& in, const SparseOutput& out,
+                            int isa);
+
+// threads <= 0: use the current TBB arena's concurrency (inside OpenVINO that
+// is the plugin's thread count); threads >= 1: exactly that many. offs: optional,
+// sp_offsets(w, sp_tile_width(isa, w.cin, hw)) kept from an earlier call (the OpenVINO op
+// caches it: computing it is a pass over the weights, allocating it a page-faulting malloc for
+// large layers, on every call); null: computed here.
+void sparse1x1(const SparseConv& w, const SparseInput& in, const SparseOutput& out, int n,
+               int64_t hw, int isa, int threads, const int32_t* offs = nullptr);
+int sp_tile_width(int isa, int cin, int64_t hw);
+void sp_offsets(const SparseConv& w, int tw, int32_t* offs);  // offs[k] = cols[k] * tw
+
+// ------------------------------------------------------------------ dense NCHW ops
+// Direct KxK convolution (any groups dividing cin and cout), NCHW fp32, BN folded into wt/bias,
+// fused activation: depthwise convs (groups == cin == cout) and small dense ones (the stem).
+// Exists so the sparse 1x1 ops' neighbours stay in plain NCHW: with OpenVINO's own convs the
+// CPU plugin puts a layout reorder on both sides of every sparse op.
+struct ConvParams {
+    int cin = 0, cout = 0, groups = 1, h = 0, w = 0, k = 0, stride = 1;
+    int pad_t = 0, pad_l = 0, pad_b = 0, pad_r = 0;
+    const float* wt = nullptr;    // [cout, cin / groups, k, k]
+    const float* bias = nullptr;  // [cout], may be null
+    Activation act;
+    // optional max pool fused after the activation (PicoDet's stem: conv 3x3/2 + maxpool 3x3/2;
+    // fused, the conv's output never leaves the cache): pool_k = 0 means none
+    int pool_k = 0, pool_s = 1, pool_pad_t = 0, pool_pad_l = 0, pool_pad_b = 0, pool_pad_r = 0;
+    // channel-blocked input / output instead of NCHW (see vector_width); depthwise only
+    int in_blocked = 0, out_blocked = 0;
+    int out_h() const { return (h + pad_t + pad_b - k) / stride + 1; }
+    int out_w() const { return (w + pad_l + pad_r - k) / stride + 1; }
+    int final_h() const {
+        return pool_k ? (out_h() + pool_pad_t + pool_pad_b - pool_k) / pool_s + 1 : out_h();
+    }
+    int final_w() const {
+        return pool_k ? (out_w() + pool_pad_l + pool_pad_r - pool_k) / pool_s + 1 : out_w();
+    }
+};
+
+// Null if the layouts p asks for can run on this ISA, else why not (one line). Blocked
+// layouts need channels divisible by the vector width, and a 3x3 / 5x5, stride 1 / 2
+// depthwise conv without a pool.
+const char* conv_layout_error(const ConvParams& p, int isa);
+
+// y: [n, cout, final_h, final_w]
+void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads);
+
+// y[p, r, c] = x[p, r / fh, c / fw] over `planes` planes of h x w (nearest, integer factors)
+void upsample_nearest(const float* x, float* y, int64_t planes, int h, int w, int fh, int fw,
+                      int threads);
+
+// y = channel shuffle (2 groups) of concat(a, b) over channels: y[n, 2i] = a[n, i],
+// y[n, 2i + 1] = b[n, i]; a, b: [n, c, hw], y: [n, 2c, hw]
+void concat_shuffle(const float* a, const float* b, float* y, int n, int c, int64_t hw,
+                    int threads);
+
+}  // namespace picosparse
