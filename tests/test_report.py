@@ -88,7 +88,7 @@ def test_missing_steps_give_nulls_and_still_validate():
     v = rep["variants"][1]
     assert v["nb_size_bytes"] is None and v["latency_ms"] == {} and v["input_size"] is None
     cols, rows = R.table(rep)
-    assert rows[1][:7] == ["sparse75", "-", "-", "75%", "28.0", "48.0", "-"]
+    assert rows[1][:9] == ["sparse75", "-", "-", "FP32", "75%", "28.0", "48.0", "-", "-"]
 
 
 @pytest.mark.parametrize("mutate,problem", [
@@ -132,7 +132,8 @@ def test_write_report_files(tmp_path):
     lines = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert len(lines) == 2 + 3 and len({ln.count("|") for ln in lines}) == 1
     assert "| Latency 1 thread (ms) | Speed-up 1 thread | Latency 4 threads (ms) |" in lines[0]
-    assert lines[3].startswith("| sparse75 | PicoDet-m-1.0 | 320*320 | 75% | 29.4 | 49.4 | 5.60 |")
+    assert lines[3].startswith("| sparse75 | PicoDet-m-1.0 | 320*320 | FP32 | 75% | 29.4 | 49.4 | "
+                               "5.60 | 90 |")
     assert "| 80.00 | +59% (1.59x) | 32.00 | +34% (1.34x) |" in lines[3]
     assert "![latency](plots/latency.png)" in md and "sparse kernels: ARM only" in md
     assert not list(tmp_path.glob("**/*.tmp"))  # every file was renamed into place
@@ -143,5 +144,37 @@ def test_terminal_table(capsys):
     variants, bench = seed_inputs()
     report_table(R.make_report(variants, bench, baseline="dense"))
     out = capsys.readouterr().out
-    assert re.search(r"sparse85 +│ PicoDet-m-1\.0 +│ +320\*320 +│ +85% +│ +27\.6 +│", out)
+    assert re.search(r"sparse85 +│ PicoDet-m-1\.0 +│ +320\*320 +│ +FP32 +│ +85% +│ +27\.6 +│", out)
     assert "+95% (1.95x)" in out
+
+
+def test_int8_rows_precision_quantization_and_sparse_kernels():
+    variants, bench = seed_inputs()
+    del bench["models"]["sparse85"]
+    int8_opt = dict(opt_out(1_570_000, True), precision="int8",
+                    conv_precisions={"conv2d": {"int8": 1}, "sparse_conv2d": {"int8": 90}})
+    variants["sparse75_int8"] = {
+        "model": "PicoDet-m-1.0", "eval": eval_out(0.287, 0.75), "opt": int8_opt,
+        "quant": {"precision": "int8", "backend": "paddle", "algo": "hist", "calib_images": 32}}
+    variants["sparse75_qat"] = {
+        "eval": eval_out(0.29, 0.75), "opt": int8_opt,
+        "quant": {"precision": "int8", "backend": "paddle", "algo": "qat", "epochs": 2}}
+    variants["sparse75"]["opt"]["conv_precisions"] = {"sparse_conv2d": {"fp32": 90}}
+    rep = R.make_report(variants, bench, baseline="dense")
+    assert R.validate(rep) == []
+    v = {x["name"]: x for x in rep["variants"]}
+    assert v["sparse75_int8"]["precision"] == "int8" == v["sparse75_qat"]["precision"]
+    assert v["sparse75_int8"]["quantization"] == "PTQ hist, 32 images"
+    assert v["sparse75_qat"]["quantization"] == "QAT, 2 epochs"
+    assert v["sparse75_int8"]["sparse_conv2d_precision"] == "int8"
+    assert v["sparse75"]["sparse_conv2d_precision"] == "fp32" and v["dense"]["precision"] == "fp32"
+    assert v["dense"]["quantization"] is None and v["sparse75_int8"]["latency_ms"] == {
+        "1": None, "4": None}
+    cols, rows = R.table(rep)
+    row = dict(zip(cols, rows[3]))
+    assert row["Precision"] == "INT8 (PTQ hist, 32 images)"
+    assert row["Sparse convs (.nb)"] == "90 INT8" and row["Size .nb (MB)"] == "1.57"
+    assert dict(zip(cols, rows[1]))["Sparse convs (.nb)"] == "90 FP32"
+    # the untimed INT8 rows are named in a note; sparse85 (FP32, not benched) is not
+    note = [n for n in rep["notes"] if "INT8 for Paddle-Lite" in n]
+    assert len(note) == 1 and note[0].startswith("sparse75_int8, sparse75_qat: ")

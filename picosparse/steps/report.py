@@ -15,11 +15,14 @@ report.json (CI scripts read it; `validate` checks it against REPORT_SCHEMA):
         "name": str,                  # variant name in the pipeline, e.g. dense, sparse75
         "model": str|null,            # label, e.g. PicoDet-m-1.0
         "input_size": int|null,       # exported input side (square)
+        "precision": str|null,        # of the deployed model: fp32 | int8 (fp16)
+        "quantization": str|null,     # how an INT8 model was made, e.g. "PTQ hist, 32 images"
         "sparsity": number|null,      # zero fraction of the pruned weights (0..1)
         "mAP": number|null,           # COCO bbox mAP@[.5:.95] (0..1)
         "mAP50": number|null,         # COCO bbox mAP@.5 (0..1)
         "nb_size_bytes": int|null,    # Paddle-Lite .nb file size
         "sparse_conv2d": int|null,    # 1x1 convs turned into sparse_conv2d by opt
+        "sparse_conv2d_precision": str|null,  # their kernels' precision, read from the .nb
         "latency_ms": {"1": number|null, ...},        # median per thread count
         "speedup_fps_gain": {"1": number|null, ...},  # (base - this) / this: the seed's column
         "speedup_ratio": {"1": number|null, ...}      # base / this
@@ -64,11 +67,14 @@ REPORT_SCHEMA = {
                 "name": {"type": "string"},
                 "model": {"type": ["string", "null"]},
                 "input_size": {"type": _INT},
+                "precision": {"type": ["string", "null"]},
+                "quantization": {"type": ["string", "null"]},
                 "sparsity": {"type": _NUM, "minimum": 0, "maximum": 1},
                 "mAP": {"type": _NUM, "minimum": 0, "maximum": 1},
                 "mAP50": {"type": _NUM, "minimum": 0, "maximum": 1},
                 "nb_size_bytes": {"type": _INT, "minimum": 0},
                 "sparse_conv2d": {"type": _INT},
+                "sparse_conv2d_precision": {"type": ["string", "null"]},
                 "latency_ms": _PER_THREAD,
                 "speedup_fps_gain": _PER_THREAD,
                 "speedup_ratio": _PER_THREAD,
@@ -128,22 +134,52 @@ def _median(v):
     return v.get("median") if isinstance(v, dict) else v
 
 
+def _quantization(q):
+    """"PTQ hist, 32 images" / "QAT, 1 epoch" / "NNCF, 32 images" from quant/qat outputs."""
+    if not q:
+        return None
+    if q.get("algo") == "qat":
+        n = q.get("epochs")
+        return "QAT" + (f", {n} epoch{'s' * (n != 1)}" if n else "")
+    how = "NNCF" if q.get("backend") == "openvino" else f"PTQ {q.get('algo')}"
+    n = q.get("calib_images")
+    return how + (f", {n} images" if n else "")
+
+
+def _precision(v, op, q):
+    if v.get("precision"):
+        return v["precision"]
+    for src in (op, q):
+        if src.get("precision"):
+            return src["precision"]
+    return "fp32" if (v.get("eval") or v.get("export") or op) else None
+
+
+def _sparse_precision(op):
+    got = ((op.get("conv_precisions") or {}).get("sparse_conv2d")) or {}
+    return "/".join(sorted(got)) or None
+
+
 def make_report(variants, bench=None, baseline=None, title="picosparse"):
-    """variants: {name: {"model", "eval": eval outputs, "export", "opt", "input_size"}};
-    bench: bench-step outputs with `models` keyed by variant name. Pure: no files."""
+    """variants: {name: {"model", "eval": eval outputs, "export", "opt", "quant": quant or
+    qat outputs, "precision", "input_size"}}; bench: bench-step outputs with `models` keyed by
+    variant name. Pure: no files."""
     bench = bench or {}
     baseline = baseline or next(iter(variants))
     threads = [int(t) for t in bench.get("threads") or []]
     rows = []
     for name, v in variants.items():
         ev, ex, op = v.get("eval") or {}, v.get("export") or {}, v.get("opt") or {}
+        q = v.get("quant") or {}
         lat_src = ((bench.get("models") or {}).get(name) or {}).get("latency_ms") or {}
         rows.append({
             "name": name, "model": v.get("model"),
-            "input_size": v.get("input_size") or ex.get("input_size"),
+            "input_size": v.get("input_size") or ex.get("input_size") or ev.get("input_size"),
+            "precision": _precision(v, op, q), "quantization": _quantization(q),
             "sparsity": (ev.get("sparsity") or {}).get("overall"),
             "mAP": ev.get("mAP"), "mAP50": ev.get("mAP50"),
             "nb_size_bytes": op.get("size_bytes"), "sparse_conv2d": op.get("sparse_conv2d"),
+            "sparse_conv2d_precision": _sparse_precision(op),
             "latency_ms": {str(t): _median(lat_src.get(str(t))) for t in threads},
         })
     base = next(r for r in rows if r["name"] == baseline)
@@ -154,11 +190,19 @@ def make_report(variants, bench=None, baseline=None, title="picosparse"):
             ok = lat and b
             r["speedup_fps_gain"][t] = (b - lat) / lat if ok else None
             r["speedup_ratio"][t] = b / lat if ok else None
+    notes = list(bench.get("notes") or [])
+    untimed = [r["name"] for r in rows if r["precision"] == "int8" and threads
+               and not any(r["latency_ms"].values())]
+    if untimed:
+        notes.append(f"{', '.join(untimed)}: INT8 for Paddle-Lite's ARM kernels, not timed "
+                     "here: on x86, Paddle Inference runs PaddleSlim's INT8 models as FP32 "
+                     "plus quantize/dequantize ops (slower than FP32); time the .nb files on a "
+                     "board with `picosparse bench --adb`")
     return {"pipeline": title,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "runtime": bench.get("runtime"),
             "precision": bench.get("precision"), "threads": threads, "baseline": baseline,
-            "variants": rows, "notes": list(bench.get("notes") or []), "plots": []}
+            "variants": rows, "notes": notes, "plots": []}
 
 
 # ------------------------------------------------------------------ rendering
@@ -178,17 +222,24 @@ def _threads_label(t):
 def table(report):
     """(columns, rows) of the seed-style table, cells as text; shared by report.md and the
     terminal. Speed-up cells: FPS gain (the seed's) and the latency ratio."""
-    cols = ["Variant", "Model", "Input size", "Sparsity", "mAP (0.5:0.95)", "mAP50",
-            "Size .nb (MB)"]
+    cols = ["Variant", "Model", "Input size", "Precision", "Sparsity", "mAP (0.5:0.95)", "mAP50",
+            "Size .nb (MB)", "Sparse convs (.nb)"]
     for t in report["threads"]:
         cols += [f"Latency {_threads_label(t)} (ms)", f"Speed-up {_threads_label(t)}"]
     rows = []
     for v in report["variants"]:
         size = v.get("input_size")
-        row = [v["name"], v.get("model") or "-", f"{size}*{size}" if size else "-",
+        prec = (v.get("precision") or "-").upper()
+        if v.get("quantization"):
+            prec += f" ({v['quantization']})"
+        n_sp = v.get("sparse_conv2d")
+        sp_cell = "-" if n_sp is None else str(n_sp) + (
+            f" {v['sparse_conv2d_precision'].upper()}" if n_sp and
+            v.get("sparse_conv2d_precision") else "")
+        row = [v["name"], v.get("model") or "-", f"{size}*{size}" if size else "-", prec,
                _pct(v["sparsity"]), _num(v["mAP"] and v["mAP"] * 100, ".1f"),
                _num(v.get("mAP50") and v["mAP50"] * 100, ".1f"),
-               _num(v["nb_size_bytes"] and v["nb_size_bytes"] / 1e6, ".2f")]
+               _num(v["nb_size_bytes"] and v["nb_size_bytes"] / 1e6, ".2f"), sp_cell]
         for t in report["threads"]:
             t = str(t)
             gain, ratio = v["speedup_fps_gain"].get(t), (v.get("speedup_ratio") or {}).get(t)
@@ -211,8 +262,10 @@ def markdown(report):
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", f"Speed-up against `{report['baseline']}`: FPS gain "
               "(dense - sparse) / sparse, as in the seed table, and the ratio dense / sparse. "
-              "mAP is COCO bbox mAP in percent; size is the Paddle-Lite .nb file "
-              "(MB = 10^6 bytes)."]
+              "mAP is COCO bbox mAP in percent, measured on the file each row names when the "
+              "pipeline evaluates its exported model; size is the Paddle-Lite .nb file "
+              "(MB = 10^6 bytes); sparse convs: the .nb's sparse_conv2d kernels and their "
+              "precision."]
     lines += [f"- {n}" for n in report.get("notes") or []]
     lines += [""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"
