@@ -469,7 +469,7 @@ def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16, json_out)
 @click.option("--quantize-depthwise", is_flag=True, help="Also quantize depthwise convs (PicoDet's per-channel ranges make this lose much more mAP).")
 @click.option("--lite", is_flag=True, help="Also write OUT/model.nb (ARM), INT8 kernels verified.")
 @click.option("--sparse/--no-sparse", default=None, help="With --lite: force the sparse pass on/off [auto: on when some 1x1 conv reaches --sparse-threshold zeros].")
-@click.option("--sparse-threshold", default=0.6, show_default=True, help="With --lite: min zero fraction for a 1x1 conv to become sparse.")
+@click.option("--sparse-threshold", default=SPARSE_THRESHOLD, show_default=True, help="With --lite: min zero fraction for a 1x1 conv to become sparse.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--json", "json_out", metavar="FILE", help="Write the result as JSON ('-' for stdout).")
 def quant(model_dir, config, overrides, out, calib_images, calib_split, algo, backend,
@@ -525,46 +525,6 @@ def _echo_quant(r):
             f"exact zeros kept ({z['rounded_to_zero']} more rounded to zero)") if z else ""
     click.echo(f"wrote {r['model_dir']}/ (INT8, {how}, calibrated on {r['calib_images']} "
                f"{r['split']} images){kept}")
-
-
-@cli.command()
-@config_option
-@override_option
-@click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Weights to fine-tune (.pdparams), e.g. a sparse model_final.pdparams.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: the INT8 inference model.")
-@click.option("--epochs", default=1, show_default=True, type=int, help="Epochs of the config's TrainDataset.")
-@click.option("--lr", type=float, help="LearningRate.base_lr for the fine-tuning [the config's].")
-@click.option("--input-size", default=None, type=int, help="Fixed input side of the export (multiple of 32) [from the config's TestReader].")
-@click.option("--no-postprocess", is_flag=True, help="Export without NMS/decoding.")
-@click.option("--lite", is_flag=True, help="Also write OUT/model.nb (ARM), INT8 kernels verified.")
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
-@click.option("--json", "json_out", metavar="FILE", help="Write the result as JSON ('-' for stdout).")
-def qat(config, overrides, weights, out, epochs, lr, input_size, no_postprocess, lite, seed,
-        json_out):
-    """Quantization-aware fine-tuning with the weights' zeros kept exact; INT8 export.
-
-    For when `picosparse quant` loses too much mAP: PaddleSlim's QAT on the model built from
-    the config, trained on its TrainDataset with its optimizer; every conv weight that is
-    exactly zero in --weights is put back to zero after each optimizer step and checked
-    zero in the saved INT8 weights. OUT is the same INT8 format as `quant` writes.
-
-    \b
-    Example:
-      picosparse qat -c runs/sparse75/config.yml --weights runs/sparse75/model_final.pdparams \\
-        --epochs 2 --lr 0.005 --out runs/sparse75/qat --lite
-    """
-    from picosparse.steps.qat import qat as run_qat
-    res = run_qat(_load_cfg(config, overrides=overrides), weights, out, epochs=epochs, lr=lr,
-                  input_size=input_size, postprocess=not no_postprocess, seed=seed)
-    if json_out != "-":
-        z = res["zeros"]
-        click.echo(f"wrote {res['model_dir']}/ (INT8, QAT {res['iters']} iterations, last loss "
-                   f"{res['loss']:.3f}): {z['int8_weights']} INT8 conv weights, all "
-                   f"{z['zeros']} masked zeros exact")
-    if lite:
-        res["opt"] = _int8_nb(res, None, 0.6, json_out != "-")
-    if json_out:
-        _emit_json(res, json_out)
 
 
 @cli.command()

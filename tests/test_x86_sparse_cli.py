@@ -1,5 +1,5 @@
-"""`picosparse export --x86-sparse` and `picosparse bench --runtime openvino` with x86-sparse
-models, through the CLI on the demo PicoDet at 160 px with
+"""`picosparse export --x86-sparse`, the `x86_sparse` pipeline step and `picosparse bench
+--runtime openvino` with x86-sparse models, through the CLI on the demo PicoDet at 160 px with
 80% sparse 1x1 weights and calibrated BN statistics (tests/deploy_helpers.py)."""
 
 import json
@@ -219,7 +219,7 @@ def test_bench_x86_sparse_argument_errors(exported_run, tmp_path):
     assert len(r.output.strip().splitlines()) == 1
 
 
-# ------------------------------------------------------------------ the step's options
+# ------------------------------------------------------------------ the step, in a pipeline
 
 def test_options_are_checked_once_and_name_the_callers_spelling():
     from picosparse.steps.x86_sparse import Options
@@ -234,3 +234,60 @@ def test_options_are_checked_once_and_name_the_callers_spelling():
     with pytest.raises(ConfigError, match=r"^--sparse-threshold -0\.1: must be in \[0, 1\]$"):
         Options(-0.1, spelled=flags)
 
+
+def _write_pipeline(path, model_dir, threshold):
+    path.write_text(f"""name: x86
+steps:
+  x86:
+    kind: x86_sparse
+    model_dir: {model_dir}
+    sparse_threshold: {threshold}
+  bench:
+    kind: bench
+    models:
+      dense: {model_dir}
+      x86: ${{steps.x86.out_dir}}
+    runtime: openvino
+    threads: [1]
+    repeats: 2
+    warmup: 0
+""")
+    return path
+
+
+def test_pipeline_step_makes_an_x86_sparse_model(exported_run, tmp_path):
+    from picosparse.pipeline.runner import run_pipeline
+    inf, _ = exported_run
+    res = run_pipeline(_write_pipeline(tmp_path / "x86.yml", inf, 0.6), run_dir=tmp_path / "run")
+    out = tmp_path / "run" / "x86"
+    assert {p.name for p in out.iterdir()} == {"model.xml", "model.bin", "libpicosparse_ops.so",
+                                              "x86_sparse.json", "infer_cfg.yml"}
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    outputs = manifest["steps"]["x86"]["outputs"]
+    assert outputs["out_dir"] == str(out) and outputs["replaced"] == 97
+    assert outputs["sparse_threshold"] == 0.6
+    assert_outputs_match(out, inf, threads=(1,))
+    bench = json.loads((tmp_path / "run" / "bench" / "bench.json").read_text())
+    assert bench["models"]["x86"]["kind"] == "x86-sparse"
+    assert {s.name: s.action for s in res.steps} == {"x86": "run", "bench": "run"}
+
+
+def test_pipeline_step_error_names_the_pipeline_key(exported_run, tmp_path):
+    inf, _ = exported_run
+    r = run("run", _write_pipeline(tmp_path / "x86.yml", inf, 0.9), "--out", tmp_path / "run")
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("Error: step 'x86' (x86_sparse) failed: sparse_threshold 0.9: no 1x1 "
+                           "conv of "), line
+    assert not (tmp_path / "run" / "x86").exists()
+
+
+def test_example_pipeline_has_the_x86_step():
+    from picosparse.pipeline.plan import load_pipeline
+    p = load_pipeline(h.ROOT / "pipelines" / "demo_x86_sparse.yml")
+    step = p.steps["x86_sparse75"]
+    assert step.kind == "x86_sparse" and step.deps == ["export_sparse75"]
+    assert step.params["sparse_threshold"] == 0.6 and step.params["nchw_ops"] is True
+    assert p.steps["export_sparse75"].params["postprocess"] is False
+    assert "x86_sparse75" in p.steps["bench"].deps
+    assert p.steps["eval_x86_sparse75"].deps == ["sparse75", "x86_sparse75"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from picosparse import paddle_env, subproc
 from picosparse.deploy import nbfile, program
 from picosparse.errors import ConfigError, DataError, PicosparseError, StackError
+from picosparse.sparsity import SPARSE_THRESHOLD
 
 TARGETS = ("arm", "x86", "opencl")
 OPT_TIMEOUT = 1800  # seconds; a COCO PicoDet converts in well under a minute
@@ -38,8 +39,8 @@ def nb_path(out):
     return out if out.suffix == ".nb" else out.with_name(out.name + ".nb")
 
 
-def optimize(model_dir, out, sparse=True, sparse_threshold=0.6, valid_targets="arm", fp16=False,
-             int8=None):
+def optimize(model_dir, out, sparse=True, sparse_threshold=SPARSE_THRESHOLD, valid_targets="arm",
+             fp16=False, int8=None):
     """Convert an exported model to OUT (.nb); with `sparse`, fail unless sparse_conv2d ops exist.
 
     int8: None = when the model is quantized (`picosparse quant`); then the .nb must hold INT8
@@ -138,7 +139,7 @@ def check_int8(info, model_dir, sparse, expected_sparse):
                         f"{' sparse' if sparse else ''} as asked: {'; '.join(problems)}")
 
 
-def auto_sparse(model_dir, sparse_threshold=0.6):
+def auto_sparse(model_dir, sparse_threshold=SPARSE_THRESHOLD):
     """Whether a sparse .nb is worth asking for: some eligible 1x1 conv reaches the threshold."""
     stats = program.conv1x1_sparsity(model_dir)
     return any(z >= sparse_threshold for z in stats["eligible_layers"].values())
