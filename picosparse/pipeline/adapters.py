@@ -83,6 +83,19 @@ def run_x86_sparse(p, out, ctx):
     return x86_sparse.convert(p["model_dir"], options, out=out)
 
 
+def run_quant(p, out, ctx):
+    from picosparse.steps.quant import quantize
+    return quantize(_detector(p), p["model_dir"], out, calib_images=p["calib_images"],
+                    algo=p["algo"], split=p["calib_split"], seed=p["seed"],
+                    backend=p["backend"], quantize_depthwise=p["quantize_depthwise"])
+
+
+def run_qat(p, out, ctx):
+    from picosparse.steps.qat import qat
+    return qat(_detector(p), _weights(p), out, epochs=p["epochs"], lr=p["lr"],
+               input_size=p["input_size"], postprocess=p["postprocess"], seed=p["seed"])
+
+
 def run_bench(p, out, ctx):
     bench = _step_fn("picosparse.steps.bench", "bench")
     names = list(p["models"])
@@ -108,6 +121,8 @@ REGISTRY = {
     "eval": run_eval,
     "export": run_export,
     "opt": run_opt,
+    "quant": run_quant,
+    "qat": run_qat,
     "x86_sparse": run_x86_sparse,
     "bench": run_bench,
     "report": run_report,

@@ -110,7 +110,8 @@ KINDS = {
          "sparse_threshold": P("number", SPARSE_THRESHOLD),
          "valid_targets": P("str", "arm"), "fp16": P("bool", False)},
         {"nb": "path", "size_bytes": "int", "sparse_conv2d": "int", "conv1x1": "int",
-         "valid_targets": "str", "sparse": "bool"},
+         "valid_targets": "str", "sparse": "bool", "precision": "str",
+         "conv_precisions": "any"},
         help="Paddle-Lite .nb, sparse pass verified (picosparse opt)"),
     "x86_sparse": Kind(
         {"model_dir": P("path"), "sparse_threshold": P("number", SPARSE_THRESHOLD),
@@ -120,6 +121,22 @@ KINDS = {
          "sparse_weight_bytes": "int", "bin_bytes": "int"},
         help="x86-sparse OpenVINO model, picosparse's sparse 1x1 op (picosparse export "
              "--x86-sparse)"),
+    "quant": Kind(
+        {**_DETECTOR, "model_dir": P("path"), "calib_images": P("int", 32),
+         "calib_split": P("str", "train", ("train", "eval")),
+         "algo": P("str", "hist", ("KL", "hist", "avg", "mse", "emd", "abs_max")),
+         "backend": P("str", "paddle", ("paddle", "openvino")),
+         "quantize_depthwise": P("bool", False), "seed": P("int", 0)},
+        {"model_dir": "path", "infer_cfg": "path", "backend": "str", "algo": "str",
+         "calib_images": "int", "precision": "str", "zeros": "any",
+         "conv1x1_zero_fraction": "number?", "seconds": "number"},
+        help="INT8 post-training quantization, exact zeros verified (picosparse quant)"),
+    "qat": Kind(
+        {**_DETECTOR, "weights": P("source"), "epochs": P("int", 1), "lr": P("number?", None),
+         "input_size": P("int?", None), "postprocess": P("bool", True), "seed": P("int", 0)},
+        {"model_dir": "path", "infer_cfg": "path", "precision": "str", "algo": "str",
+         "epochs": "int", "iters": "int", "zeros": "any", "seconds": "number"},
+        help="quantization-aware fine-tuning, masks kept, INT8 export (picosparse qat)"),
     "bench": Kind(
         {"models": P("map[path]"), "threads": P("list[int]", [1, 4]), "repeats": P("int", 50),
          "warmup": P("int", 5), "runtime": P("str", "paddle", ("paddle", "lite", "openvino"))},
@@ -133,7 +150,8 @@ KINDS = {
         where="run_dir", help="report.md/report.json/plots in the run dir"),
 }
 VARIANT_KEYS = {"model": P("str?", None), "eval": P("outputs"), "export": P("outputs?", None),
-                "opt": P("outputs?", None), "input_size": P("int?", None)}
+                "opt": P("outputs?", None), "quant": P("outputs?", None),
+                "precision": P("str?", None), "input_size": P("int?", None)}
 
 
 @dataclass
@@ -259,7 +277,8 @@ def _describe(t):
              "bool": "true or false", "list[str]": "a list of strings",
              "list[int]": "a list of integers", "map[path]": "a mapping of name: path",
              "outputs": "${steps.STEP} (all outputs of a step)",
-             "variants": "a mapping of variant name: {eval, export, opt, model, input_size}"}
+             "variants": "a mapping of variant name: {eval, export, opt, quant, precision, "
+                         "model, input_size}"}
     base = names.get(t.rstrip("?"), t)
     return base + (" or null" if t.endswith("?") else "")
 
