@@ -169,6 +169,7 @@ def bench_table(res):
                     f"{res['repeats']} runs ({basis} ms{', p90' if basis == 'median' else ''})")
     t.add_column("Model", justify="left")
     t.add_column("Input size", justify="right")
+    t.add_column("Precision", justify="right")
     t.add_column("1x1 zeros", justify="right")
     kinds = {m["size_kind"] for m in res["models"]}
     t.add_column("Size (MB)" + {frozenset({"nb"}): " .nb",
@@ -181,7 +182,7 @@ def bench_table(res):
     for i, m in enumerate(res["models"]):
         zf = m.get("conv1x1_zero_fraction")
         row = [m["name"] + (" (base)" if i == 0 else ""),
-               f"{m['input_size']}*{m['input_size']}",
+               f"{m['input_size']}*{m['input_size']}", m.get("precision") or "-",
                f"{zf:.0%}" if zf is not None else "-", f"{m['size_bytes'] / 1e6:.2f}"]
         for th in res["threads"]:
             lat = m["latency_ms"].get(str(th)) or {}

@@ -96,6 +96,21 @@ def test_int8_nb_has_int8_sparse_kernels(quantized):
     assert opt["size_bytes"] == (out / "model.nb").stat().st_size < fp32["size_bytes"]
 
 
+def test_bench_says_what_an_int8_model_ran(quantized):
+    from picosparse.errors import ConfigError
+    from picosparse.steps.bench import bench
+    _, src, out = quantized
+    b = bench([src, out], threads=[1], repeats=2, warmup=1, runtime="paddle")
+    assert [m["precision"] for m in b["models"]] == ["fp32", "int8-simulated"]
+    assert any(n.startswith("int8: PaddleSlim INT8, run by Paddle Inference (CPU, oneDNN) as "
+                            "FP32 with quantize/dequantize ops") for n in b["notes"])
+    with pytest.raises(ConfigError) as e:
+        bench([out], threads=[1], runtime="openvino")
+    assert str(e.value) == (f"--model {out}: OpenVINO cannot read PaddleSlim's INT8 model "
+                            "(dequantize_linear); for x86 INT8 quantize the FP32 export with "
+                            "`picosparse quant --backend openvino`")
+
+
 def test_fp32_nb_asked_to_be_int8_is_refused(tmp_path):
     from picosparse.steps.lite import check_int8, optimize
     fp32 = h.nb("sparse", True)
@@ -246,4 +261,11 @@ def test_nncf_int8_ir_runs_in_bench(tiny_data, tmp_path):
     assert 'type="FakeQuantize"' in (out / "model.xml").read_text()
     b = bench([src, out], threads=[1], repeats=2, warmup=1, runtime="openvino")
     assert [m["precision"] for m in b["models"]] == ["fp32", "int8"]
+    assert b["models"][1]["kind"] == "openvino-ir" and b["models"][1]["size_kind"] == "xml+bin"
+    # the Detector runs it too: eval --model gets its mAP the same way
+    from picosparse.deploy.detector import Detector
+    from picosparse.deploy import infer_cfg
+    det = Detector(out)
+    assert det.kind == "openvino-ir"
+    det.predict(infer_cfg.random_image(160))
     assert all(m["latency_ms"]["1"]["median"] > 0 for m in b["models"])

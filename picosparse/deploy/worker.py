@@ -14,14 +14,16 @@ def time_models(runtime, paths, names, inputs, threads, precision, warmup, repea
     {"summary", "layers"}}}; a PicosparseError for what the user can fix."""
     import numpy as np  # numpy before any runtime (paddle_env's import order)
 
-    from picosparse.deploy.runtimes import RUNNERS, X86SparseRunner, check_inputs
+    from picosparse.deploy.runtimes import (RUNNERS, OpenVINOIRRunner, X86SparseRunner,
+                                            check_inputs)
     from picosparse.deploy.timing import time_rounds
     data = np.load(inputs)
     runners, feeds = [], []
     kinds = kinds or ["dense"] * len(paths)
     for i, path in enumerate(paths):
         feed = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
-        cls = X86SparseRunner if kinds[i] == "x86-sparse" else RUNNERS[runtime]
+        cls = {"x86-sparse": X86SparseRunner, "openvino-ir": OpenVINOIRRunner}.get(
+            kinds[i], RUNNERS[runtime])
         r = cls(path, threads, precision)
         check_inputs(r, feed, names[i])
         r.feed(feed)

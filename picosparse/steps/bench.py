@@ -9,6 +9,7 @@ deploy/timing.py's (round robin; speed-up = median of the per-round paired ratio
 as benchmarks/x86_sparse.py's.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -75,6 +76,31 @@ def _pick_sizes(specs, notes):
     notes.append(f"sizes mix {' and '.join(kinds)} files (see size_kind)")
 
 
+def _int8_kind(p, runtime, adb):
+    """"openvino-ir" for an NNCF INT8 folder (`quant --backend openvino`), "paddle-int8" for a
+    PaddleSlim one (`quant`, `qat`), None otherwise; a one-line error where it cannot run."""
+    from picosparse.steps.quant import QUANT_JSON, is_quantized
+    meta = p / QUANT_JSON
+    backend = None
+    if meta.is_file():
+        try:
+            backend = json.loads(meta.read_text()).get("backend")
+        except ValueError as e:
+            raise DataError(f"--model {p}: unreadable {QUANT_JSON} ({e})") from None
+    elif (p / program.MODEL_FILE).is_file() and is_quantized(p):
+        backend = "paddle"
+    if backend == "openvino":
+        if runtime != "openvino" or adb:
+            raise ConfigError(f"--model {p}: an OpenVINO INT8 model (NNCF) runs on OpenVINO "
+                              "only; use --runtime openvino")
+        return "openvino-ir"
+    if backend == "paddle" and runtime == "openvino" and not adb:
+        raise ConfigError(f"--model {p}: OpenVINO cannot read PaddleSlim's INT8 model "
+                          "(dequantize_linear); for x86 INT8 quantize the FP32 export with "
+                          "`picosparse quant --backend openvino`")
+    return "paddle-int8" if backend == "paddle" else None
+
+
 def _x86_spec(p, runtime, adb):
     """The x86-sparse export's metadata, or a one-line error when it cannot run here."""
     if runtime != "openvino" or adb:
@@ -86,7 +112,10 @@ def _x86_spec(p, runtime, adb):
 def _spec(path, runtime, input_size, adb):
     p = Path(path)
     x86 = None
-    if is_x86_sparse(p) and not (p / program.MODEL_FILE).is_file():
+    int8 = _int8_kind(p, runtime, adb) if p.is_dir() else None
+    if int8 == "openvino-ir":
+        pass
+    elif is_x86_sparse(p) and not (p / program.MODEL_FILE).is_file():
         x86 = _x86_spec(p, runtime, adb)
     elif p.suffix == ".nb":
         if not p.is_file():
@@ -112,7 +141,7 @@ def _spec(path, runtime, input_size, adb):
     zeros = ((cfg or {}).get("picosparse") or {}).get("conv1x1_zero_fraction")
     return {"name": model_name(p), "path": str(p), "input_size": int(size), "cfg": cfg,
             "sizes": _sizes(p), "conv1x1_zero_fraction": zeros,
-            "kind": "x86-sparse" if x86 else "dense", "x86_sparse": x86}
+            "kind": "x86-sparse" if x86 else int8 or "dense", "x86_sparse": x86}
 
 
 def _unique_names(specs):
@@ -259,7 +288,9 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
     keys = [str(t) for t in ran]
     _speedups(out_models, keys, "median")
     for s, m in zip(specs, out_models):
-        m["precision"] = s.get("precision")
+        # the runtimes report their FP32/BF16 hint; what an INT8 model really ran is known here
+        m["precision"] = {"openvino-ir": "int8", "paddle-int8": "int8-simulated"}.get(
+            s["kind"], s.get("precision"))
         if s.get("per_layer"):
             m["per_layer"] = s["per_layer"]
     prec = "/".join(sorted(precisions))
@@ -276,6 +307,15 @@ def _kernel_notes(specs, runtime, precision):
     dense = [s["name"] for s in specs if not s["x86_sparse"]]
     x86 = [s for s in specs if s["x86_sparse"]]
     notes = []
+    sim = [s["name"] for s in specs if s["kind"] == "paddle-int8"]
+    if sim:
+        notes.append(f"{', '.join(sim)}: PaddleSlim INT8, run by {LABEL[runtime]} as FP32 "
+                     "with quantize/dequantize ops (simulated INT8, slower than FP32 here); "
+                     "its INT8 kernels are Paddle-Lite's on ARM: time the .nb with --adb")
+    for s in specs:
+        if s["kind"] == "openvino-ir":
+            notes.append(f"{s['name']}: OpenVINO INT8 (NNCF), the x86 INT8 baseline; it has "
+                         "no sparse kernels")
     if dense:
         who = (f": {', '.join(dense)} run{'s' * (len(dense) == 1)} sparse weights through "
                "the same dense convolutions, so no speed-up is expected for "
