@@ -315,8 +315,11 @@ def eval_(config, slim_config, overrides, weights, model_dir, json_out, device):
     from picosparse.device import select
     from picosparse.steps.evaluate import evaluate, evaluate_model
     cfg = _load_cfg(config, slim_config, overrides)
-    progress.say(select(device, cfg).line())
-    res = evaluate_model(cfg, model_dir) if model_dir else evaluate(cfg, weights)
+    if model_dir:  # the Detector picks its own runtime; --device is for weights
+        res = evaluate_model(cfg, model_dir)
+    else:
+        progress.say(select(device, cfg).line())
+        res = evaluate(cfg, weights)
     if json_out:
         _emit_json(res, json_out)
     if json_out != "-":
