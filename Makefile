@@ -4,6 +4,8 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PADDLEDET := paddledet==2.6.0
+# installed --no-deps: its metadata asks numpy>=1.24 (setup.cfg lists its real needs)
+NNCF := nncf==3.4.0
 # The one Paddle wheel: the CPU build by default; for CUDA: make install PADDLE=paddlepaddle-gpu==2.6.2
 PADDLE ?= paddlepaddle==2.6.2
 # Python 3.10: paddlelite (paddle_lite_opt) has x86-64 wheels only up to cp310.
@@ -34,7 +36,7 @@ $(BIN)/python:
 # Re-runs only when setup.cfg changes, the venv is new or PADDLE names another wheel.
 $(STAMP): setup.cfg | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python -m pip install -q --no-deps $(PADDLEDET)
+	$(BIN)/python -m pip install -q --no-deps $(PADDLEDET) $(NNCF)
 	@# exactly one Paddle wheel: the other build would shadow it (both install `paddle`)
 	if [ "$$(cat $(VENV)/.paddle 2>/dev/null)" != "$(PADDLE)" ]; then \
 	  $(BIN)/python -m pip uninstall -q -y paddlepaddle paddlepaddle-gpu 2>/dev/null; \

@@ -8,7 +8,8 @@ alike. Sparsity: every conv weight that is exactly zero in the given weights is 
 again after every optimizer step (the optimizer's momentum and weight decay would otherwise move
 pruned weights), checked exact before saving and checked again in the saved INT8 weights.
 Depthwise convs stay FP32, as in `quant` (their per-channel input ranges do not fit one INT8
-scale). No EMA: its average of fake-quant scales is not what gets exported.
+scale). Batch-norm statistics stay frozen (see _freeze_bn). No EMA: its average of fake-quant
+scales is not what gets exported.
 """
 
 import contextlib
@@ -54,6 +55,20 @@ def _layer_lists(model):
 def _rebind(lists):
     for owner, attr, names in lists:
         setattr(owner, attr, [owner._sub_layers[n] for n in names])
+
+
+def _freeze_bn(model):
+    """Batch norms keep their running statistics (eval mode) while the weights fine-tune.
+
+    A short fine-tune on the train augmentation (other sizes, flips) moved them away from what
+    the model sees deployed: on the demo, QAT with BN statistics updated lost 1.6 mAP points
+    against PTQ, with them frozen it matched it (0.555)."""
+    n = 0
+    for layer in model.sublayers():
+        if "BatchNorm" in type(layer).__name__:
+            layer.eval()
+            n += 1
+    return n
 
 
 class Masks:
@@ -155,6 +170,7 @@ def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True,
                  f"{len(masks.params)} masked conv weights ({masks.zeros()} zeros kept)")
     it, loss_v = 0, None
     model.train()
+    _freeze_bn(model)
     with progress.Progress(total, "qat", every=max(1, cfg.get("log_iter", 20))) as bar:
         for epoch in range(epochs):
             loader.dataset.set_epoch(epoch)
