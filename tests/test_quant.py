@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import deploy_helpers as h
 from picosparse.cli import cli
 from picosparse.deploy import nbfile, program
-from picosparse.errors import DataError
+from picosparse.errors import DataError, PicosparseError
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "real"
@@ -109,6 +109,22 @@ def test_bench_says_what_an_int8_model_ran(quantized):
     assert str(e.value) == (f"--model {out}: OpenVINO cannot read PaddleSlim's INT8 model "
                             "(dequantize_linear); for x86 INT8 quantize the FP32 export with "
                             "`picosparse quant --backend openvino`")
+
+
+def test_detector_runs_paddleslim_int8_on_paddle_inference(quantized, tmp_path):
+    """auto picks OpenVINO for exports without NMS, but OpenVINO cannot read PaddleSlim's
+    dequantize ops: an INT8 folder goes to Paddle Inference whatever its NMS flag."""
+    from picosparse.deploy.detector import Detector
+    d = tmp_path / "raw_int8"
+    shutil.copytree(quantized[2], d)
+    doc = yaml.safe_load((d / "infer_cfg.yml").read_text())
+    doc["picosparse"]["postprocess"] = False
+    (d / "infer_cfg.yml").write_text(yaml.safe_dump(doc))
+    assert Detector(d).runtime == "paddle"
+    doc["picosparse"].pop("quant")  # without the rule: OpenVINO, which fails
+    (d / "infer_cfg.yml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(PicosparseError, match="OpenVINO cannot"):
+        Detector(d)
 
 
 def test_fp32_nb_asked_to_be_int8_is_refused(tmp_path):

@@ -178,3 +178,12 @@ def test_int8_rows_precision_quantization_and_sparse_kernels():
     # the untimed INT8 rows are named in a note; sparse85 (FP32, not benched) is not
     note = [n for n in rep["notes"] if "INT8 for Paddle-Lite" in n]
     assert len(note) == 1 and note[0].startswith("sparse75_int8, sparse75_qat: ")
+
+
+
+def test_int8_variants_get_no_second_sparsity_chart(tmp_path):
+    variants, bench = seed_inputs()
+    variants["sparse75_int8"] = dict(variants["sparse75"], quant={"precision": "int8"})
+    rep = json.loads(R.write_report(tmp_path, variants, bench)["report_json"].read_text())
+    assert rep["plots"] == ["plots/latency.png", "plots/sparsity_sparse75.png",
+                            "plots/sparsity_sparse85.png"]

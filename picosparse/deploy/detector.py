@@ -148,7 +148,9 @@ class Detector:
         self.cell_offset = float(ps.get("cell_offset", 0.5))
         # exports without our block: PaddleDetection's default export has NMS
         self.has_nms = bool(ps.get("postprocess", True))
-        self.runtime = choose_runtime(self.kind, runtime, self.has_nms, flag, self.path)
+        # PaddleSlim INT8 (`picosparse quant`/`qat`): OpenVINO cannot read its dequantize ops
+        int8 = self.kind == "paddle" and (ps.get("quant") or {}).get("backend") == "paddle"
+        self.runtime = choose_runtime(self.kind, runtime, self.has_nms or int8, flag, self.path)
         self.threads = threads
         self._run = _runner(self.kind, self.runtime, self.path, threads)
         self._inputs = self._run.input_names()

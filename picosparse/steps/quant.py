@@ -119,11 +119,22 @@ def _static_mode(paddle):
 
 @contextlib.contextmanager
 def _fast_graph_links():
-    """Paddle 2.6's IrGraph.link_to / update_input_link assert that their nodes are in
-    graph.nodes(), which rebuilds the whole node set on every call: the quantization passes
-    spent over half their time there on PicoDet. The same links, minus that check."""
+    """Two quadratic spots of Paddle 2.6's quantization passes, removed for their duration
+    (they took ~60% of a PicoDet quantization here):
+    - IrGraph.link_to / update_input_link assert that their nodes are in graph.nodes(), which
+      rebuilds the whole node set on every call: the same links, minus that check;
+    - AddQuantDequantForInferencePass looks each scale up in graph.all_persistable_nodes(),
+      a scan of every node, twice per quantized tensor: while its apply() runs, that set is
+      computed once and grown by create_persistable_node (its first loop only adds nodes;
+      any removal drops the cache)."""
     from paddle.base.framework import IrGraph
-    saved = IrGraph.link_to, IrGraph.update_input_link
+    from paddle.static.quantization.quantization_pass import (
+        AddQuantDequantForInferencePass as AddQDQ)
+    saved = (IrGraph.link_to, IrGraph.update_input_link, IrGraph.all_persistable_nodes,
+             IrGraph.create_persistable_node, IrGraph.safe_remove_nodes, AddQDQ.apply)
+    link_to0, update0, all0, create0, remove0, apply0 = saved
+    cache = {}  # id(C++ graph) -> set of IrVarNode, only while AddQDQ.apply runs
+    active = [False]
 
     def link_to(self, node_in, node_out):
         node_in.append_output(node_out)
@@ -136,11 +147,41 @@ def _fast_graph_links():
         op_node.append_input(new)
         op_node.rename_input(old.name(), new.name())
 
-    IrGraph.link_to, IrGraph.update_input_link = link_to, update_input_link
+    def all_persistable_nodes(self):
+        if not active[0]:
+            return all0(self)
+        key = id(self.graph)
+        if key not in cache:
+            cache[key] = all0(self)
+        return cache[key]
+
+    def create_persistable_node(self, *args, **kwargs):
+        node = create0(self, *args, **kwargs)
+        if id(self.graph) in cache:
+            cache[id(self.graph)].add(node)
+        return node
+
+    def safe_remove_nodes(self, nodes):
+        cache.pop(id(self.graph), None)
+        return remove0(self, nodes)
+
+    def apply(self, graph):
+        active[0] = True
+        try:
+            return apply0(self, graph)
+        finally:
+            active[0] = False
+            cache.clear()
+
+    (IrGraph.link_to, IrGraph.update_input_link, IrGraph.all_persistable_nodes,
+     IrGraph.create_persistable_node, IrGraph.safe_remove_nodes, AddQDQ.apply) = (
+        link_to, update_input_link, all_persistable_nodes, create_persistable_node,
+        safe_remove_nodes, apply)
     try:
         yield
     finally:
-        IrGraph.link_to, IrGraph.update_input_link = saved
+        (IrGraph.link_to, IrGraph.update_input_link, IrGraph.all_persistable_nodes,
+         IrGraph.create_persistable_node, IrGraph.safe_remove_nodes, AddQDQ.apply) = saved
 
 
 def _post_static(model_dir, out_dir, feeds, algo, quantize_depthwise=False):

@@ -327,9 +327,12 @@ def write_report(out, variants, bench=None, baseline=None, title="picosparse"):
         if report["threads"] and any(any(v["latency_ms"].values()) for v in report["variants"]):
             plot_latency(report, tmp / "latency.png")
             plots.append("plots/latency.png")
+        precision = {r["name"]: r["precision"] for r in report["variants"]}
         for name, v in variants.items():
             layers = ((v.get("eval") or {}).get("sparsity") or {}).get("layers") or {}
-            if layers and max(x or 0 for x in layers.values()) > 0.01:  # dense: no chart
+            # dense: no chart; INT8: its FP32 source's zeros plus rounding, charted there
+            if layers and max(x or 0 for x in layers.values()) > 0.01 \
+                    and precision[name] != "int8":
                 plot_sparsity(name, layers, tmp / f"sparsity_{name}.png")
                 plots.append(f"plots/sparsity_{name}.png")
     report["plots"] = plots
