@@ -539,11 +539,12 @@ def _echo_quant(r):
 @click.option("--lr", type=float, help="LearningRate.base_lr for the fine-tuning [the config's].")
 @click.option("--input-size", default=None, type=int, help="Fixed input side of the export (multiple of 32) [from the config's TestReader].")
 @click.option("--no-postprocess", is_flag=True, help="Export without NMS/decoding.")
+@click.option("--train-bn", is_flag=True, help="Update batch-norm statistics too [frozen: a short fine-tune on the train augmentation moves them away from deployment].")
 @click.option("--lite", is_flag=True, help="Also write OUT/model.nb (ARM), INT8 kernels verified.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--json", "json_out", metavar="FILE", help="Write the result as JSON ('-' for stdout).")
-def qat(config, overrides, weights, out, epochs, lr, input_size, no_postprocess, lite, seed,
-        json_out):
+def qat(config, overrides, weights, out, epochs, lr, input_size, no_postprocess, train_bn, lite,
+        seed, json_out):
     """Quantization-aware fine-tuning with the weights' zeros kept exact; INT8 export.
 
     For when `picosparse quant` loses too much mAP: PaddleSlim's QAT on the model built from
@@ -558,7 +559,8 @@ def qat(config, overrides, weights, out, epochs, lr, input_size, no_postprocess,
     """
     from picosparse.steps.qat import qat as run_qat
     res = run_qat(_load_cfg(config, overrides=overrides), weights, out, epochs=epochs, lr=lr,
-                  input_size=input_size, postprocess=not no_postprocess, seed=seed)
+                  input_size=input_size, postprocess=not no_postprocess, seed=seed,
+                  train_bn=train_bn)
     if json_out != "-":
         z = res["zeros"]
         click.echo(f"wrote {res['model_dir']}/ (INT8, QAT {res['iters']} iterations, last loss "

@@ -207,6 +207,11 @@ def test_quant_cli_errors_are_one_line(tmp_path, quantized, tiny_data):
                        *data_overrides(tiny_data)),
                    f"--model-dir {bare}: no infer_cfg.yml (it holds the preprocessing the "
                    "calibration images need; `picosparse export` writes it)")
+    w = str(h.weights("sparse"))
+    one_line_error(run("qat", "-c", str(h.DEMO_CFG), "--weights", w, "--out",
+                       str(tmp_path / "q"), "--epochs", "0"), "--epochs 0: must be an integer >= 1")
+    one_line_error(run("qat", "-c", str(h.DEMO_CFG), "--weights", w, "--out",
+                       str(tmp_path / "q"), "--lr", "-1"), "--lr -1.0: must be a positive number")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare"]
     assert not (src / "int8").exists()
 
@@ -233,6 +238,21 @@ def test_masks_are_reapplied_after_a_step():
     assert masks.zeros() == 32
 
 
+def test_qat_freezes_batch_norm_statistics_only():
+    from picosparse import paddle_env
+    from picosparse.steps.qat import _freeze_bn
+    paddle = paddle_env.stack().paddle
+    net = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 1), paddle.nn.BatchNorm2D(4),
+                               paddle.nn.Conv2D(4, 4, 1), paddle.nn.BatchNorm(4))
+    net.train()
+    assert _freeze_bn(net) == 2
+    assert [m.training for m in net.sublayers()] == [True, False, True, False]
+    bn = net[1]
+    before = bn._mean.numpy().copy()
+    net(paddle.rand([2, 3, 4, 4]) * 5 + 3)
+    assert (bn._mean.numpy() == before).all()  # eval mode: running statistics untouched
+
+
 @pytest.mark.slow
 def test_qat_keeps_masks_exact_and_writes_int8(tiny_data, tmp_path):
     from conftest import tiny_overrides
@@ -240,7 +260,9 @@ def test_qat_keeps_masks_exact_and_writes_int8(tiny_data, tmp_path):
     from picosparse.steps.qat import qat
     src = h.weights("sparse")
     cfg = h.load_cfg(*tiny_overrides(tiny_data, epochs=1))
-    res = qat(cfg, src, tmp_path / "qat", epochs=1, lr=0.001, input_size=160, max_iters=4)
+    # random weights: their batch-norm statistics do not fit this data, so they train too
+    res = qat(cfg, src, tmp_path / "qat", epochs=1, lr=0.001, input_size=160, max_iters=4,
+              train_bn=True)
     out = res["model_dir"]
     assert res["iters"] == 4 and res["masked_weights"] == 97
     # masks by program weight name: the exported INT8 weights keep every zero

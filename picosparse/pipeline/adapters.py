@@ -93,7 +93,8 @@ def run_quant(p, out, ctx):
 def run_qat(p, out, ctx):
     from picosparse.steps.qat import qat
     return qat(_detector(p), _weights(p), out, epochs=p["epochs"], lr=p["lr"],
-               input_size=p["input_size"], postprocess=p["postprocess"], seed=p["seed"])
+               input_size=p["input_size"], postprocess=p["postprocess"], seed=p["seed"],
+               train_bn=p["train_bn"])
 
 
 def run_bench(p, out, ctx):

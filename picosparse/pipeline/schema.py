@@ -133,7 +133,8 @@ KINDS = {
         help="INT8 post-training quantization, exact zeros verified (picosparse quant)"),
     "qat": Kind(
         {**_DETECTOR, "weights": P("source"), "epochs": P("int", 1), "lr": P("number?", None),
-         "input_size": P("int?", None), "postprocess": P("bool", True), "seed": P("int", 0)},
+         "input_size": P("int?", None), "postprocess": P("bool", True),
+         "train_bn": P("bool", False), "seed": P("int", 0)},
         {"model_dir": "path", "infer_cfg": "path", "precision": "str", "algo": "str",
          "epochs": "int", "iters": "int", "zeros": "any", "seconds": "number"},
         help="quantization-aware fine-tuning, masks kept, INT8 export (picosparse qat)"),

@@ -116,18 +116,19 @@ def _check_args(epochs, lr):
 
 
 def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True, seed=0,
-        max_iters=None):
+        train_bn=False, max_iters=None):
     """Fine-tune WEIGHTS with QAT for `epochs` epochs of the config's TrainDataset (lr: the
     LearningRate base_lr, default the config's), masks kept, and write OUT: an INT8 inference
     model (model.pdmodel, model.pdiparams, infer_cfg.yml, quant.json), atomically.
+    train_bn: update the batch-norm statistics too (default: frozen, see _freeze_bn; for
+    weights whose statistics do not fit the training data, e.g. untrained ones).
 
     Returns {"model_dir", "infer_cfg", "precision": "int8", "backend": "paddle", "algo": "qat",
-             "epochs", "iters", "loss": last logged loss, "masked_weights", "zeros",
-             "conv1x1_zero_fraction", "seconds"}.
+             "epochs", "iters", "loss": the last iteration's, "masked_weights", "zeros",
+             "conv1x1_zero_fraction", "seconds"}. max_iters stops early (tests).
     """
-    from picosparse.steps.export import (_used_inputs, check_input_size, default_input_size)
+    from picosparse.steps.export import check_input_size, default_input_size
     from picosparse.steps.loaders import train_loader
-    from picosparse.steps.quant import QUANT_JSON
     _check_args(epochs, lr)
     t0 = time.monotonic()
     if input_size is None:
@@ -170,7 +171,8 @@ def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True,
                  f"{len(masks.params)} masked conv weights ({masks.zeros()} zeros kept)")
     it, loss_v = 0, None
     model.train()
-    _freeze_bn(model)
+    if not train_bn:
+        _freeze_bn(model)
     with progress.Progress(total, "qat", every=max(1, cfg.get("log_iter", 20))) as bar:
         for epoch in range(epochs):
             loader.dataset.set_epoch(epoch)
@@ -179,7 +181,13 @@ def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True,
                 if it >= total:
                     break
                 batch["epoch_id"] = epoch
-                loss = model(batch)["loss"]
+                try:
+                    loss = model(batch)["loss"]
+                except ValueError as e:  # ppdet's losses check their inputs (NaN fails)
+                    raise PicosparseError(
+                        f"qat: the loss failed at iteration {it} ({str(e).strip()[:120]}): "
+                        "the model's outputs are not finite; lower --lr, or --train-bn if "
+                        "the weights' batch-norm statistics do not fit this data") from None
                 loss.backward()
                 optimizer.step()
                 optimizer.clear_grad()
@@ -188,23 +196,27 @@ def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True,
                     optimizer._learning_rate.step()
                 loss_v = float(loss)
                 if not np.isfinite(loss_v):
-                    raise PicosparseError(f"qat: loss is {loss_v} at iteration {it}; lower --lr")
+                    raise PicosparseError(f"qat: loss is {loss_v} at iteration {it}; lower "
+                                          "--lr, or --train-bn")
                 it += 1
                 bar.update(1, loss=f"{loss_v:.3f}")
     model.eval()
     broken = masks.broken()
     if broken:  # never: apply() ran after the last step; a guard against a wrapper copying
         raise PicosparseError(f"qat: {broken[1]} masked weights of {broken[0]} are nonzero")
-    return _save(model, quanter, cfg, weights, out, input_size, postprocess, masks,
-                 {"epochs": epochs, "iters": it, "loss": loss_v, "seconds_train":
-                  time.monotonic() - t0}, t0, _used_inputs, QUANT_JSON)
+    stats = {"epochs": epochs, "iters": it, "loss": loss_v, "train_bn": bool(train_bn),
+             "seconds_train": time.monotonic() - t0}
+    return _save(model, quanter, cfg, weights, out, input_size, postprocess, masks, stats, t0)
 
 
-def _save(model, quanter, cfg, weights, out, input_size, postprocess, masks, stats, t0,
-          used_inputs, quant_json):
+def _save(model, quanter, cfg, weights, out, input_size, postprocess, masks, stats, t0):
+    """The INT8 inference model, as `export` writes an FP32 one (fixed input shape,
+    infer_cfg.yml), through PaddleSlim's save_quantized_model; masks checked in the file."""
     import json
-    paddle = paddle_env.stack().paddle
     from paddle.static import InputSpec
+    from picosparse.steps.export import _used_inputs
+    from picosparse.steps.quant import QUANT_JSON, _faster_quant_passes
+    paddle = paddle_env.stack().paddle
     if hasattr(model, "export_post_process"):
         model.export_post_process = bool(postprocess)
     if hasattr(model, "export_nms"):
@@ -214,11 +226,10 @@ def _save(model, quanter, cfg, weights, out, input_size, postprocess, masks, sta
             "scale_factor": InputSpec([1, 2], "float32", "scale_factor")}
     out = Path(out)
     with atomic_dir(out) as tmp:
-        from picosparse.steps.quant import _fast_graph_links
-        with contextlib.redirect_stdout(io.StringIO()), _fast_graph_links():
+        with contextlib.redirect_stdout(io.StringIO()), _faster_quant_passes():
             try:
                 static = paddle.jit.to_static(model, input_spec=[spec], full_graph=True)
-                used = used_inputs(static.forward, spec)
+                used = _used_inputs(static.forward, spec)
                 quanter.save_quantized_model(static, str(tmp / "model"),
                                              input_spec=[{n: spec[n] for n in used}])
             except (ValueError, TypeError, RuntimeError) as e:
@@ -238,7 +249,7 @@ def _save(model, quanter, cfg, weights, out, input_size, postprocess, masks, sta
         doc = infer_cfg.build(cfg.data, input_size, shapes, postprocess,
                               infer_cfg.label_list(cfg.data), extra)
         (tmp / infer_cfg.FILE).write_text(infer_cfg.dump(doc))
-        (tmp / quant_json).write_text(json.dumps(meta, indent=2))
+        (tmp / QUANT_JSON).write_text(json.dumps(meta, indent=2))
     return {"model_dir": out, "infer_cfg": out / infer_cfg.FILE, "precision": "int8",
             "backend": "paddle", "algo": "qat", "masked_weights": len(masks.params),
             "zeros": zeros, "conv1x1_zero_fraction": sp["overall"],

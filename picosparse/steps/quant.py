@@ -3,21 +3,24 @@
 PaddleSlim's `quant_post_static` (the path Paddle-Lite's INT8 ARM kernels, sparse ones
 included, are made for) on a `picosparse export` folder: calibration images come from the
 detector config's TrainDataset or EvalDataset and go through the model's own infer_cfg.yml
-preprocessing, so the ranges are those the deployed model sees. Traps handled here
-(STACK.md): it needs a static-mode paddle.io.DataLoader fed through `paddle.static.data`
-variables, batch 1 for our fixed-shape exports; matmul ops are left in FP32 (PicoDet's DFL
-projection weight is 1-D and breaks the histogram pass); static mode is switched off again
-whatever happens. Depthwise convs stay FP32 unless asked: their inputs' ranges differ ~100x
-between channels (PicoDet-S's stem output: 4 to 600), which one per-tensor INT8 scale cannot
-hold: with them quantized, PicoDet-S 320 fell from mAP 0.387 to 0.010 on coco128; with only
-the (1x1 and stem) conv2d quantized, to 0.378. The 1x1 convs, where the sparse kernels and
-~90% of the multiply-adds are, are INT8 either way. Quantizing weights per channel maps 0.0 to the integer 0, but that is checked,
-not assumed: every weight that was exactly zero must be exactly zero in the INT8 file (weights
-too small for their channel's scale may round to new zeros, which is counted).
+preprocessing, so the ranges are those the deployed model sees. Traps handled here (STACK.md):
+it needs a static-mode paddle.io.DataLoader fed through `paddle.static.data` variables, batch
+1 for our fixed-shape exports; matmul ops stay FP32 (PicoDet's DFL projection weight is 1-D
+and breaks the histogram pass); static mode is switched off again whatever happens.
 
-`backend="openvino"` quantizes for x86 instead with NNCF (OpenVINO's own INT8), writing an
-OpenVINO IR folder that `bench --runtime openvino` and the Detector run; it is the baseline an
-x86 user would pick, not a Paddle-Lite input.
+Depthwise convs stay FP32 unless asked: their inputs' ranges differ ~100x between channels
+(PicoDet-S's stem output: 4 to 600), which one per-tensor INT8 scale cannot hold. With them
+quantized, PicoDet-S 320 fell from mAP 0.387 to 0.010 on coco128; with only the (1x1 and stem)
+conv2d quantized, to 0.378. The 1x1 convs, where the sparse kernels and ~90% of the
+multiply-adds are, are INT8 either way.
+
+Quantizing weights per channel maps 0.0 to the integer 0, but that is checked, not assumed:
+every weight that was exactly zero must be exactly zero in the INT8 file (weights too small
+for their channel's scale may round to new zeros, which are counted).
+
+`backend="openvino"` quantizes for x86 instead with NNCF (OpenVINO's own INT8, nncf_quant.py),
+writing an OpenVINO IR folder that `bench --runtime openvino` and the Detector run: the
+baseline an x86 user would pick, not a Paddle-Lite input.
 """
 
 import contextlib
@@ -118,7 +121,7 @@ def _static_mode(paddle):
 
 
 @contextlib.contextmanager
-def _fast_graph_links():
+def _faster_quant_passes():
     """Two quadratic spots of Paddle 2.6's quantization passes, removed for their duration
     (they took ~60% of a PicoDet quantization here):
     - IrGraph.link_to / update_input_link assert that their nodes are in graph.nodes(), which
@@ -132,7 +135,7 @@ def _fast_graph_links():
         AddQuantDequantForInferencePass as AddQDQ)
     saved = (IrGraph.link_to, IrGraph.update_input_link, IrGraph.all_persistable_nodes,
              IrGraph.create_persistable_node, IrGraph.safe_remove_nodes, AddQDQ.apply)
-    link_to0, update0, all0, create0, remove0, apply0 = saved
+    all0, create0, remove0, apply0 = saved[2:]
     cache = {}  # id(C++ graph) -> set of IrVarNode, only while AddQDQ.apply runs
     active = [False]
 
@@ -205,7 +208,7 @@ def _post_static(model_dir, out_dir, feeds, algo, quantize_depthwise=False):
 
     log = io.StringIO()
     scope = paddle.static.Scope()  # no state shared with another quantization
-    with _static_mode(paddle), paddle.static.scope_guard(scope), _fast_graph_links(), \
+    with _static_mode(paddle), paddle.static.scope_guard(scope), _faster_quant_passes(), \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         place = paddle.CPUPlace()
         main = paddle.static.Program()

@@ -262,8 +262,8 @@ def markdown(report):
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", f"Speed-up against `{report['baseline']}`: FPS gain "
               "(dense - sparse) / sparse, as in the seed table, and the ratio dense / sparse. "
-              "mAP is COCO bbox mAP in percent, measured on the file each row names when the "
-              "pipeline evaluates its exported model; size is the Paddle-Lite .nb file "
+              "mAP is COCO bbox mAP in percent (of the exported file where the eval step read "
+              "a model folder); size is the Paddle-Lite .nb file "
               "(MB = 10^6 bytes); sparse convs: the .nb's sparse_conv2d kernels and their "
               "precision."]
     lines += [f"- {n}" for n in report.get("notes") or []]
