@@ -595,7 +595,10 @@ def bench(models, threads, repeats, warmup, runtime, precision, image, input_siz
     --runtime openvino a --model may be the OUT/x86_sparse folder of `picosparse export
     --x86-sparse`: it runs picosparse's sparse 1x1 op (always FP32) beside dense OpenVINO
     (FP32 unless --precision bf16), same threads, one run; --per-layer adds a table of each
-    replaced layer's time against the dense conv it replaced. The seed's speed-ups are
+    replaced layer's time against the dense conv it replaced. An OpenVINO INT8 folder
+    (`picosparse quant --backend openvino`, NNCF) is the x86 INT8 baseline; the Precision
+    column says what each model ran (a PaddleSlim INT8 folder under Paddle Inference is
+    `int8-simulated`: FP32 plus quantize/dequantize ops). The seed's speed-ups are
     ARM numbers: with --adb SERIAL --benchmark-bin PATH the .nb files (OUT/model.nb of
     `export --lite`, or .nb paths) are pushed to /data/local/tmp/picosparse and timed with
     Paddle-Lite's benchmark_bin (min/max/avg). OpenVINO 2026.4's multiclass_nms crashed
@@ -609,6 +612,8 @@ def bench(models, threads, repeats, warmup, runtime, precision, image, input_siz
         --model runs/sparse75/inference/x86_sparse --threads 1,2 --per-layer
       picosparse bench --adb 0123456789ABCDEF --benchmark-bin build/benchmark_bin \\
         --model runs/dense/inference --model runs/sparse75/inference --threads 1,4
+      picosparse bench --runtime openvino --model runs/dense/inference \\
+        --model runs/dense/inference/int8   # after quant --backend openvino
     """
     from picosparse.errors import ConfigError
     from picosparse.steps.bench import bench as do_bench
@@ -672,7 +677,7 @@ def infer(model_dir, image, out, json_out, threshold, runtime, threads):
               help="Override a pipeline value (YAML): -o dense.seed=1, "
                    "-o dense.overrides+=epoch=2 (append), -o vars.dataset_root=/data/coco.")
 def run(pipeline, run_dir, force, from_step, only_step, dry_run, overrides):
-    """Run a YAML pipeline (data, train, prune, eval, export, opt, bench, report).
+    """Run a YAML pipeline (data, train, prune, eval, export, opt, quant, qat, bench, report).
 
     Steps whose parameters and input files are unchanged since their last successful run
     are skipped; a failed or interrupted step reruns (train resumes from its checkpoint).
