@@ -120,7 +120,8 @@ class Fakes:
         Path(out).write_bytes(b"x" * int(1000 * (1 - s / 2)))
         return {"nb": Path(out), "size_bytes": Path(out).stat().st_size,
                 "sparse_conv2d": 10 if sparse else 0, "conv1x1": 12,
-                "valid_targets": valid_targets, "sparse": sparse}
+                "valid_targets": valid_targets, "sparse": sparse, "precision": "fp32",
+                "conv_precisions": {"fp32": 12}}
 
     def bench(self, models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle"):
         rows = []

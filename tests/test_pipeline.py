@@ -210,7 +210,7 @@ def test_full_run_then_everything_cached(fakes, tmp_path):
     assert {n: s["status"] for n, s in m["steps"].items()} == {n: "done" for n in ALL_STEPS}
     assert (run / "report.md").is_file() and (run / "report.json").is_file()
     table = r.output[r.output.index("speed-up vs dense"):]  # the report table, last
-    assert re.search(r"│ sparse75 +│ PicoDet-demo +│ +160\*160 +│ +75% +│ +38\.\d +│", table), table
+    assert re.search(r"│ sparse75 +│ PicoDet-demo +│ +160\*160 +│ +FP32 +│ +75% +│ +38\.\d +│", table), table
     assert "+33% (1.33x)" in table and "Speed-up" in table
 
     fakes.reset()
