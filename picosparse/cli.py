@@ -564,8 +564,8 @@ def qat(config, overrides, weights, out, epochs, lr, input_size, no_postprocess,
     if json_out != "-":
         z = res["zeros"]
         click.echo(f"wrote {res['model_dir']}/ (INT8, QAT {res['iters']} iterations, last loss "
-                   f"{res['loss']:.3f}): {z['int8_weights']} INT8 conv weights, all "
-                   f"{z['zeros']} masked zeros exact")
+                   f"{res['loss']:.3f}): {z['weights']} masked conv weights "
+                   f"({z['int8_weights']} INT8), all {z['zeros']} zeros exact")
     if lite:
         res["opt"] = _int8_nb(res, None, 0.6, json_out != "-")
     if json_out:

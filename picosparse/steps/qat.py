@@ -215,7 +215,7 @@ def _save(model, quanter, cfg, weights, out, input_size, postprocess, masks, sta
     import json
     from paddle.static import InputSpec
     from picosparse.steps.export import _used_inputs
-    from picosparse.steps.quant import QUANT_JSON, _faster_quant_passes
+    from picosparse.steps.quant import QUANT_JSON, _faster_quant_passes, _quiet_loggers
     paddle = paddle_env.stack().paddle
     if hasattr(model, "export_post_process"):
         model.export_post_process = bool(postprocess)
@@ -226,7 +226,8 @@ def _save(model, quanter, cfg, weights, out, input_size, postprocess, masks, sta
             "scale_factor": InputSpec([1, 2], "float32", "scale_factor")}
     out = Path(out)
     with atomic_dir(out) as tmp:
-        with contextlib.redirect_stdout(io.StringIO()), _faster_quant_passes():
+        with contextlib.redirect_stdout(io.StringIO()), _faster_quant_passes(), \
+                _quiet_loggers():
             try:
                 static = paddle.jit.to_static(model, input_spec=[spec], full_graph=True)
                 used = _used_inputs(static.forward, spec)

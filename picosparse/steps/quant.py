@@ -112,6 +112,23 @@ def _feeds(doc, images):
 
 
 @contextlib.contextmanager
+def _quiet_loggers(prefixes=("paddle", "paddleslim")):
+    """PaddleSlim's and Paddle's quantization loggers print INFO lines to the stderr they saw
+    when created (redirecting sys.stderr does not reach them): raised to ERROR meanwhile."""
+    import logging
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+               if n.split(".")[0] in prefixes]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.level, logging.ERROR))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
 def _static_mode(paddle):
     paddle.enable_static()
     try:
@@ -209,7 +226,7 @@ def _post_static(model_dir, out_dir, feeds, algo, quantize_depthwise=False):
     log = io.StringIO()
     scope = paddle.static.Scope()  # no state shared with another quantization
     with _static_mode(paddle), paddle.static.scope_guard(scope), _faster_quant_passes(), \
-            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            _quiet_loggers(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         place = paddle.CPUPlace()
         main = paddle.static.Program()
         with paddle.static.program_guard(main, paddle.static.Program()):
