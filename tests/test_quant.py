@@ -353,3 +353,47 @@ def test_real_picodet_s_85_int8_files(tmp_path):
     fp32_map = evaluate_model(cfg, tmp_path / "dense")["mAP"]
     int8_map = evaluate_model(cfg, tmp_path / "dense" / "int8")["mAP"]
     assert fp32_map == pytest.approx(0.387, abs=0.005) and fp32_map - int8_map < 0.02
+
+
+def test_export_lite_int8_writes_the_verified_int8_nb(tiny_data, tmp_path):
+    out = tmp_path / "inf"
+    args = ["export", "-c", str(h.DEMO_CFG), "--weights", str(h.weights("sparse")), "--out",
+            str(out), "--lite"]
+    one_line_error(run(*args, "--int8", "--calib-images", "0"),
+                   "--calib-images 0: must be an integer >= 1")
+    assert not out.exists()  # refused before exporting
+    r = run(*args, "--int8", "--calib-images", "2", *data_overrides(tiny_data))
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert r.output.count("(INT8 kernels verified)") == 1
+    assert (out / "int8" / "model.nb").stat().st_size < (out / "model.nb").stat().st_size
+    fp32, int8 = nbfile.inspect(out / "model.nb"), nbfile.inspect(out / "int8" / "model.nb")
+    assert fp32["op_precisions"]["sparse_conv2d"] == {"fp32": 97}
+    assert int8["op_precisions"]["sparse_conv2d"] == {"int8": 97}
+    assert json.loads((out / "int8" / "quant.json").read_text())["calib_images"] == 2
+
+
+@pytest.mark.slow
+def test_pipeline_quant_opt_eval_report(tmp_path):
+    """The quant kind wired end to end: export -> quant -> opt (INT8 verified) -> eval of the
+    INT8 folder -> report row."""
+    pipe = tmp_path / "p.yml"
+    pipe.write_text(yaml.safe_dump({"name": "q", "steps": {
+        "data": {"kind": "data", "num_train": 8, "num_val": 4, "size": 96},
+        "export": {"kind": "export", "config": str(h.DEMO_CFG),
+                   "weights": str(h.weights("sparse")), "input_size": 96},
+        "quant": {"kind": "quant", "config": str(h.DEMO_CFG), "calib_images": 2,
+                  "overrides": ["TrainDataset.dataset_dir=${steps.data.out}"],
+                  "model_dir": "${steps.export.model_dir}"},
+        "opt": {"kind": "opt", "model_dir": "${steps.quant.model_dir}", "sparse": True},
+        "eval": {"kind": "eval", "config": str(h.DEMO_CFG),
+                 "overrides": ["EvalDataset.dataset_dir=${steps.data.out}"],
+                 "model": "${steps.quant.model_dir}"},
+        "report": {"kind": "report", "variants": {"sparse_int8": {
+            "eval": "${steps.eval}", "quant": "${steps.quant}", "opt": "${steps.opt}"}}}}}))
+    r = run("run", str(pipe), "--out", str(tmp_path / "run"))
+    assert r.exit_code == 0, (r.output, r.exception)
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    row = rep["variants"][0]
+    assert row["precision"] == "int8" and row["quantization"] == "PTQ hist, 2 images"
+    assert row["sparse_conv2d"] == 97 and row["sparse_conv2d_precision"] == "int8"
+    assert row["sparsity"] >= h.SPARSITY - 1e-3 and row["mAP"] is not None
