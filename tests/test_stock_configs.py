@@ -294,6 +294,17 @@ def _with_o(args, overrides):
     return args
 
 
+def _run_cli(args):
+    """The command as a user types it, in a process of its own (a long test process that had
+    loaded the x86 library and trained before once segfaulted in a later export)."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+    p = subprocess.run([sys.executable, "-m", "picosparse", *map(str, args)],
+                       capture_output=True, text=True, timeout=900)
+    return SimpleNamespace(exit_code=p.returncode, output=p.stdout + p.stderr, stderr=p.stderr)
+
+
 @pytest.mark.slow
 def test_seed_commands_on_upstream_layout_train_export_opt(tiny_data, tmp_path):
     """The tutorial's pruner config + slim file, as written (tags, top-level keys, no skip),
@@ -312,7 +323,7 @@ def test_seed_commands_on_upstream_layout_train_export_opt(tiny_data, tmp_path):
                                        "UnstructuredPruner.tunning_epochs=1",
                                        "UnstructuredPruner.pruning_steps=1",
                                        "TrainReader.batch_size=2"])
-    r = CliRunner().invoke(cli, args)
+    r = _run_cli(args)
     assert r.exit_code == 0, r.output
     # 80-class head skipped (this data has 4 classes), said once
     assert r.stderr.count(f"warning: pretrain_weights {coco_m.name}: loaded") == 1
@@ -321,7 +332,7 @@ def test_seed_commands_on_upstream_layout_train_export_opt(tiny_data, tmp_path):
         assert float((np.asarray(state[name]) == 0).mean()) < 0.05, name
     assert float((np.asarray(state["backbone.2_2._se.conv1.weight"]) == 0).mean()) == \
         pytest.approx(0.75, abs=0.01)
-    r = CliRunner().invoke(cli, ["export", "--run", str(run), "--lite"])
+    r = _run_cli(["export", "--run", str(run), "--lite"])
     assert r.exit_code == 0, r.output
     assert "95 of 105 1x1 convs -> sparse_conv2d" in r.output
 
@@ -334,13 +345,13 @@ def test_lcnet_v2_tagged_config_trains_sparse_alone_exports_and_converts(tiny_da
     ov = _tiny(tiny_data) + ["eval_size=[96,96]", "PicoHeadV2.static_assigner.topk=4",
                              "PicoHeadV2.assigner.topk=4", "epoch=4",
                              "LearningRate.schedulers.0.max_epochs=4"]
-    r = CliRunner().invoke(cli, _with_o(
+    r = _run_cli(_with_o(
         ["train", "-c", str(LCNET_CFG), "--sparsity", "0.75", "--from-scratch", "--eval",
          "--out", str(run)], ov))
     assert r.exit_code == 0, r.output
     assert "pruning_steps 4 -> 1" in r.stderr  # the built-in recipe fits its steps
     written = load_detector(run / "config.yml")
     assert written.prune.recipe == DEFAULT_RECIPE and written.prune.pruning_steps == 1
-    r = CliRunner().invoke(cli, ["export", "--run", str(run), "--lite"])
+    r = _run_cli(["export", "--run", str(run), "--lite"])
     assert r.exit_code == 0, r.output
     assert "46 of 60 1x1 convs -> sparse_conv2d" in r.output
