@@ -1,7 +1,9 @@
 """The `picosparse` command: parses flags, calls library functions, renders results.
 
 The only module that knows about click. Every PicosparseError becomes `Error: <message>`
-and exit code 2 here (with the traceback only under --debug).
+and exit code 2 here (with the traceback only under --debug); a ParamError names the
+parameter as the flag the user typed. Each step's options come from its parameter
+dataclass (picosparse.params), so they cannot drift from the pipeline's keys.
 """
 
 import json
@@ -9,10 +11,27 @@ import sys
 
 import click
 
-from picosparse import __version__
-from picosparse.errors import PicosparseError
+from picosparse import __version__, params
+from picosparse.errors import ParamError, PicosparseError
 from picosparse import progress
-from picosparse.sparsity import SPARSE_THRESHOLD
+from picosparse.data.synth import DataParams
+from picosparse.steps.evaluate import EvalParams
+from picosparse.steps.export import ExportParams
+from picosparse.steps.infer import InferParams
+from picosparse.steps.lite import OptParams
+from picosparse.steps.prune import PruneParams
+from picosparse.steps.qat import QatParams
+from picosparse.steps.quant import QuantParams
+from picosparse.steps.train import TrainParams
+from picosparse.steps.x86_sparse import X86SparseParams
+
+
+def error_text(e):
+    """The one line shown for a PicosparseError: a ParamError names the flag."""
+    if isinstance(e, ParamError):
+        return e.render(lambda name: params.flag_of(e.owner, name),
+                        show_value=params.shown(e.owner, e.field))
+    return str(e)
 
 
 class _Group(click.Group):
@@ -22,7 +41,7 @@ class _Group(click.Group):
         except PicosparseError as e:
             if ctx.meta.get("picosparse.debug"):
                 raise
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {error_text(e)}", err=True)
             ctx.exit(e.exit_code)
 
 
@@ -33,6 +52,11 @@ def _emit_json(obj, dest):
         click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
     else:
         write_json(dest, obj)
+
+
+def json_option(what):
+    return click.option("--json", "json_out", metavar="FILE",
+                        help=f"Write {what} as JSON to FILE ('-': stdout, instead of the table).")
 
 
 config_option = click.option(
@@ -74,21 +98,21 @@ def cli(ctx, debug, quiet):
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def env(as_json):
+@json_option("the report")
+def env(json_out):
     """Versions of the Paddle stack and checks for its known traps.
 
     Exits 1 when a check fails, so CI can gate on it.
 
     \b
     Example:
-      picosparse env --json | jq .ok
+      picosparse env --json - | jq .ok
     """
     from picosparse.envcheck import report
     rep = report()
-    if as_json:
-        click.echo(json.dumps(rep, indent=2))
-    else:
+    if json_out:
+        _emit_json(rep, json_out)
+    if json_out != "-":
         from picosparse.render import env_table
         env_table(rep)
     sys.exit(0 if rep["ok"] else 1)
@@ -101,11 +125,8 @@ def data():
 
 @data.command("synth")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same bytes).")
-@click.option("--num-train", default=400, show_default=True, help="Training images.")
-@click.option("--num-val", default=100, show_default=True, help="Validation images.")
-@click.option("--size", default=192, show_default=True, help="Image side in pixels.")
-def data_synth(out, seed, num_train, num_val, size):
+@params.options(DataParams)
+def data_synth(out, **kw):
     """Write a deterministic COCO dataset of simple shapes.
 
     \b
@@ -114,7 +135,7 @@ def data_synth(out, seed, num_train, num_val, size):
       picosparse data synth --out data/shapes --num-train 400 --num-val 100 --size 192
     """
     from picosparse.data.synth import synthesize
-    s = synthesize(out, seed=seed, num_train=num_train, num_val=num_val, size=size)
+    s = synthesize(out, params.from_cli(DataParams, kw))
     click.echo(f"wrote {s['out']}")
     for split in ("train", "val"):
         click.echo(f"  {split + ':':6} {s['images'][split]} images, {s['annotations'][split]} "
@@ -125,18 +146,20 @@ def data_synth(out, seed, num_train, num_val, size):
 @data.command("check")
 @click.option("--ann", required=True, type=click.Path(dir_okay=False), help="COCO annotation JSON.")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Image folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def data_check(ann, images, as_json):
+@json_option("the report")
+def data_check(ann, images, json_out):
     """Validate a COCO detection dataset; exit 1 when it has errors.
 
     \b
     Example:
       picosparse data check --ann data/shapes/val.json --images data/shapes/val
+      picosparse data check --ann data/shapes/val.json --images data/shapes/val --json -
     """
     from picosparse.data.check import MAX_PER_KIND, check_coco
     rep = check_coco(ann, images)
-    if as_json:
-        click.echo(json.dumps(rep, indent=2, sort_keys=True))
+    if json_out:
+        _emit_json(rep, json_out)
+    if json_out == "-":
         sys.exit(0 if rep["ok"] else 1)
     from picosparse.render import table
     c = rep["counts"]
@@ -167,8 +190,8 @@ def data_check(ann, images, as_json):
 @override_option
 @click.option("--sparsity", type=float, help="Target sparsity; without a recipe, the built-in default recipe.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Show zero fractions of these weights.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def layers(config, slim_config, overrides, sparsity, weights, as_json):
+@json_option("the rows")
+def layers(config, slim_config, overrides, sparsity, weights, json_out):
     """List every parameter: shape, pruned or skipped (and by which rule), zero fraction.
 
     \b
@@ -176,13 +199,14 @@ def layers(config, slim_config, overrides, sparsity, weights, as_json):
       picosparse layers -c configs/picodet/picodet_m_320_coco.yml --sparsity 0.75
       picosparse layers -c configs/picodet/picodet_m_320_coco.yml \\
         --slim-config configs/prune/picodet_m_unstructured_prune_75.yml
+      picosparse layers -c configs/picodet/picodet_m_320_coco.yml --sparsity 0.75 --json -
     """
     from picosparse.sparsity.layers import layer_table
     cfg = _load_cfg(config, slim_config, overrides, sparsity)
     rows = layer_table(cfg, weights)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
+    if json_out:
+        _emit_json(rows, json_out)
+    if json_out != "-":
         from picosparse.render import layers_table
         layers_table(rows)
         if cfg.prune is not None:
@@ -198,27 +222,14 @@ def _echo_recipe(spec):
                + (", ".join(r.describe() for r in spec.skip) or "nothing skipped"))
 
 
-device_option = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-    help="Where to run. auto: the config's use_gpu when this Paddle build has CUDA and a GPU "
-         "is visible, else the CPU; the choice and why are printed.")
-
-
 @cli.command()
 @config_option
 @slim_option
 @override_option
 @click.option("--sparsity", type=float, help="Target sparsity of pruned weights (overrides the recipe's ratio); 0 = dense training.")
-@click.option("--pretrained", help="Converged dense weights (.pdparams path or URL) [the config's pretrain_weights].")
-@click.option("--from-scratch", is_flag=True, help="Train without pretrained weights.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [output/<config name>]; one training at a time (locked).")
-@click.option("--eval", "do_eval", is_flag=True, help="COCO mAP at every snapshot (rank 0); keep the best model.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest readable checkpoint; flags not given are the run's own.")
-@click.option("--seed", type=int, default=None, help="Random seed [0; with --resume, the run's].")
-@device_option
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="Training processes: runs paddle.distributed.launch (one GPU each, or CPU processes over gloo); logs in OUT/log/, only rank 0 writes files and progress.")
-def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, out, do_eval,
-          resume, seed, device, nproc):
+@params.options(TrainParams)
+def train(config, slim_config, overrides, sparsity, out, **kw):
     """GMP unstructured-sparse (or dense) training of a PicoDet config.
 
     \b
@@ -237,9 +248,10 @@ def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, ou
         --device gpu --nproc 4 --out runs/sparse75 --resume
     """
     from pathlib import Path
+    p = params.from_cli(TrainParams, kw)
     cfg = _load_cfg(config, slim_config, overrides, sparsity)
     out = Path(out) if out else Path("output") / Path(config).stem
-    if nproc > 1:
+    if p.nproc > 1:
         from picosparse import launch
         ctx = click.get_current_context()
         argv = (["--debug"] if ctx.meta.get("picosparse.debug") else []) \
@@ -247,16 +259,15 @@ def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, ou
             + (["--slim-config", slim_config] if slim_config else []) \
             + [x for o in overrides for x in ("-o", o)] \
             + (["--sparsity", repr(sparsity)] if sparsity is not None else []) \
-            + (["--pretrained", pretrained] if pretrained else []) \
-            + (["--from-scratch"] if from_scratch else []) + ["--out", str(out)] \
-            + (["--eval"] if do_eval else []) + (["--resume"] if resume else []) \
-            + (["--seed", str(seed)] if seed is not None else [])
-        launch.train(cfg, out, nproc, argv, device=device, pretrained=pretrained,
-                     from_scratch=from_scratch, resume=resume)
+            + (["--pretrained", p.pretrained] if p.pretrained else []) \
+            + (["--from-scratch"] if p.from_scratch else []) + ["--out", str(out)] \
+            + (["--eval"] if p.eval else []) + (["--resume"] if p.resume else []) \
+            + (["--seed", str(p.seed)] if p.seed is not None else [])
+        launch.train(cfg, out, p.nproc, argv, device=p.device, pretrained=p.pretrained,
+                     from_scratch=p.from_scratch, resume=p.resume)
         return
     from picosparse.steps.train import train as run_train
-    res = run_train(cfg, out, pretrained=pretrained, from_scratch=from_scratch, resume=resume,
-                    do_eval=do_eval, seed=seed, device=device)
+    res = run_train(cfg, out, p)
     if res["rank"] == 0:
         from picosparse.render import train_summary
         train_summary(res)
@@ -269,8 +280,8 @@ def train(config, slim_config, overrides, sparsity, pretrained, from_scratch, ou
 @click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Dense weights (.pdparams).")
 @click.option("--sparsity", type=float, help="Target sparsity (overrides the recipe's ratio).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .pdparams.")
-@device_option
-def prune(config, slim_config, overrides, weights, sparsity, out, device):
+@params.options(PruneParams)
+def prune(config, slim_config, overrides, weights, sparsity, out, **kw):
     """One-shot magnitude pruning with the same policy as train, no training.
 
     \b
@@ -281,8 +292,9 @@ def prune(config, slim_config, overrides, weights, sparsity, out, device):
     """
     from picosparse.device import select
     from picosparse.steps.prune import oneshot
+    p = params.from_cli(PruneParams, kw)
     cfg = _load_cfg(config, slim_config, overrides, sparsity)
-    progress.say(select(device, cfg).line())
+    progress.say(select(p.device, cfg).line())
     res = oneshot(cfg, weights, out)
     click.echo(f"wrote {res['weights']}: {res['sparsity']:.2%} zeros in "
                f"{len(res['layers'])} pruned parameters")
@@ -292,11 +304,9 @@ def prune(config, slim_config, overrides, weights, sparsity, out, device):
 @config_option
 @slim_option
 @override_option
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights (.pdparams).")
-@click.option("--model", "model_dir", type=click.Path(), help="Instead of --weights: an exported model folder (`export` output or its x86_sparse folder), run by the Detector: the deployed files' mAP.")
-@click.option("--json", "json_out", metavar="FILE", help="Write metrics as JSON ('-' for stdout).")
-@device_option
-def eval_(config, slim_config, overrides, weights, model_dir, json_out, device):
+@params.options(EvalParams)
+@json_option("the metrics")
+def eval_(config, slim_config, overrides, json_out, **kw):
     """COCO mAP and per-layer sparsity of weights, or of an exported model.
 
     --model DIR scores the deployed files instead (a Paddle inference folder, an x86_sparse
@@ -308,18 +318,13 @@ def eval_(config, slim_config, overrides, weights, model_dir, json_out, device):
       picosparse eval -c configs/demo/picodet_demo.yml --weights runs/x/model_final.pdparams --json -
       picosparse eval -c configs/demo/picodet_demo.yml --model runs/x/inference/x86_sparse
     """
-    if (weights is None) == (model_dir is None):
-        from picosparse.errors import ConfigError
-        raise ConfigError("eval: give --weights FILE (.pdparams) or --model DIR (an exported "
-                          "model), one of the two")
     from picosparse.device import select
-    from picosparse.steps.evaluate import evaluate, evaluate_model
+    from picosparse.steps.evaluate import run as evaluate
+    p = params.from_cli(EvalParams, kw)
     cfg = _load_cfg(config, slim_config, overrides)
-    if model_dir:  # the Detector picks its own runtime; --device is for weights
-        res = evaluate_model(cfg, model_dir)
-    else:
-        progress.say(select(device, cfg).line())
-        res = evaluate(cfg, weights)
+    if p.weights is not None:  # the Detector picks its own runtime; --device is for weights
+        progress.say(select(p.device, cfg).line())
+    res = evaluate(cfg, p)
     if json_out:
         _emit_json(res, json_out)
     if json_out != "-":
@@ -333,17 +338,16 @@ def eval_(config, slim_config, overrides, weights, model_dir, json_out, device):
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights (default: model_final.pdparams in --run).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), help="A `picosparse train` output folder.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [RUN/inference, else output/<config name>/inference].")
-@click.option("--input-size", default=None, type=int, help="Fixed input side (multiple of 32) [from the config's TestReader].")
-@click.option("--no-postprocess", is_flag=True, help="Export without NMS/decoding.")
+@params.options(ExportParams)
 @click.option("--lite", is_flag=True, help="Also run `picosparse opt` into OUT/model.nb (ARM).")
 @click.option("--sparse/--no-sparse", default=None, help="With --lite: force the sparse pass on/off [auto: on when some 1x1 conv reaches --sparse-threshold zeros].")
-@click.option("--sparse-threshold", default=SPARSE_THRESHOLD, show_default=True, help="With --lite / --x86-sparse: min zero fraction for a 1x1 conv to become sparse.")
+@click.option("--sparse-threshold", type=float, default=params.default_of(OptParams, "sparse_threshold"), show_default=True, help="With --lite / --x86-sparse: min zero fraction for a 1x1 conv to become sparse.")
 @click.option("--x86-sparse", "x86_sparse", is_flag=True, help="Also write OUT/x86_sparse: OpenVINO IR + picosparse's sparse 1x1 op (x86 CPUs).")
-@click.option("--nchw-ops", "nchw_ops", default="on", show_default=True, type=click.Choice(["on", "off"]), help="With --x86-sparse: depthwise/KxK convs (+ the stem's max pool) and upsampling also on picosparse's NCHW ops, so no layout reorders surround the sparse ops (off: OpenVINO's own).")
+@params.options(X86SparseParams, "nchw_ops", prefix="With --x86-sparse: ")
 @click.option("--int8", is_flag=True, help="Also write OUT/int8: INT8 model (`picosparse quant` defaults); with --lite its .nb too, INT8 kernels verified.")
-@click.option("--calib-images", default=32, show_default=True, type=int, help="With --int8: calibration images from the config's TrainDataset.")
-def export(config, overrides, weights, run_dir, out, input_size, no_postprocess, lite, sparse,
-           sparse_threshold, x86_sparse, nchw_ops, int8, calib_images):
+@params.options(QuantParams, "calib_images", prefix="With --int8: ")
+def export(config, overrides, weights, run_dir, out, lite, sparse, sparse_threshold, x86_sparse,
+           int8, **kw):
     """Export an inference model (model.pdmodel/.pdiparams + infer_cfg.yml).
 
     Builds a fresh model from the config, loads the weights (pruner mask buffers are
@@ -366,42 +370,49 @@ def export(config, overrides, weights, run_dir, out, input_size, no_postprocess,
     picosparse.x86.runtime.load_model(dir, threads) or time it with
     `picosparse bench --runtime openvino --model OUT --model OUT/x86_sparse`.
     """
-    from pathlib import Path
     from picosparse.steps.export import export as do_export, resolve_inputs, weights_from_config
+    p = params.from_cli(ExportParams, kw)
+    # the other steps' parameters are checked now: a bad one fails before the slow export
+    quant_p = params.from_cli(QuantParams, kw) if int8 else None
+    if lite:
+        OptParams(sparse=bool(sparse), sparse_threshold=sparse_threshold)
+    if x86_sparse:
+        from picosparse.steps import x86_sparse as x86
+        x86_p = params.from_cli(X86SparseParams, kw, sparse_threshold=sparse_threshold,
+                                spelled={"sparse_threshold": "--sparse-threshold"})
+        x86.check_stack()  # no OpenVINO: fail before exporting
     config, weights, out = resolve_inputs(run_dir, config, weights, out)
     cfg = _load_cfg(config, overrides=overrides)
     weights = weights or weights_from_config(cfg, config)
-    if x86_sparse:
-        from picosparse.steps import x86_sparse as x86
-        x86_options = x86.Options(sparse_threshold, nchw_ops == "on", spelled={
-            "sparse_threshold": "--sparse-threshold", "nchw_ops": "--nchw-ops"})
-        x86.check_stack()  # no OpenVINO: fail before exporting
-    if int8:
-        from picosparse.steps.quant import check_args
-        check_args(calib_images)  # before the export, not after it
-    res = do_export(cfg, weights, out, input_size=input_size, postprocess=not no_postprocess)
+    res = do_export(cfg, weights, out, p)
     zf = res["conv1x1_zero_fraction"]
     click.echo(f"exported {res['model_dir']}/ (model.pdmodel, model.pdiparams, infer_cfg.yml): "
                f"input {res['input_size']}x{res['input_size']}, "
                f"{'with' if res['postprocess'] else 'without'} NMS, {res['conv1x1']} 1x1 convs"
                + (f" at {zf:.1%} zeros" if zf is not None else ""))
     if lite:
-        from picosparse.steps.lite import auto_sparse, optimize
-        if sparse is None:
-            sparse = auto_sparse(res["model_dir"], sparse_threshold)
-            if not sparse:
-                click.echo(f"no 1x1 conv has >= {sparse_threshold:.0%} zeros: writing a dense "
-                           ".nb (pass --sparse to insist)")
-        _echo_opt(optimize(res["model_dir"], Path(res["model_dir"]) / "model.nb", sparse=sparse,
-                           sparse_threshold=sparse_threshold))
+        _echo_opt(_nb(res, sparse, sparse_threshold, int8=False))
     if int8:
         from picosparse.steps.quant import quantize
-        q = quantize(cfg, res["model_dir"], calib_images=calib_images)
+        q = quantize(cfg, res["model_dir"], params=quant_p)
         _echo_quant(q)
         if lite:
-            _int8_nb(q, sparse, sparse_threshold)
+            _echo_opt(_nb(q, sparse, sparse_threshold, int8=True))
     if x86_sparse:
-        _echo_x86(x86.convert(res["model_dir"], x86_options), res["postprocess"])
+        _echo_x86(x86.convert(res["model_dir"], x86_p), res["postprocess"])
+
+
+def _nb(res, sparse, sparse_threshold, int8):
+    """MODEL_DIR/model.nb of an export's or quant's result; sparse None: auto (said so)."""
+    from pathlib import Path
+    from picosparse.steps.lite import auto_sparse, optimize
+    if sparse is None:
+        sparse = auto_sparse(res["model_dir"], sparse_threshold)
+        if not sparse:
+            progress.say(f"no 1x1 conv has >= {sparse_threshold:.0%} zeros: writing a dense "
+                         ".nb (pass --sparse to insist)")
+    return optimize(res["model_dir"], Path(res["model_dir"]) / "model.nb",
+                    OptParams(sparse=sparse, sparse_threshold=sparse_threshold), int8=int8)
 
 
 def _echo_x86(r, postprocess):
@@ -433,12 +444,9 @@ def _echo_opt(r):
 @cli.command()
 @click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="Exported inference model folder.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nb file.")
-@click.option("--sparse/--no-sparse", default=True, show_default=True, help="Enable and verify the sparse_conv2d pass.")
-@click.option("--sparse-threshold", default=SPARSE_THRESHOLD, show_default=True, help="Min zero fraction for a 1x1 conv to become sparse.")
-@click.option("--valid-targets", default="arm", show_default=True, help="Paddle-Lite targets (arm, x86, opencl).")
-@click.option("--fp16", is_flag=True, help="FP16 (refused with --sparse).")
-@click.option("--json", "json_out", metavar="FILE", help="Write the result as JSON ('-' for stdout).")
-def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16, json_out):
+@params.options(OptParams)
+@json_option("the result")
+def opt(model_dir, out, json_out, **kw):
     """Convert to a Paddle-Lite .nb with paddle_lite_opt and verify the sparse pass ran.
 
     Passes --sparse_model=true (lowercase: the seed's `True` silently gives a dense model),
@@ -452,8 +460,7 @@ def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16, json_out)
       picosparse opt --model-dir runs/dense/inference --out dense_x86.nb --no-sparse --valid-targets x86
     """
     from picosparse.steps.lite import optimize
-    res = optimize(model_dir, out, sparse=sparse, sparse_threshold=sparse_threshold,
-                   valid_targets=valid_targets, fp16=fp16)
+    res = optimize(model_dir, out, params.from_cli(OptParams, kw))
     if json_out:
         _emit_json(res, json_out)
     if json_out != "-":
@@ -465,18 +472,12 @@ def opt(model_dir, out, sparse, sparse_threshold, valid_targets, fp16, json_out)
 @click.option("-c", "--config", "config", type=click.Path(dir_okay=False), help="Detector config whose TrainDataset/EvalDataset gives the calibration images [the one the export was made from].")
 @override_option
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [MODEL_DIR/int8].")
-@click.option("--calib-images", default=32, show_default=True, type=int, help="Calibration images (a seeded sample of the split).")
-@click.option("--calib-split", default="train", show_default=True, help="Calibrate on the config's train or eval set.")
-@click.option("--algo", default="hist", show_default=True, help="PaddleSlim activation calibration: hist, KL, avg, mse, emd, abs_max.")
-@click.option("--backend", default="paddle", show_default=True, help="paddle (PaddleSlim, for Paddle-Lite / ARM) or openvino (NNCF, an x86 IR).")
-@click.option("--quantize-depthwise", is_flag=True, help="Also quantize depthwise convs (PicoDet's per-channel ranges make this lose much more mAP).")
+@params.options(QuantParams)
 @click.option("--lite", is_flag=True, help="Also write OUT/model.nb (ARM), INT8 kernels verified.")
 @click.option("--sparse/--no-sparse", default=None, help="With --lite: force the sparse pass on/off [auto: on when some 1x1 conv reaches --sparse-threshold zeros].")
-@click.option("--sparse-threshold", default=SPARSE_THRESHOLD, show_default=True, help="With --lite: min zero fraction for a 1x1 conv to become sparse.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
-@click.option("--json", "json_out", metavar="FILE", help="Write the result as JSON ('-' for stdout).")
-def quant(model_dir, config, overrides, out, calib_images, calib_split, algo, backend,
-          quantize_depthwise, lite, sparse, sparse_threshold, seed, json_out):
+@click.option("--sparse-threshold", type=float, default=params.default_of(OptParams, "sparse_threshold"), show_default=True, help="With --lite: min zero fraction for a 1x1 conv to become sparse.")
+@json_option("the result")
+def quant(model_dir, config, overrides, out, lite, sparse, sparse_threshold, json_out, **kw):
     """INT8 post-training quantization of an exported model; exact zeros verified kept.
 
     PaddleSlim's quant_post_static, calibrated on images of the config's dataset through the
@@ -494,12 +495,14 @@ def quant(model_dir, config, overrides, out, calib_images, calib_split, algo, ba
     """
     from picosparse.errors import ConfigError
     from picosparse.steps.quant import config_for, quantize
-    if lite and backend != "paddle":
-        raise ConfigError(f"--lite with --backend {backend}: Paddle-Lite reads PaddleSlim's "
+    p = params.from_cli(QuantParams, kw)
+    if lite and p.backend != "paddle":
+        raise ConfigError(f"--lite with --backend {p.backend}: Paddle-Lite reads PaddleSlim's "
                           "INT8 models only (--backend paddle)")
+    if lite:
+        OptParams(sparse=bool(sparse), sparse_threshold=sparse_threshold)  # checked now
     cfg = _load_cfg(config_for(model_dir, config), overrides=overrides)
-    res = quantize(cfg, model_dir, out, calib_images=calib_images, algo=algo, split=calib_split,
-                   seed=seed, backend=backend, quantize_depthwise=quantize_depthwise)
+    res = quantize(cfg, model_dir, out, p)
     if json_out != "-":
         _echo_quant(res)
     if lite:
@@ -509,12 +512,7 @@ def quant(model_dir, config, overrides, out, calib_images, calib_split, algo, ba
 
 
 def _int8_nb(res, sparse, sparse_threshold, echo=True):
-    from pathlib import Path
-    from picosparse.steps.lite import auto_sparse, optimize
-    if sparse is None:
-        sparse = auto_sparse(res["model_dir"], sparse_threshold)
-    r = optimize(res["model_dir"], Path(res["model_dir"]) / "model.nb", sparse=sparse,
-                 sparse_threshold=sparse_threshold, int8=True)
+    r = _nb(res, sparse, sparse_threshold, int8=True)
     if echo:
         _echo_opt(r)
     return r
@@ -535,16 +533,10 @@ def _echo_quant(r):
 @override_option
 @click.option("--weights", required=True, type=click.Path(dir_okay=False), help="Weights to fine-tune (.pdparams), e.g. a sparse model_final.pdparams.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder: the INT8 inference model.")
-@click.option("--epochs", default=1, show_default=True, type=int, help="Epochs of the config's TrainDataset.")
-@click.option("--lr", type=float, help="LearningRate.base_lr for the fine-tuning [the config's].")
-@click.option("--input-size", default=None, type=int, help="Fixed input side of the export (multiple of 32) [from the config's TestReader].")
-@click.option("--no-postprocess", is_flag=True, help="Export without NMS/decoding.")
-@click.option("--train-bn", is_flag=True, help="Update batch-norm statistics too [frozen: a short fine-tune on the train augmentation moves them away from deployment].")
+@params.options(QatParams)
 @click.option("--lite", is_flag=True, help="Also write OUT/model.nb (ARM), INT8 kernels verified.")
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
-@click.option("--json", "json_out", metavar="FILE", help="Write the result as JSON ('-' for stdout).")
-def qat(config, overrides, weights, out, epochs, lr, input_size, no_postprocess, train_bn, lite,
-        seed, json_out):
+@json_option("the result")
+def qat(config, overrides, weights, out, lite, json_out, **kw):
     """Quantization-aware fine-tuning with the weights' zeros kept exact; INT8 export.
 
     For when `picosparse quant` loses too much mAP: PaddleSlim's QAT on the model built from
@@ -558,16 +550,15 @@ def qat(config, overrides, weights, out, epochs, lr, input_size, no_postprocess,
         --epochs 2 --lr 0.005 --out runs/sparse75/qat --lite
     """
     from picosparse.steps.qat import qat as run_qat
-    res = run_qat(_load_cfg(config, overrides=overrides), weights, out, epochs=epochs, lr=lr,
-                  input_size=input_size, postprocess=not no_postprocess, seed=seed,
-                  train_bn=train_bn)
+    p = params.from_cli(QatParams, kw)
+    res = run_qat(_load_cfg(config, overrides=overrides), weights, out, p)
     if json_out != "-":
         z = res["zeros"]
         click.echo(f"wrote {res['model_dir']}/ (INT8, QAT {res['iters']} iterations, last loss "
                    f"{res['loss']:.3f}): {z['weights']} masked conv weights "
                    f"({z['int8_weights']} INT8), all {z['zeros']} zeros exact")
-    if lite:
-        res["opt"] = _int8_nb(res, None, 0.6, json_out != "-")
+    if lite:  # auto sparse pass at opt's own threshold, as quant --lite without flags
+        res["opt"] = _int8_nb(res, None, OptParams().sparse_threshold, json_out != "-")
     if json_out:
         _emit_json(res, json_out)
 
@@ -638,11 +629,9 @@ def bench(models, threads, repeats, warmup, runtime, precision, image, input_siz
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="Exported model folder: `export` output (with or without NMS), its x86_sparse folder, or an OpenVINO IR folder.")
 @click.option("--image", required=True, type=click.Path(), help="An image, or a folder of images.")
 @click.option("--out", type=click.Path(), help="Write a copy of each image with the boxes drawn here (same file name).")
-@click.option("--json", "json_out", metavar="FILE", help="Write the detections as JSON ('-' for stdout).")
-@click.option("--threshold", type=float, help="Minimum score shown and drawn [the model's draw_threshold, 0.5].")
-@click.option("--runtime", default="auto", show_default=True, type=click.Choice(["auto", "paddle", "openvino"]), help="auto: OpenVINO for x86-sparse/IR folders and exports without NMS, Paddle Inference for exports with NMS.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Inference threads.")
-def infer(model_dir, image, out, json_out, threshold, runtime, threads):
+@json_option("the detections")
+@params.options(InferParams)
+def infer(model_dir, image, out, json_out, **kw):
     """Detect objects in images with an exported model; draw the boxes.
 
     Preprocessing, labels and NMS settings come from the model's infer_cfg.yml. Exports
@@ -656,8 +645,7 @@ def infer(model_dir, image, out, json_out, threshold, runtime, threads):
       picosparse infer --model runs/x/inference --image photos/ --json - --threshold 0.3
     """
     from picosparse.steps.infer import infer as run_infer
-    res = run_infer(model_dir, image, out=out, threshold=threshold, runtime=runtime,
-                    threads=threads)
+    res = run_infer(model_dir, image, out, params.from_cli(InferParams, kw))
     if json_out:
         _emit_json(res, json_out)
     if json_out != "-":

@@ -177,3 +177,52 @@ def find_opt():
         raise StackError("paddle_lite_opt not found next to Python or on PATH; "
                          "install paddlelite==2.13rc0 (`make install`)")
     return found
+
+
+# ---------------------------------------------------------------- parts of the stack, lazily
+# Modules outside this file reach these through functions, so that importing them (deploy/,
+# the pipeline's validation) never imports paddle.
+
+def paddle_inference():
+    """paddle.inference (Paddle Inference's Config / create_predictor)."""
+    stack()
+    from paddle import inference
+    return inference
+
+
+def framework_pb2():
+    """paddle's ProgramDesc protobuf module (reads .pdmodel files)."""
+    stack()
+    from paddle.base.proto import framework_pb2 as pb2
+    return pb2
+
+
+def quant_pass_classes():
+    """(IrGraph, AddQuantDequantForInferencePass): the classes quant.py speeds up."""
+    stack()
+    from paddle.base.framework import IrGraph
+    from paddle.static.quantization.quantization_pass import AddQuantDequantForInferencePass
+    return IrGraph, AddQuantDequantForInferencePass
+
+
+def paddleslim_quant_post_static():
+    """PaddleSlim's post-training quantization function."""
+    stack()
+    from paddleslim.quant import quant_post_static
+    return quant_post_static
+
+
+def paddleslim_qat():
+    """PaddleSlim's dygraph QAT class."""
+    stack()
+    from paddleslim import QAT
+    return QAT
+
+
+def paddlelite():
+    """paddlelite.lite (Paddle-Lite's Python predictor); a StackError when not installed."""
+    try:
+        import paddlelite.lite as lite
+    except ImportError as e:
+        raise StackError(f"paddlelite is not importable ({e}); `make install`") from None
+    return lite

@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from picosparse.sparsity import magnitude
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CFG = ROOT / "configs" / "demo" / "picodet_demo.yml"
 SPARSITY = 0.8
@@ -46,8 +48,7 @@ def make_weights(path, sparsity=0.0, seed=0, cfg=None):
     for name, p in model.named_parameters():
         a = p.numpy().copy()
         if sparsity and is_1x1(a.shape):
-            order = np.argsort(np.abs(a).ravel(), kind="stable")
-            a.ravel()[order[:int(round(sparsity * a.size))]] = 0.0
+            a = magnitude.prune_local(a, sparsity)  # the trainer's rule
         p.set_value(a)
     _calibrate_bn(model, np, paddle, rs)
     paddle.save(model.state_dict(), str(path))
@@ -91,14 +92,14 @@ def weights(kind):
 @functools.lru_cache(maxsize=None)
 def exported(kind, postprocess=True):
     """An exported inference dir of `weights(kind)`."""
-    from picosparse.steps.export import export
+    from picosparse.steps.export import ExportParams, export
     out = _TMP / f"{kind}{'' if postprocess else '_raw'}" / "inference"
-    export(load_cfg(), weights(kind), out, postprocess=postprocess)
+    export(load_cfg(), weights(kind), out, ExportParams(postprocess=postprocess))
     return out
 
 
 @functools.lru_cache(maxsize=None)
 def nb(kind, sparse, targets="arm"):
-    from picosparse.steps.lite import optimize
+    from picosparse.steps.lite import OptParams, optimize
     out = _TMP / "nb" / f"{kind}_{'sparse' if sparse else 'dense'}_{targets}.nb"
-    return optimize(exported(kind), out, sparse=sparse, valid_targets=targets)
+    return optimize(exported(kind), out, OptParams(sparse=sparse, valid_targets=targets))

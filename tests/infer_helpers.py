@@ -13,13 +13,15 @@ import deploy_helpers as h
 def exports(size=160, kind="sparse"):
     """{"nms": dir, "raw": dir, "x86": dir} of h.weights(kind) exported at size x size."""
     from picosparse.steps import x86_sparse
-    from picosparse.steps.export import export
+    from picosparse.steps.export import ExportParams, export
     root = h._TMP / f"infer_{kind}_{size}"
     out = {"nms": root / "nms", "raw": root / "raw"}
-    export(h.load_cfg(), h.weights(kind), out["nms"], input_size=size, postprocess=True)
-    export(h.load_cfg(), h.weights(kind), out["raw"], input_size=size, postprocess=False)
+    export(h.load_cfg(), h.weights(kind), out["nms"], ExportParams(input_size=size))
+    export(h.load_cfg(), h.weights(kind), out["raw"],
+           ExportParams(input_size=size, postprocess=False))
     # threshold 0: every 1x1 conv becomes the sparse op, whatever the weights' zeros
-    out["x86"] = Path(x86_sparse.convert(out["raw"], x86_sparse.Options(0.0))["out_dir"])
+    params = x86_sparse.X86SparseParams(sparse_threshold=0.0)
+    out["x86"] = Path(x86_sparse.convert(out["raw"], params)["out_dir"])
     return out
 
 

@@ -68,8 +68,9 @@ class Fakes:
 
     # -- the contracts ------------------------------------------------------------------
 
-    def train(self, cfg, out, pretrained=None, from_scratch=False, resume=False, do_eval=False,
-              seed=0):
+    def train(self, cfg, out, params):
+        pretrained, resume, do_eval, seed = params.pretrained, params.resume, params.eval, \
+            params.seed
         out = Path(out)
         self.resumed[out.name] = resume
         ck = out / "checkpoints"
@@ -105,8 +106,8 @@ class Fakes:
                              "layers": {f"backbone.conv{i}.weight": s for i in range(6)}},
                 "images": 3, "seconds": 0.01}
 
-    def export(self, cfg, weights, out, input_size=None, postprocess=True):
-        out, size = Path(out), input_size or 160
+    def export(self, cfg, weights, out, params):
+        out, size = Path(out), params.input_size or 160
         (out / "model.pdmodel").write_text(Path(weights).read_text())
         (out / "model.pdiparams").write_text("params")
         (out / "infer_cfg.yml").write_text(f"size: {size}\n")
@@ -114,8 +115,8 @@ class Fakes:
                 "params_file": out / "model.pdiparams", "infer_cfg": out / "infer_cfg.yml",
                 "input_size": size}
 
-    def optimize(self, model_dir, out, sparse=True, sparse_threshold=0.6, valid_targets="arm",
-                 fp16=False):
+    def optimize(self, model_dir, out, params):
+        sparse, valid_targets = params.sparse, params.valid_targets
         s = _sparsity(Path(model_dir, "model.pdmodel"))
         Path(out).write_bytes(b"x" * int(1000 * (1 - s / 2)))
         return {"nb": Path(out), "size_bytes": Path(out).stat().st_size,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from picosparse.cli import cli
 from picosparse.data import synth
 from picosparse.data.check import MAX_PER_KIND, check_coco
-from picosparse.data.synth import MARKER, synthesize
+from picosparse.data.synth import MARKER, DataParams, synthesize
 from picosparse.errors import DataError
 
 SMALL = dict(num_train=6, num_val=4, size=96)
@@ -32,7 +32,7 @@ def files(root):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "shapes"
-    synthesize(out, seed=3, **SMALL)
+    synthesize(out, DataParams(seed=3, **SMALL))
     return out
 
 
@@ -70,7 +70,7 @@ def test_cli_synth_then_check_round_trip(tmp_path):
 
 
 def test_summary_matches_files(tmp_path):
-    s = synthesize(tmp_path / "d", seed=1, **SMALL)
+    s = synthesize(tmp_path / "d", DataParams(seed=1, **SMALL))
     train, val = load(s["train_json"]), load(s["val_json"])
     assert s["images"] == {"train": 6, "val": 4}
     assert s["annotations"] == {"train": len(train["annotations"]),
@@ -112,9 +112,9 @@ def test_boxes_are_the_tight_extent_of_separate_shapes(monkeypatch):
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    a = files(synthesize(tmp_path / "a", seed=7, **SMALL)["out"])
-    b = files(synthesize(tmp_path / "b", seed=7, **SMALL)["out"])
-    c = files(synthesize(tmp_path / "c", seed=8, **SMALL)["out"])
+    a = files(synthesize(tmp_path / "a", DataParams(seed=7, **SMALL))["out"])
+    b = files(synthesize(tmp_path / "b", DataParams(seed=7, **SMALL))["out"])
+    c = files(synthesize(tmp_path / "c", DataParams(seed=8, **SMALL))["out"])
     assert a == b
     assert a.keys() == c.keys()
     assert a["train.json"] != c["train.json"]
@@ -122,22 +122,24 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 
 def test_val_split_does_not_depend_on_train_count(tmp_path):
-    a = files(synthesize(tmp_path / "a", seed=2, num_train=2, num_val=3, size=64)["out"])
-    b = files(synthesize(tmp_path / "b", seed=2, num_train=5, num_val=3, size=64)["out"])
+    a = files(synthesize(tmp_path / "a", DataParams(seed=2, num_train=2, num_val=3,
+                                                   size=64))["out"])
+    b = files(synthesize(tmp_path / "b", DataParams(seed=2, num_train=5, num_val=3,
+                                                   size=64))["out"])
     assert {k: v for k, v in a.items() if k.startswith("val")} == \
         {k: v for k, v in b.items() if k.startswith("val")}
 
 
 def test_replaces_previous_synth_output(tmp_path):
     out = tmp_path / "d"
-    synthesize(out, seed=0, num_train=5, num_val=2, size=64)
-    synthesize(out, seed=0, num_train=2, num_val=2, size=64)
+    synthesize(out, DataParams(seed=0, num_train=5, num_val=2, size=64))
+    synthesize(out, DataParams(seed=0, num_train=2, num_val=2, size=64))
     assert sorted(p.name for p in (out / "train").iterdir()) == ["000000.jpg", "000001.jpg"]
 
 
 def test_empty_out_folder_is_fine(tmp_path):
     (tmp_path / "d").mkdir()
-    synthesize(tmp_path / "d", num_train=1, num_val=1, size=64)
+    synthesize(tmp_path / "d", DataParams(num_train=1, num_val=1, size=64))
     assert (tmp_path / "d" / "train.json").is_file()
 
 
@@ -154,7 +156,7 @@ def test_refuses_foreign_non_empty_folder(tmp_path):
 def test_refuses_out_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataError, match="not a folder"):
-        synthesize(tmp_path / "f", num_train=1, num_val=1, size=64)
+        synthesize(tmp_path / "f", DataParams(num_train=1, num_val=1, size=64))
 
 
 @pytest.mark.parametrize("flag,value", [("--size", "32"), ("--num-train", "0"),
@@ -181,17 +183,17 @@ def _fail_after(monkeypatch, n):
 def test_failure_mid_way_leaves_nothing(tmp_path, monkeypatch):
     _fail_after(monkeypatch, 5)
     with pytest.raises(RuntimeError):
-        synthesize(tmp_path / "d", **SMALL)
+        synthesize(tmp_path / "d", DataParams(**SMALL))
     assert list(tmp_path.iterdir()) == []  # neither OUT nor a temp folder
 
 
 def test_failure_mid_way_keeps_previous_output(tmp_path, monkeypatch):
     out = tmp_path / "d"
-    synthesize(out, seed=0, **SMALL)
+    synthesize(out, DataParams(seed=0, **SMALL))
     before = files(out)
     _fail_after(monkeypatch, 7)
     with pytest.raises(RuntimeError):
-        synthesize(out, seed=1, **SMALL)
+        synthesize(out, DataParams(seed=1, **SMALL))
     assert files(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
 
@@ -280,7 +282,7 @@ def test_truncated_jpeg_needs_decoding_to_be_caught(copy):
 def test_cli_check_exit_1_and_json(copy):
     _set("annotations", 0, category_id=99)(copy)
     r = run("data", "check", "--ann", str(copy / "train.json"), "--images",
-            str(copy / "train"), "--json")
+            str(copy / "train"), "--json", "-")
     assert r.exit_code == 1
     rep = json.loads(r.stdout)
     assert rep["ok"] is False and rep["error_counts"] == {"unknown_category": 1}
@@ -351,10 +353,10 @@ def test_outputs_get_umask_permissions_not_private(tmp_path):
     """Atomic writes go through mkstemp/mkdtemp (0600/0700); results must not stay private."""
     import os
     from picosparse.atomic import write_text
-    from picosparse.data.synth import synthesize
+    from picosparse.data.synth import DataParams, synthesize
     old = os.umask(0o022)
     try:
-        synthesize(tmp_path / "ds", num_train=1, num_val=1, size=64)
+        synthesize(tmp_path / "ds", DataParams(num_train=1, num_val=1, size=64))
         write_text(tmp_path / "f.txt", "x")
     finally:
         os.umask(old)

@@ -54,9 +54,9 @@ def test_labels_size_and_mask_buffers(tmp_path):
                   if h.is_1x1(v.shape)})
     w = tmp_path / "with_masks.pdparams"
     paddle.save(state, str(w))
-    from picosparse.steps.export import export
+    from picosparse.steps.export import ExportParams, export
     cfg = h.load_cfg(f"EvalDataset.dataset_dir={tmp_path}", "EvalDataset.anno_path=val.json")
-    res = export(cfg, w, tmp_path / "inf", input_size=96)
+    res = export(cfg, w, tmp_path / "inf", ExportParams(input_size=96))
     doc = yaml.safe_load(res["infer_cfg"].read_text())
     assert doc["label_list"] == ["square", "triangle", "circle", "star"]  # sorted by id
     assert res["input_size"] == 96 and res["inputs"]["image"] == [1, 3, 96, 96]
@@ -136,9 +136,10 @@ def test_raw_head_outputs_match_without_postprocess():
 
 
 def test_input_size_must_be_multiple_of_32(tmp_path):
-    from picosparse.steps.export import export
-    with pytest.raises(ConfigError, match="--input-size 100: must be a positive multiple of 32"):
-        export(h.load_cfg(), h.weights("dense"), tmp_path / "out", input_size=100)
+    from picosparse.errors import ParamError
+    from picosparse.steps.export import ExportParams, export
+    with pytest.raises(ParamError, match="^input_size 100: must be a positive multiple of 32"):
+        ExportParams(input_size=100)
     assert not (tmp_path / "out").exists()
     cfg = h.load_cfg("TestReader.inputs_def.image_shape=[1,3,150,150]")
     with pytest.raises(ConfigError, match="input size 150"):

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 import deploy_helpers as h
 from picosparse.cli import cli
 from picosparse.deploy import nbfile
-from picosparse.errors import ConfigError, DataError, PicosparseError, StackError
-from picosparse.steps.lite import optimize
+from picosparse.errors import ConfigError, DataError, ParamError, StackError
+from picosparse.steps.lite import OptParams, optimize
 
 
 def run(*args):
@@ -74,22 +74,24 @@ def test_dense_weights_with_sparse_fail_and_leave_nothing(tmp_path):
 
 def test_threshold_above_the_sparsity_fails(tmp_path):
     with pytest.raises(DataError, match=r">= 90% zeros \(highest 80\.\d%\)"):
-        optimize(h.exported("sparse"), tmp_path / "x.nb", sparse_threshold=0.9)
+        optimize(h.exported("sparse"), tmp_path / "x.nb", OptParams(sparse_threshold=0.9))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_refusals(tmp_path):
     d = h.exported("sparse")
-    with pytest.raises(PicosparseError, match="--fp16 with --sparse: .*FP32/INT8 only"):
-        optimize(d, tmp_path / "a.nb", fp16=True)
-    with pytest.raises(PicosparseError, match="--sparse with --valid-targets x86: .*ARM only"):
-        optimize(d, tmp_path / "b.nb", valid_targets="x86")
-    with pytest.raises(PicosparseError, match="--sparse with --valid-targets arm,opencl"):
-        optimize(d, tmp_path / "b.nb", valid_targets="arm,opencl")
-    with pytest.raises(ConfigError, match="--valid-targets mips"):
-        optimize(d, tmp_path / "c.nb", sparse=False, valid_targets="mips")
-    with pytest.raises(ConfigError, match="--sparse-threshold 1.5"):
-        optimize(d, tmp_path / "c.nb", sparse_threshold=1.5)
+    # checked when the parameters are made, named by field (the CLI spells them as flags)
+    with pytest.raises(ParamError, match="^fp16 with sparse: .*FP32/INT8 only") as e:
+        optimize(d, tmp_path / "a.nb", OptParams(fp16=True))
+    assert e.value.field == "fp16"
+    with pytest.raises(ParamError, match="^valid_targets 'x86': .*ARM only"):
+        optimize(d, tmp_path / "b.nb", OptParams(valid_targets="x86"))
+    with pytest.raises(ParamError, match="^valid_targets 'arm,opencl': .*ARM only"):
+        OptParams(valid_targets="arm,opencl")
+    with pytest.raises(ConfigError, match="^valid_targets 'mips': expected a comma list"):
+        OptParams(sparse=False, valid_targets="mips")
+    with pytest.raises(ParamError, match=r"^sparse_threshold 1.5: must be in \(0, 1\]$"):
+        optimize(d, tmp_path / "c.nb", sparse_threshold=1.5)  # fields as keywords, too
     assert list(tmp_path.iterdir()) == []
 
 
@@ -112,7 +114,8 @@ def test_opt_missing_from_path(tmp_path, monkeypatch):
 
 
 def test_x86_dense_nb_and_suffix(tmp_path):
-    r = optimize(h.exported("dense"), tmp_path / "x86", sparse=False, valid_targets="x86")
+    r = optimize(h.exported("dense"), tmp_path / "x86",
+                 OptParams(sparse=False, valid_targets="x86"))
     assert r["nb"] == tmp_path / "x86.nb" and r["nb"].is_file()
     assert r["targets"] == ["x86"] and r["sparse_conv2d"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x86.nb"]

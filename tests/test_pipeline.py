@@ -15,11 +15,10 @@ import yaml
 from click.testing import CliRunner
 
 from picosparse.cli import cli
-from picosparse.errors import NotYetAvailable
 from picosparse.pipeline import load_pipeline, plan_pipeline, run_pipeline
 from picosparse.pipeline.runner import StepFailed
 from picosparse.steps.report import validate
-from pipeline_fakes import Fakes
+from conftest import error_line, invoke, manifest, run_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = "tests/data/mini.yml"
@@ -29,34 +28,7 @@ ALL_STEPS = {"data", "dense", "sparse75", "eval_dense", "eval_sparse75", "export
 SPARSE_SIDE = {"sparse75", "eval_sparse75", "export_sparse75", "opt_sparse75", "bench", "report"}
 
 
-@pytest.fixture(autouse=True)
-def at_root(monkeypatch):
-    monkeypatch.chdir(ROOT)  # pipelines name configs relative to the repo root
-
-
-@pytest.fixture
-def fakes(monkeypatch):
-    return Fakes().install(monkeypatch)
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, ["-q", *map(str, args)], catch_exceptions=True)
-
-
-def run_ok(*args):
-    r = invoke("run", *args)
-    assert r.exit_code == 0, (r.output, r.exception)
-    return r
-
-
-def manifest(run_dir):
-    return json.loads((Path(run_dir) / "manifest.json").read_text())
-
-
-def error_line(r):
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.output
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("at_root")  # conftest.py: the fixtures and helpers
 
 
 # ------------------------------------------------------------------ shipped pipelines
@@ -458,12 +430,7 @@ def test_library_api(fakes, tmp_path):
 def test_tiny_pipeline_end_to_end(tmp_path):
     """tests/data/tiny.yml: demo.yml's shape at minimal sizes, every step real."""
     run = tmp_path / "run"
-    try:
-        res = run_pipeline("tests/data/tiny.yml", run_dir=run)
-    except StepFailed as e:
-        if isinstance(e.cause, NotYetAvailable):
-            pytest.skip(f"step '{e.step}' is not implemented yet: {e.cause}")
-        raise
+    res = run_pipeline("tests/data/tiny.yml", run_dir=run)
     rep = res.report
     assert not validate(rep)
     names = [v["name"] for v in rep["variants"]]

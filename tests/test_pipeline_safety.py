@@ -13,46 +13,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from picosparse.cli import cli
-from picosparse.data.synth import synthesize
+from picosparse.data.synth import DataParams, synthesize
 from picosparse.pipeline import cache, run_pipeline
-from pipeline_fakes import Fakes
+from conftest import error_line, invoke, manifest, run_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = "tests/data/mini.yml"
 MINI_STEPS = set(yaml.safe_load((ROOT / MINI).read_text())["steps"])
 
 
-@pytest.fixture(autouse=True)
-def at_root(monkeypatch):
-    monkeypatch.chdir(ROOT)  # pipelines name configs relative to the repo root
-
-
-@pytest.fixture
-def fakes(monkeypatch):
-    return Fakes().install(monkeypatch)
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, ["-q", *map(str, args)], catch_exceptions=True)
-
-
-def run_ok(*args):
-    r = invoke("run", *args)
-    assert r.exit_code == 0, (r.output, r.exception)
-    return r
-
-
-def error_line(r):
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.output
-    return lines[0]
-
-
-def manifest(run_dir):
-    return json.loads((Path(run_dir) / "manifest.json").read_text())
+pytestmark = pytest.mark.usefixtures("at_root")  # conftest.py: the fixtures and helpers
 
 
 # ------------------------------------------------------------------ --out is never clobbered
@@ -191,7 +162,7 @@ def _edit_keeping_size_and_mtime(path):
 def test_dataset_fixes_rerun_the_steps_that_read_them(fakes, tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "RACY_NS", 0, raising=False)  # memoise every hash: the memo must still see it
     ds = tmp_path / "shapes"
-    synthesize(ds, num_train=4, num_val=2, size=64)
+    synthesize(ds, DataParams(num_train=4, num_val=2, size=64))
     f, run = _dataset_pipeline(tmp_path, ds), tmp_path / "run"
     run_ok(f, "--out", run)
     inputs = manifest(run)["steps"]["dense"]["inputs"]

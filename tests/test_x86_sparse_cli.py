@@ -221,18 +221,22 @@ def test_bench_x86_sparse_argument_errors(exported_run, tmp_path):
 
 # ------------------------------------------------------------------ the step, in a pipeline
 
-def test_options_are_checked_once_and_name_the_callers_spelling():
-    from picosparse.steps.x86_sparse import Options
-    assert Options() == Options(0.6, True) and Options(1).sparse_threshold == 1.0
-    with pytest.raises(ConfigError, match=r"^sparse_threshold 1\.5: must be in \[0, 1\]$"):
-        Options(1.5)
-    with pytest.raises(ConfigError, match=r"^sparse_threshold True: must be in \[0, 1\]$"):
-        Options(True)
-    with pytest.raises(ConfigError, match=r"^nchw_ops 'on': must be true or false$"):
-        Options(0.6, "on")
+def test_params_are_checked_once_and_name_the_callers_spelling():
+    from picosparse.errors import ParamError
+    from picosparse.steps.x86_sparse import Options, X86SparseParams
+    assert Options is X86SparseParams  # the name benchmarks/ use
+    assert X86SparseParams() == X86SparseParams(0.6, True)
+    assert X86SparseParams(1).sparse_threshold == 1.0
+    with pytest.raises(ParamError, match=r"^sparse_threshold 1\.5: must be in \[0, 1\]$"):
+        X86SparseParams(1.5)
+    with pytest.raises(ConfigError, match=r"^sparse_threshold True: must be a number$"):
+        X86SparseParams(True)
+    with pytest.raises(ConfigError, match=r"^nchw_ops 'on': must be true or false$") as e:
+        X86SparseParams(0.6, "on")
+    assert e.value.field == "nchw_ops"
     flags = {"sparse_threshold": "--sparse-threshold", "nchw_ops": "--nchw-ops"}
     with pytest.raises(ConfigError, match=r"^--sparse-threshold -0\.1: must be in \[0, 1\]$"):
-        Options(-0.1, spelled=flags)
+        X86SparseParams(-0.1, spelled=flags)
 
 
 def _write_pipeline(path, model_dir, threshold):

@@ -8,6 +8,7 @@ every box is the true tight extent of what is visible.
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,7 @@ import numpy as np
 from picosparse import progress
 from picosparse.atomic import atomic_dir
 from picosparse.errors import DataError
+from picosparse.params import at_least, between, check, param
 
 MARKER = ".picosparse-synth.json"
 FORMAT_VERSION = 1  # bump when the generator's output changes for the same seed
@@ -38,13 +40,33 @@ PLACE_TRIES = 30
 _SUB = 16  # cv2 fixed-point: polygons are drawn with 4 fractional bits
 
 
-def synthesize(out, seed=0, num_train=400, num_val=100, size=192):
+def _int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """`picosparse data synth` / the pipeline kind `data`."""
+
+    seed: int = param(0, "int", check=at_least(0), help="Random seed (same seed, same bytes).")
+    num_train: int = param(400, "int", check=at_least(1), help="Training images.")
+    num_val: int = param(100, "int", check=at_least(1), help="Validation images.")
+    size: int = param(192, "int", check=between(MIN_SIZE, MAX_SIZE), help="Image side in pixels.")
+
+    def __post_init__(self):
+        for name in ("seed", "num_train", "num_val", "size"):  # numpy integers too
+            if _int(getattr(self, name)):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        check(self)
+
+
+def synthesize(out, params=DataParams()):
     """Write OUT/{train,val}.json and OUT/{train,val}/*.jpg; return a summary dict."""
-    _validate(seed, num_train, num_val, size)
+    seed, num_train, num_val, size = params.seed, params.num_train, params.num_val, params.size
     out = Path(out)
     _check_replaceable(out)
-    params = {"generator": "picosparse data synth", "format_version": FORMAT_VERSION,
-              "seed": seed, "num_train": num_train, "num_val": num_val, "size": size}
+    meta = {"generator": "picosparse data synth", "format_version": FORMAT_VERSION,
+            "seed": seed, "num_train": num_train, "num_val": num_val, "size": size}
     counts = {"train": num_train, "val": num_val}
     n_anns = {}
     with atomic_dir(out) as tmp:
@@ -52,7 +74,7 @@ def synthesize(out, seed=0, num_train=400, num_val=100, size=192):
             coco = _write_split(tmp, split, split_id, counts[split], seed, size)
             n_anns[split] = len(coco["annotations"])
         # marks OUT as ours, so a later synth may replace it (and nothing else may)
-        (tmp / MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+        (tmp / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return {
         "out": str(out),
         "train_json": str(out / "train.json"),
@@ -63,19 +85,6 @@ def synthesize(out, seed=0, num_train=400, num_val=100, size=192):
         "annotations": n_anns,
         "categories": [dict(c) for c in CATEGORIES],
     }
-
-
-def _validate(seed, num_train, num_val, size):
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if not is_int(seed) or seed < 0:
-        raise DataError(f"--seed must be an integer >= 0, got {seed!r}")
-    for flag, v in (("--num-train", num_train), ("--num-val", num_val)):
-        if not is_int(v) or v < 1:
-            raise DataError(f"{flag} must be an integer >= 1, got {v!r}")
-    if not is_int(size) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise DataError(f"--size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
 
 
 def _check_replaceable(out):

@@ -21,9 +21,10 @@ import numpy as np
 
 from picosparse.deploy import infer_cfg, postprocess
 from picosparse.errors import ConfigError, DataError, PicosparseError
+from picosparse.x86.runtime import META_NAME
 
 RUNTIMES = ("auto", "paddle", "openvino")
-X86_META = "x86_sparse.json"
+X86_META = META_NAME  # x86_sparse.json (x86/runtime.py imports OpenVINO only when loading)
 IR_FILE = "model.xml"
 PD_MODEL, PD_PARAMS = "model.pdmodel", "model.pdiparams"
 

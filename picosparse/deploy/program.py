@@ -32,9 +32,7 @@ def model_files(model_dir, flag="--model-dir"):
 
 
 def _pb():
-    paddle_env.stack()  # import order trap: paddle only through paddle_env
-    from paddle.base.proto import framework_pb2
-    return framework_pb2
+    return paddle_env.framework_pb2()  # import order trap: paddle only through paddle_env
 
 
 def read_program(model_file):

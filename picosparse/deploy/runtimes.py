@@ -30,8 +30,7 @@ class PaddleRunner:
         if precision != "f32":
             raise PicosparseError(f"--precision {precision}: only the openvino runtime "
                                   "takes a precision; Paddle Inference runs FP32 here")
-        paddle_env.stack()
-        from paddle import inference
+        inference = paddle_env.paddle_inference()
         model, params = model_files(model_dir, "--model")
         cfg = inference.Config(str(model), str(params))
         cfg.disable_gpu()
@@ -190,10 +189,8 @@ class LiteRunner:
                 "which cannot run on this x86 machine (loading it aborts the process); "
                 "make an x86 one with `picosparse opt --valid-targets x86 --no-sparse`, or "
                 "time the ARM .nb on a board with --adb SERIAL --benchmark-bin PATH")
-        try:
-            import paddlelite.lite as lite
-        except ImportError as e:
-            raise StackError(f"paddlelite is not importable ({e}); `make install`") from None
+        from picosparse import paddle_env
+        lite = paddle_env.paddlelite()
         conf = lite.MobileConfig()
         conf.set_model_from_file(str(nb_path))
         self.predictor = lite.create_paddle_predictor(conf)

@@ -30,16 +30,21 @@ def _weights(p):
     return resolve(p["weights"], flag="weights")
 
 
+def _params(module, cls, p, **extra):
+    """The step's parameter dataclass from its resolved mapping (checked when made)."""
+    from picosparse.params import from_mapping
+    return from_mapping(getattr(importlib.import_module(module), cls), p, **extra)
+
+
 def run_data(p, out, ctx):
     synthesize = _step_fn("picosparse.data.synth", "synthesize")
-    return synthesize(out, seed=p["seed"], num_train=p["num_train"], num_val=p["num_val"],
-                      size=p["size"])
+    return synthesize(out, _params("picosparse.data.synth", "DataParams", p))
 
 
 def run_train(p, out, ctx):
     train = _step_fn("picosparse.steps.train", "train")
-    return train(_detector(p), out, pretrained=p["pretrained"], from_scratch=p["from_scratch"],
-                 resume=ctx.resume, do_eval=p["eval"], seed=p["seed"])
+    params = _params("picosparse.steps.train", "TrainParams", p, resume=ctx.resume)
+    return train(_detector(p), out, params)
 
 
 def run_prune(p, out, ctx):
@@ -53,12 +58,10 @@ def run_prune(p, out, ctx):
 
 
 def run_eval(p, out, ctx):
-    if p.get("model") is not None:
-        from picosparse.steps.evaluate import evaluate_model
-        res = dict(evaluate_model(_detector(p), p["model"]))
-    else:
-        evaluate = _step_fn("picosparse.steps.evaluate", "evaluate")
-        res = dict(evaluate(_detector(p), _weights(p)))
+    weights = _weights(p) if p.get("weights") is not None else None
+    params = _params("picosparse.steps.evaluate", "EvalParams", p, weights=weights)
+    run = _step_fn("picosparse.steps.evaluate", "run")
+    res = dict(run(_detector(p), params))
     res["metrics"] = Path(out) / "metrics.json"
     write_json(res["metrics"], {k: v for k, v in res.items() if k != "metrics"})
     return res
@@ -66,35 +69,32 @@ def run_eval(p, out, ctx):
 
 def run_export(p, out, ctx):
     export = _step_fn("picosparse.steps.export", "export")
-    return export(_detector(p), _weights(p), out, input_size=p["input_size"],
-                  postprocess=p["postprocess"])
+    params = _params("picosparse.steps.export", "ExportParams", p)
+    return export(_detector(p), _weights(p), out, params)
 
 
 def run_opt(p, out, ctx):
     optimize = _step_fn("picosparse.steps.lite", "optimize")
-    return optimize(p["model_dir"], Path(out) / "model.nb", sparse=p["sparse"],
-                    sparse_threshold=p["sparse_threshold"], valid_targets=p["valid_targets"],
-                    fp16=p["fp16"])
+    params = _params("picosparse.steps.lite", "OptParams", p)
+    return optimize(p["model_dir"], Path(out) / "model.nb", params)
 
 
 def run_x86_sparse(p, out, ctx):
     from picosparse.steps import x86_sparse
-    options = x86_sparse.Options(p["sparse_threshold"], p["nchw_ops"])
-    return x86_sparse.convert(p["model_dir"], options, out=out)
+    params = _params("picosparse.steps.x86_sparse", "X86SparseParams", p)
+    return x86_sparse.convert(p["model_dir"], params, out=out)
 
 
 def run_quant(p, out, ctx):
     from picosparse.steps.quant import quantize
-    return quantize(_detector(p), p["model_dir"], out, calib_images=p["calib_images"],
-                    algo=p["algo"], split=p["calib_split"], seed=p["seed"],
-                    backend=p["backend"], quantize_depthwise=p["quantize_depthwise"])
+    params = _params("picosparse.steps.quant", "QuantParams", p)
+    return quantize(_detector(p), p["model_dir"], out, params)
 
 
 def run_qat(p, out, ctx):
     from picosparse.steps.qat import qat
-    return qat(_detector(p), _weights(p), out, epochs=p["epochs"], lr=p["lr"],
-               input_size=p["input_size"], postprocess=p["postprocess"], seed=p["seed"],
-               train_bn=p["train_bn"])
+    params = _params("picosparse.steps.qat", "QatParams", p)
+    return qat(_detector(p), _weights(p), out, params)
 
 
 def run_bench(p, out, ctx):

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 from picosparse import __version__, progress
 from picosparse.atomic import atomic_dir
 from picosparse.config import load_with_base
-from picosparse.errors import DataError, PicosparseError
+from picosparse.errors import DataError, ParamError, PicosparseError
 from picosparse.pipeline import adapters
 from picosparse.pipeline.cache import (MANIFEST, Hasher, Manifest, cache_key, canonical,
                                        code_fingerprint, missing_outputs, now, sha256_text,
@@ -45,13 +45,16 @@ DATASETS = {"train": ("TrainDataset",), "eval": ("EvalDataset",), "export": ("Ev
 class StepFailed(PicosparseError):
     """A step raised: one line naming the step. Exit 2 for user errors, 1 for bugs."""
 
-    def __init__(self, step, kind, cause):
+    def __init__(self, step, kind, cause, where=None):
         if isinstance(cause, PicosparseError):
             text, self.exit_code = str(cause), cause.exit_code
         else:
             text, self.exit_code = f"{type(cause).__name__}: {cause}", 1
-        text = " ".join(text.split())  # one line, whatever the step raised
-        super().__init__(f"step '{step}' ({kind}) failed: {text}")
+        if isinstance(cause, ParamError) and where:  # named as the file writes it
+            text = cause.render(lambda name: name, where=where)
+        else:
+            text = f"step '{step}' ({kind}) failed: {text}"
+        super().__init__(" ".join(text.split()))  # one line, whatever the step raised
         self.step, self.cause = step, cause
 
 
@@ -384,7 +387,7 @@ class Session:
             self._failed(sp.name, record, t0, "interrupted")
             raise
         except Exception as e:
-            err = StepFailed(sp.name, sp.kind, e)
+            err = StepFailed(sp.name, sp.kind, e, self.where(sp))
             self._failed(sp.name, record, t0, str(err))
             raise err from e
         sp.seconds = time.monotonic() - t0

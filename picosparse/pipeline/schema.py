@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from picosparse.errors import ConfigError
-from picosparse.sparsity import SPARSE_THRESHOLD
 
 REQUIRED = object()
 MISSING = object()  # a reference `substitute` leaves as it is
@@ -49,11 +48,13 @@ class P:
 
 
 class Params(dict):
-    """A kind's parameters, with groups of which exactly one must be given (not null)."""
+    """A kind's parameters, with groups of which exactly one must be given (not null), and the
+    step's parameter dataclass (picosparse.params) that checks their values."""
 
-    def __init__(self, params, one_of=()):
+    def __init__(self, params, one_of=(), cls=None):
         super().__init__(params)
         self.one_of = tuple(one_of)
+        self.cls = cls
 
 
 @dataclass(frozen=True)
@@ -74,70 +75,80 @@ _SLIM = {
     "sparsity": P("number?", None),
 }
 
+
+def _params(cls, inputs=None):
+    """A step's parameters: its `inputs` (artifacts: config, weights, model_dir) and those of
+    its dataclass (picosparse.params)."""
+    from picosparse.params import schema_of
+    return Params({**(inputs or {}), **schema_of(cls)}, getattr(cls, "ONE_OF", ()), cls)
+
+
+def _kinds():
+    # the step modules import no Paddle at import time: validation stays light
+    from picosparse.data.synth import DataParams
+    from picosparse.steps.evaluate import EvalParams
+    from picosparse.steps.export import ExportParams
+    from picosparse.steps.lite import OptParams
+    from picosparse.steps.qat import QatParams
+    from picosparse.steps.quant import QuantParams
+    from picosparse.steps.train import TrainParams
+    from picosparse.steps.x86_sparse import X86SparseParams
+    return {
+        "data": Kind(
+            _params(DataParams),
+            {"out": "path", "train_json": "path", "val_json": "path", "train_dir": "path",
+             "val_dir": "path"},
+            help="generated COCO dataset of shapes (picosparse data synth)"),
+        "train": Kind(
+            _params(TrainParams, {**_DETECTOR, **_SLIM}),
+            {"weights": "path", "config": "path", "out": "path", "sparsity": "number?",
+             "best": "any", "epochs": "int", "iters": "int", "seconds": "number"},
+            where="in_place", help="dense or GMP training (picosparse train)"),
+        "prune": Kind(
+            {**_DETECTOR, **_SLIM, "weights": P("source")},
+            {"weights": "path", "config": "path", "sparsity": "number", "layers": "any"},
+            help="one-shot magnitude pruning (picosparse prune)"),
+        "eval": Kind(
+            # `model`: an exported folder (the deployed files' mAP, through the Detector)
+            _params(EvalParams, _DETECTOR),
+            {"metrics": "path", "mAP": "number", "mAP50": "number", "mAP75": "number",
+             "mAP_small": "number", "mAP_medium": "number", "mAP_large": "number",
+             "sparsity": "any", "images": "int", "seconds": "number"},
+            help="COCO mAP + sparsity of weights or of an exported model (picosparse eval)"),
+        "export": Kind(
+            _params(ExportParams, {**_DETECTOR, "weights": P("source")}),
+            {"model_dir": "path", "model_file": "path", "params_file": "path",
+             "infer_cfg": "path", "input_size": "int"},
+            help="inference model with a fixed input shape (picosparse export)"),
+        "opt": Kind(
+            _params(OptParams, {"model_dir": P("path")}),
+            {"nb": "path", "size_bytes": "int", "sparse_conv2d": "int", "conv1x1": "int",
+             "valid_targets": "str", "sparse": "bool", "precision": "str",
+             "conv_precisions": "any"},
+            help="Paddle-Lite .nb, sparse pass verified (picosparse opt)"),
+        "x86_sparse": Kind(
+            _params(X86SparseParams, {"model_dir": P("path")}),
+            {"out_dir": "path", "model_xml": "path", "replaced": "int", "depthwise": "int",
+             "kept_dense_1x1": "int", "conv_1x1_total": "int", "sparse_threshold": "number",
+             "sparse_weight_bytes": "int", "bin_bytes": "int"},
+            help="x86-sparse OpenVINO model, picosparse's sparse 1x1 op (picosparse export "
+                 "--x86-sparse)"),
+        "quant": Kind(
+            _params(QuantParams, {**_DETECTOR, "model_dir": P("path")}),
+            {"model_dir": "path", "infer_cfg": "path", "backend": "str", "algo": "str",
+             "calib_images": "int", "precision": "str", "zeros": "any",
+             "conv1x1_zero_fraction": "number?", "seconds": "number"},
+            help="INT8 post-training quantization, exact zeros verified (picosparse quant)"),
+        "qat": Kind(
+            _params(QatParams, {**_DETECTOR, "weights": P("source")}),
+            {"model_dir": "path", "infer_cfg": "path", "precision": "str", "algo": "str",
+             "epochs": "int", "iters": "int", "zeros": "any", "seconds": "number"},
+            help="quantization-aware fine-tuning, masks kept, INT8 export (picosparse qat)"),
+    }
+
+
 KINDS = {
-    "data": Kind(
-        {"seed": P("int", 0), "num_train": P("int", 400), "num_val": P("int", 100),
-         "size": P("int", 192)},
-        {"out": "path", "train_json": "path", "val_json": "path", "train_dir": "path",
-         "val_dir": "path"},
-        help="generated COCO dataset of shapes (picosparse data synth)"),
-    "train": Kind(
-        {**_DETECTOR, **_SLIM, "pretrained": P("source?", None), "from_scratch": P("bool", False),
-         "eval": P("bool", False), "seed": P("int", 0)},
-        {"weights": "path", "config": "path", "out": "path", "sparsity": "number?",
-         "best": "any", "epochs": "int", "iters": "int", "seconds": "number"},
-        where="in_place", help="dense or GMP training (picosparse train)"),
-    "prune": Kind(
-        {**_DETECTOR, **_SLIM, "weights": P("source")},
-        {"weights": "path", "config": "path", "sparsity": "number", "layers": "any"},
-        help="one-shot magnitude pruning (picosparse prune)"),
-    "eval": Kind(
-        # `model`: an exported folder (the deployed files' mAP, through the Detector)
-        Params({**_DETECTOR, "weights": P("source?", None), "model": P("path?", None)},
-               one_of=(("weights", "model"),)),
-        {"metrics": "path", "mAP": "number", "mAP50": "number", "mAP75": "number",
-         "mAP_small": "number", "mAP_medium": "number", "mAP_large": "number",
-         "sparsity": "any", "images": "int", "seconds": "number"},
-        help="COCO mAP + sparsity of weights or of an exported model (picosparse eval)"),
-    "export": Kind(
-        {**_DETECTOR, "weights": P("source"), "input_size": P("int?", None),
-         "postprocess": P("bool", True)},
-        {"model_dir": "path", "model_file": "path", "params_file": "path", "infer_cfg": "path",
-         "input_size": "int"},
-        help="inference model with a fixed input shape (picosparse export)"),
-    "opt": Kind(
-        {"model_dir": P("path"), "sparse": P("bool", True),
-         "sparse_threshold": P("number", SPARSE_THRESHOLD),
-         "valid_targets": P("str", "arm"), "fp16": P("bool", False)},
-        {"nb": "path", "size_bytes": "int", "sparse_conv2d": "int", "conv1x1": "int",
-         "valid_targets": "str", "sparse": "bool", "precision": "str",
-         "conv_precisions": "any"},
-        help="Paddle-Lite .nb, sparse pass verified (picosparse opt)"),
-    "x86_sparse": Kind(
-        {"model_dir": P("path"), "sparse_threshold": P("number", SPARSE_THRESHOLD),
-         "nchw_ops": P("bool", True)},
-        {"out_dir": "path", "model_xml": "path", "replaced": "int", "depthwise": "int",
-         "kept_dense_1x1": "int", "conv_1x1_total": "int", "sparse_threshold": "number",
-         "sparse_weight_bytes": "int", "bin_bytes": "int"},
-        help="x86-sparse OpenVINO model, picosparse's sparse 1x1 op (picosparse export "
-             "--x86-sparse)"),
-    "quant": Kind(
-        {**_DETECTOR, "model_dir": P("path"), "calib_images": P("int", 32),
-         "calib_split": P("str", "train", ("train", "eval")),
-         "algo": P("str", "hist", ("KL", "hist", "avg", "mse", "emd", "abs_max")),
-         "backend": P("str", "paddle", ("paddle", "openvino")),
-         "quantize_depthwise": P("bool", False), "seed": P("int", 0)},
-        {"model_dir": "path", "infer_cfg": "path", "backend": "str", "algo": "str",
-         "calib_images": "int", "precision": "str", "zeros": "any",
-         "conv1x1_zero_fraction": "number?", "seconds": "number"},
-        help="INT8 post-training quantization, exact zeros verified (picosparse quant)"),
-    "qat": Kind(
-        {**_DETECTOR, "weights": P("source"), "epochs": P("int", 1), "lr": P("number?", None),
-         "input_size": P("int?", None), "postprocess": P("bool", True),
-         "train_bn": P("bool", False), "seed": P("int", 0)},
-        {"model_dir": "path", "infer_cfg": "path", "precision": "str", "algo": "str",
-         "epochs": "int", "iters": "int", "zeros": "any", "seconds": "number"},
-        help="quantization-aware fine-tuning, masks kept, INT8 export (picosparse qat)"),
+    **_kinds(),
     "bench": Kind(
         {"models": P("map[path]"), "threads": P("list[int]", [1, 4]), "repeats": P("int", 50),
          "warmup": P("int", 5), "runtime": P("str", "paddle", ("paddle", "lite", "openvino"))},
@@ -378,7 +389,30 @@ class _Checker:
             if len(set_) != 1:
                 self.err(key, f"give exactly one of {' or '.join(group)}"
                               + (f" (got {' and '.join(set_)})" if set_ else ""))
+        if getattr(schema, "cls", None) is not None:
+            self.check_values(key, out, schema.cls)
         return out
+
+    def check_values(self, key, values, cls):
+        """The step dataclass's own checks (ranges, combinations) on the values written in the
+        file; those that come from another step's outputs are checked when the step runs."""
+        from picosparse.errors import ParamError
+        from picosparse.params import from_mapping, specs
+        fields = specs(cls, "pipeline")
+        literal = {f.name: values[f.name] for f, _ in fields
+                   if f.name in values and not step_refs(values[f.name])}
+        try:
+            if len(literal) == len(fields):
+                from_mapping(cls, values)
+            for f, spec in fields:
+                v = literal.get(f.name)
+                reason = spec.check(v) if spec.check and v is not None and f.name in literal \
+                    else None
+                if reason:
+                    raise ParamError(f.name, reason, v, cls)
+        except ParamError as e:
+            raise ConfigError(e.render(lambda name: name, where=f"{self.file}: {key}")) \
+                from None
 
 
 def _copy(v):

@@ -4,12 +4,42 @@ import contextlib
 import io
 import tempfile
 import time
+from dataclasses import dataclass
 
 from picosparse import paddle_env, progress, weights as W
+from picosparse.errors import ParamError
+from picosparse.params import check, device_param, param
 from picosparse.sparsity import policy, report
 from picosparse.steps.loaders import eval_loader  # noqa: F401  (re-exported)
 
 METRIC_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalParams:
+    """`picosparse eval` / the pipeline kind `eval`: what is scored (weights, or an exported
+    model run by the Detector: the deployed files' mAP), one of the two."""
+
+    weights: str = param(None, "source?", click=dict(path="file"), help="Weights (.pdparams).")
+    model: str = param(None, "path?", flag="--model", click=dict(path="any"), help=(
+        "Instead of --weights: an exported model folder (`export` output or its x86_sparse "
+        "folder), run by the Detector: the deployed files' mAP."))
+    device: str = device_param()
+    ONE_OF = (("weights", "model"),)
+
+    def __post_init__(self):
+        check(self)
+        if (self.weights is None) == (self.model is None):
+            raise ParamError("weights", "or {model}: give one of the two (.pdparams weights, "
+                             "or an exported model folder)", owner=EvalParams,
+                             show_value=False)
+
+
+def run(cfg, params):
+    """`evaluate` of params.weights or `evaluate_model` of params.model."""
+    if params.model is not None:
+        return evaluate_model(cfg, params.model)
+    return evaluate(cfg, params.weights)
 
 
 def coco_map(model, loader, dataset):
@@ -122,7 +152,8 @@ def _model_sparsity(det):
         return {"overall": sp["overall"], "layers": sp["layers"]}
     overall = (det.cfg.get("picosparse") or {}).get("conv1x1_zero_fraction")
     layers = {}
-    meta = det.path / "x86_sparse.json"
+    from picosparse.x86.runtime import META_NAME
+    meta = det.path / META_NAME
     if meta.is_file():
         layers = {l["name"]: l["zero_fraction"] for l in json.loads(meta.read_text())["layers"]
                   if l.get("kind") == "sparse1x1" and "zero_fraction" in l}

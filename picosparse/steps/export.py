@@ -10,12 +10,27 @@ the input H x W into its format.
 import contextlib
 import dataclasses
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 from picosparse import paddle_env, weights as weights_io
 from picosparse.atomic import atomic_dir
 from picosparse.deploy import infer_cfg, program
-from picosparse.errors import ConfigError, PicosparseError
+from picosparse.errors import ConfigError, ParamError, PicosparseError
+from picosparse.params import check, multiple_of_32, param
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportParams:
+    """`picosparse export` / the pipeline kind `export`; checked when made."""
+
+    input_size: int = param(None, "int?", check=multiple_of_32, help=(
+        "Fixed input side (multiple of 32) [from the config's TestReader]."))
+    postprocess: bool = param(True, "bool", flag="--no-postprocess",
+                              help="Export without NMS/decoding.")
+
+    def __post_init__(self):
+        check(self)
 
 
 def resolve_inputs(run_dir, config=None, weights=None, out=None):
@@ -65,11 +80,22 @@ def default_input_size(cfg):
     return None
 
 
-def check_input_size(size, flag="--input-size"):
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 32:
-        raise ConfigError(f"{flag} {size}: must be a positive multiple of 32 "
-                          "(PicoDet's largest FPN stride)")
+def check_input_size(size, where="--input-size"):
+    """A size checked as a given input_size is (`where` names where it came from)."""
+    if isinstance(size, bool) or not isinstance(size, int) or multiple_of_32(size):
+        raise ConfigError(f"{where} {size}: {multiple_of_32(1)}")
     return size
+
+
+def resolve_input_size(cfg, input_size, owner):
+    """`input_size`, else the config's (checked): a ParamError of `owner` when it has none."""
+    if input_size is not None:
+        return input_size
+    size = default_input_size(cfg)
+    if size is None:
+        raise ParamError("input_size", f"is needed: {cfg.path} has no TestReader.inputs_def."
+                         "image_shape or EvalReader Resize target_size", owner=owner)
+    return check_input_size(size, f"{cfg.path}: input size")
 
 
 def _used_inputs(static_fn, spec):
@@ -92,7 +118,7 @@ def _used_inputs(static_fn, spec):
     return [n for n in spec if n in needed]
 
 
-def export(cfg, weights, out, input_size=None, postprocess=True, quiet_build=True):
+def export(cfg, weights, out, params=ExportParams(), quiet_build=True):
     """Write OUT/model.pdmodel, OUT/model.pdiparams, OUT/infer_cfg.yml (atomically).
 
     Returns {"model_dir": Path, "model_file": Path, "params_file": Path, "infer_cfg": Path,
@@ -100,14 +126,8 @@ def export(cfg, weights, out, input_size=None, postprocess=True, quiet_build=Tru
              "conv1x1": int, "conv1x1_zero_fraction": float|None,
              "conv1x1_layers": {program param name: zero fraction}}.
     """
-    if input_size is None:
-        input_size = default_input_size(cfg)
-        if input_size is None:
-            raise ConfigError(f"{cfg.path}: no TestReader.inputs_def.image_shape or EvalReader "
-                              "Resize target_size; pass --input-size")
-        check_input_size(input_size, f"{cfg.path}: input size")
-    else:
-        check_input_size(input_size)
+    input_size, postprocess = resolve_input_size(cfg, params.input_size, ExportParams), \
+        params.postprocess
     s = paddle_env.stack()
     paddle = s.paddle
     data = dict(cfg.data)

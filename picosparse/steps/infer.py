@@ -2,12 +2,29 @@
 the boxes drawn (picosparse.deploy.Detector does the work)."""
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from picosparse import progress
 from picosparse.errors import ConfigError, DataError
+from picosparse.params import at_least, between, check, param
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferParams:
+    """`picosparse infer`; checked when made."""
+
+    threshold: float = param(None, "number?", check=between(0, 1), help=(
+        "Minimum score shown and drawn [the model's draw_threshold, 0.5]."))
+    runtime: str = param("auto", "str", choices=("auto", "paddle", "openvino"), help=(
+        "auto: OpenVINO for x86-sparse/IR folders and exports without NMS, Paddle Inference "
+        "for exports with NMS."))
+    threads: int = param(1, "int", check=at_least(1), help="Inference threads.")
+
+    def __post_init__(self):
+        check(self)
 
 
 def list_images(path):
@@ -49,7 +66,7 @@ def _write_image(bgr, dest):
     return dest
 
 
-def infer(model, image, out=None, threshold=None, runtime="auto", threads=1):
+def infer(model, image, out=None, params=InferParams()):
     """Detect objects in IMAGE (a file or a folder of images) with the exported MODEL.
 
     threshold: minimum score shown and drawn (default: the model's infer_cfg.yml
@@ -61,8 +78,7 @@ def infer(model, image, out=None, threshold=None, runtime="auto", threads=1):
     """
     from picosparse.deploy import infer_cfg
     from picosparse.deploy.detector import Detector
-    if threshold is not None and (isinstance(threshold, bool) or not 0 <= threshold <= 1):
-        raise ConfigError(f"--threshold {threshold}: must be in [0, 1]")
+    threshold, runtime, threads = params.threshold, params.runtime, params.threads
     files = list_images(image)
     out = _check_out(out, files) if out else None
     for f in files:  # every image readable before anything runs or is written

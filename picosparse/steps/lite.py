@@ -13,11 +13,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from picosparse import paddle_env, subproc
 from picosparse.deploy import nbfile, program
-from picosparse.errors import ConfigError, DataError, PicosparseError, StackError
+from picosparse.errors import DataError, ParamError, StackError
+from picosparse.params import between, check, param
 from picosparse.sparsity import SPARSE_THRESHOLD
 
 TARGETS = ("arm", "x86", "opencl")
@@ -25,12 +27,39 @@ OPT_TIMEOUT = 1800  # seconds; a COCO PicoDet converts in well under a minute
 
 
 def _targets(valid_targets):
-    ts = [t.strip().lower() for t in str(valid_targets).replace(" ", ",").split(",") if t.strip()]
-    bad = [t for t in ts if t not in TARGETS]
-    if not ts or bad:
-        raise ConfigError(f"--valid-targets {valid_targets}: expected a comma list of "
-                          f"{', '.join(TARGETS)}")
-    return ts
+    return [t.strip().lower() for t in str(valid_targets).replace(" ", ",").split(",")
+            if t.strip()]
+
+
+def _check_targets(valid_targets):
+    ts = _targets(valid_targets)
+    if not ts or any(t not in TARGETS for t in ts):
+        return f"expected a comma list of {', '.join(TARGETS)}"
+    return None
+
+
+@dataclass(frozen=True)
+class OptParams:
+    """`picosparse opt` / the pipeline kind `opt`; checked when made."""
+
+    sparse: bool = param(True, "bool", flag="--sparse/--no-sparse",
+                         help="Enable and verify the sparse_conv2d pass.")
+    sparse_threshold: float = param(SPARSE_THRESHOLD, "number", check=between(0, 1, low=False),
+                                    help="Min zero fraction for a 1x1 conv to become sparse.")
+    valid_targets: str = param("arm", "str", check=_check_targets,
+                               help="Paddle-Lite targets (arm, x86, opencl).")
+    fp16: bool = param(False, "bool", help="FP16 (refused with --sparse).")
+
+    def __post_init__(self):
+        check(self)
+        if self.sparse and self.fp16:
+            raise ParamError("fp16", "with {sparse}: Paddle-Lite's sparse_conv2d kernels are "
+                             "FP32/INT8 only (the seed: do not enable FP16 for sparse models); "
+                             "turn off {fp16} or {sparse}", self.fp16, OptParams, show_value=False)
+        if self.sparse and _targets(self.valid_targets) != ["arm"]:
+            raise ParamError("valid_targets", "paddle_lite_opt runs the sparse pass for ARM only "
+                             "(\"sparse_model mode only supported on Arm\"); use arm, or turn "
+                             "off {sparse} for an x86/OpenCL .nb", self.valid_targets, OptParams)
 
 
 def nb_path(out):
@@ -39,9 +68,9 @@ def nb_path(out):
     return out if out.suffix == ".nb" else out.with_name(out.name + ".nb")
 
 
-def optimize(model_dir, out, sparse=True, sparse_threshold=SPARSE_THRESHOLD, valid_targets="arm",
-             fp16=False, int8=None):
-    """Convert an exported model to OUT (.nb); with `sparse`, fail unless sparse_conv2d ops exist.
+def optimize(model_dir, out, params=OptParams(), int8=None, **fields):
+    """Convert an exported model to OUT (.nb); with `params.sparse`, fail unless sparse_conv2d
+    ops exist. `fields` replace those of `params` (OptParams(**fields) in short).
 
     int8: None = when the model is quantized (`picosparse quant`); then the .nb must hold INT8
     conv kernels, every sparse_conv2d INT8 and, with `sparse`, one per 1x1 conv at the
@@ -56,18 +85,11 @@ def optimize(model_dir, out, sparse=True, sparse_threshold=SPARSE_THRESHOLD, val
              "conv_precisions": {op_type: {precision: count}}}.
     """
     from picosparse.steps.quant import is_quantized
+    if fields:
+        params = replace(params, **fields)
+    sparse, sparse_threshold, fp16 = params.sparse, params.sparse_threshold, params.fp16
+    valid_targets = params.valid_targets
     targets = _targets(valid_targets)
-    if isinstance(sparse_threshold, bool) or not 0 < float(sparse_threshold) <= 1:
-        raise ConfigError(f"--sparse-threshold {sparse_threshold}: must be in (0, 1]")
-    if sparse and fp16:
-        raise PicosparseError("--fp16 with --sparse: Paddle-Lite's sparse_conv2d kernels are "
-                              "FP32/INT8 only (the seed: do not enable FP16 for sparse models); "
-                              "drop --fp16 or pass --no-sparse")
-    if sparse and targets != ["arm"]:
-        raise PicosparseError(f"--sparse with --valid-targets {valid_targets}: paddle_lite_opt "
-                              "runs the sparse pass for ARM only (\"sparse_model mode only "
-                              "supported on Arm\"); use --valid-targets arm, or --no-sparse "
-                              "for an x86/OpenCL .nb")
     model_file, params_file = program.model_files(model_dir)
     quantized = is_quantized(model_dir)
     int8 = quantized if int8 is None else bool(int8)
@@ -75,7 +97,8 @@ def optimize(model_dir, out, sparse=True, sparse_threshold=SPARSE_THRESHOLD, val
         raise DataError(f"--int8: {model_dir} is an FP32 model (no quantize ops); make an "
                         "INT8 one with `picosparse quant`")
     if int8 and fp16:
-        raise PicosparseError("--fp16 with an INT8 model: pick one precision")
+        raise ParamError("fp16", "with an INT8 model: pick one precision", fp16, OptParams,
+                         show_value=False)
     opt = paddle_env.find_opt()
     dest = nb_path(out)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -107,10 +130,10 @@ def optimize(model_dir, out, sparse=True, sparse_threshold=SPARSE_THRESHOLD, val
         if sparse and n_sparse == 0:
             top = max(stats["eligible_layers"].values(), default=0.0)
             raise DataError(
-                f"--sparse: paddle_lite_opt made no sparse_conv2d op from {model_dir}: no "
+                f"sparse pass: paddle_lite_opt made no sparse_conv2d op from {model_dir}: no "
                 f"eligible 1x1 conv has >= {float(sparse_threshold):.0%} zeros (highest "
-                f"{top:.1%}); use sparse weights (picosparse train/prune), lower "
-                "--sparse-threshold, or pass --no-sparse for a dense .nb")
+                f"{top:.1%}); use sparse weights (picosparse train/prune), lower the sparse "
+                "threshold, or turn the sparse pass off (--no-sparse) for a dense .nb")
         if int8:
             check_int8(info, model_dir, sparse, above)
         got = nbfile.compute_targets(info)

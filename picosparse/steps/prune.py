@@ -1,11 +1,21 @@
 """One-shot magnitude pruning with the training policy: the quick baseline before a long run."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from picosparse import paddle_env, weights as W
 from picosparse.errors import ConfigError
 from picosparse.sparsity import magnitude, policy, report
+from picosparse.params import device_param
 from picosparse.sparsity.report import to_numpy
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneParams:
+    """`picosparse prune`: its own parameters are the device the weights are loaded on; the
+    ratio and the skip rules are the detector config's (--slim-config / --sparsity)."""
+
+    device: str = device_param()
 
 
 def oneshot(cfg, weights, out):

@@ -17,12 +17,14 @@ import copy
 import dataclasses
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from picosparse import paddle_env, progress, weights as W
 from picosparse.atomic import atomic_dir
 from picosparse.deploy import infer_cfg, program
-from picosparse.errors import ConfigError, DataError, PicosparseError
+from picosparse.errors import DataError, PicosparseError
+from picosparse.params import at_least, check, multiple_of_32, param, positive
 
 QAT_CONFIG = {
     "weight_quantize_type": "channel_wise_abs_max",
@@ -108,15 +110,27 @@ class Masks:
         return {p.name: self.masks[n].numpy().astype(bool) for n, p in self.params.items()}
 
 
-def _check_args(epochs, lr):
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(f"--epochs {epochs}: must be an integer >= 1")
-    if lr is not None and (isinstance(lr, bool) or not float(lr) > 0):
-        raise ConfigError(f"--lr {lr}: must be a positive number")
+@dataclass(frozen=True, kw_only=True)
+class QatParams:
+    """`picosparse qat` / the pipeline kind `qat`; checked when made."""
+
+    epochs: int = param(1, "int", check=at_least(1), help="Epochs of the config's TrainDataset.")
+    lr: float = param(None, "number?", check=positive, help=(
+        "LearningRate.base_lr for the fine-tuning [the config's]."))
+    input_size: int = param(None, "int?", check=multiple_of_32, help=(
+        "Fixed input side of the export (multiple of 32) [from the config's TestReader]."))
+    postprocess: bool = param(True, "bool", flag="--no-postprocess",
+                              help="Export without NMS/decoding.")
+    train_bn: bool = param(False, "bool", help=(
+        "Update batch-norm statistics too [frozen: a short fine-tune on the train augmentation "
+        "moves them away from deployment]."))
+    seed: int = param(0, "int", help="Random seed.")
+
+    def __post_init__(self):
+        check(self)
 
 
-def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True, seed=0,
-        train_bn=False, max_iters=None):
+def qat(cfg, weights, out, params=QatParams(), max_iters=None):
     """Fine-tune WEIGHTS with QAT for `epochs` epochs of the config's TrainDataset (lr: the
     LearningRate base_lr, default the config's), masks kept, and write OUT: an INT8 inference
     model (model.pdmodel, model.pdiparams, infer_cfg.yml, quant.json), atomically.
@@ -127,16 +141,12 @@ def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True,
              "epochs", "iters", "loss": the last iteration's, "masked_weights", "zeros",
              "conv1x1_zero_fraction", "seconds"}. max_iters stops early (tests).
     """
-    from picosparse.steps.export import check_input_size, default_input_size
+    from picosparse.steps.export import resolve_input_size
     from picosparse.steps.loaders import train_loader
-    _check_args(epochs, lr)
+    epochs, lr, seed, train_bn = params.epochs, params.lr, params.seed, params.train_bn
+    postprocess = params.postprocess
     t0 = time.monotonic()
-    if input_size is None:
-        input_size = default_input_size(cfg)
-        if input_size is None:
-            raise ConfigError(f"{cfg.path}: no TestReader.inputs_def.image_shape or EvalReader "
-                              "Resize target_size; pass --input-size")
-    check_input_size(input_size)
+    input_size = resolve_input_size(cfg, params.input_size, QatParams)
     s = paddle_env.stack()
     paddle, np = s.paddle, s.np
     paddle.seed(seed)
@@ -153,8 +163,7 @@ def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True,
     for layer in model.sublayers():
         if isinstance(layer, paddle.nn.Conv2D) and _is_depthwise(layer):
             layer.skip_quant = True
-    from paddleslim import QAT
-    quanter = QAT(config=dict(QAT_CONFIG))
+    quanter = paddle_env.paddleslim_qat()(config=dict(QAT_CONFIG))
     lists = _layer_lists(model)
     with contextlib.redirect_stdout(io.StringIO()):
         quanter.quantize(model)
@@ -186,8 +195,9 @@ def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True,
                 except ValueError as e:  # ppdet's losses check their inputs (NaN fails)
                     raise PicosparseError(
                         f"qat: the loss failed at iteration {it} ({str(e).strip()[:120]}): "
-                        "the model's outputs are not finite; lower --lr, or --train-bn if "
-                        "the weights' batch-norm statistics do not fit this data") from None
+                        "the model's outputs are not finite; lower the learning rate (lr), "
+                        "or update the batch-norm statistics (train_bn) if the weights' do "
+                        "not fit this data") from None
                 loss.backward()
                 optimizer.step()
                 optimizer.clear_grad()
@@ -197,7 +207,7 @@ def qat(cfg, weights, out, epochs=1, lr=None, input_size=None, postprocess=True,
                 loss_v = float(loss)
                 if not np.isfinite(loss_v):
                     raise PicosparseError(f"qat: loss is {loss_v} at iteration {it}; lower "
-                                          "--lr, or --train-bn")
+                                          "the learning rate (lr), or train_bn")
                 it += 1
                 bar.update(1, loss=f"{loss_v:.3f}")
     model.eval()
@@ -213,10 +223,10 @@ def _save(model, quanter, cfg, weights, out, input_size, postprocess, masks, sta
     """The INT8 inference model, as `export` writes an FP32 one (fixed input shape,
     infer_cfg.yml), through PaddleSlim's save_quantized_model; masks checked in the file."""
     import json
-    from paddle.static import InputSpec
     from picosparse.steps.export import _used_inputs
     from picosparse.steps.quant import QUANT_JSON, _faster_quant_passes, _quiet_loggers
     paddle = paddle_env.stack().paddle
+    InputSpec = paddle.static.InputSpec
     if hasattr(model, "export_post_process"):
         model.export_post_process = bool(postprocess)
     if hasattr(model, "export_nms"):

@@ -27,12 +27,14 @@ import contextlib
 import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from picosparse import paddle_env, progress
 from picosparse.atomic import atomic_dir
 from picosparse.deploy import infer_cfg, program
-from picosparse.errors import ConfigError, DataError, PicosparseError, StackError
+from picosparse.errors import ConfigError, DataError, ParamError, PicosparseError, StackError
+from picosparse.params import at_least, check, param
 
 # PaddleSlim's activation calibration methods; weights are always per-channel abs-max
 ALGOS = ("KL", "hist", "avg", "mse", "emd", "abs_max")
@@ -48,15 +50,28 @@ QUANT_JSON = "quant.json"
 OUT_DIR = "int8"  # default output: MODEL_DIR/int8, as export's x86_sparse
 
 
-def check_args(calib_images, algo=DEFAULT_ALGO, split="train", backend="paddle"):
-    if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < 1:
-        raise ConfigError(f"--calib-images {calib_images}: must be an integer >= 1")
-    if algo not in ALGOS:
-        raise ConfigError(f"--algo {algo}: expected one of {', '.join(ALGOS)}")
-    if split not in SPLITS:
-        raise ConfigError(f"--calib-split {split}: expected one of {', '.join(SPLITS)}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
+@dataclass(frozen=True, kw_only=True)
+class QuantParams:
+    """`picosparse quant` (and `export --int8`) / the pipeline kind `quant`; checked when made."""
+
+    calib_images: int = param(32, "int", check=at_least(1), help=(
+        "Calibration images (a seeded sample of the split)."))
+    calib_split: str = param("train", "str", choices=tuple(SPLITS), help=(
+        "Calibrate on the config's train or eval set."))
+    algo: str = param(DEFAULT_ALGO, "str", choices=ALGOS, help=(
+        "PaddleSlim activation calibration."))
+    backend: str = param("paddle", "str", choices=BACKENDS, help=(
+        "paddle (PaddleSlim, for Paddle-Lite / ARM) or openvino (NNCF, an x86 IR)."))
+    quantize_depthwise: bool = param(False, "bool", help=(
+        "Also quantize depthwise convs (PicoDet's per-channel ranges make this lose much more "
+        "mAP)."))
+    seed: int = param(0, "int", help="Seed of the calibration sample.")
+
+    def __post_init__(self):
+        check(self)
+        if self.backend == "openvino" and self.quantize_depthwise:
+            raise ParamError("quantize_depthwise", "with {backend} openvino: PaddleSlim only "
+                             "(NNCF picks its own ops)", True, QuantParams, show_value=False)
 
 
 def quant_ops(model_dir):
@@ -88,7 +103,7 @@ def calibration_images(cfg, split="train", n=32, seed=0):
     if not files:
         raise DataError(f"{key} {dataset.get_anno()}: no images to calibrate on")
     if len(files) < n:
-        progress.say(f"note: --calib-images {n}: {key} has {len(files)} images; "
+        progress.say(f"note: {n} calibration images asked, {key} has {len(files)}; "
                      f"calibrating on all of them")
         return files
     pick = np.random.RandomState(seed).permutation(len(files))[:n]
@@ -147,9 +162,7 @@ def _faster_quant_passes():
       a scan of every node, twice per quantized tensor: while its apply() runs, that set is
       computed once and grown by create_persistable_node (its first loop only adds nodes;
       any removal drops the cache)."""
-    from paddle.base.framework import IrGraph
-    from paddle.static.quantization.quantization_pass import (
-        AddQuantDequantForInferencePass as AddQDQ)
+    IrGraph, AddQDQ = paddle_env.quant_pass_classes()
     saved = (IrGraph.link_to, IrGraph.update_input_link, IrGraph.all_persistable_nodes,
              IrGraph.create_persistable_node, IrGraph.safe_remove_nodes, AddQDQ.apply)
     all0, create0, remove0, apply0 = saved[2:]
@@ -208,7 +221,7 @@ def _post_static(model_dir, out_dir, feeds, algo, quantize_depthwise=False):
     """Run quant_post_static on MODEL_DIR into OUT_DIR with one batch per feed dict."""
     s = paddle_env.stack()
     paddle = s.paddle
-    from paddleslim.quant import quant_post_static
+    quant_post_static = paddle_env.paddleslim_quant_post_static()
     model_file, params_file = program.model_files(model_dir)
     names = program.input_names(program.read_program(model_file))
     missing = [n for n in names if n not in feeds[0]]
@@ -246,7 +259,7 @@ def _post_static(model_dir, out_dir, feeds, algo, quantize_depthwise=False):
         except (ValueError, RuntimeError, AssertionError, IndexError, KeyError) as e:
             why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise PicosparseError(f"PaddleSlim quant_post_static failed on {model_dir} "
-                                  f"(--algo {algo}): {why}") from None
+                                  f"(algo {algo}): {why}") from None
     for f in ("model.pdmodel", "model.pdiparams"):
         if not (Path(out_dir) / f).is_file():
             raise StackError(f"PaddleSlim quant_post_static wrote no {f} for {model_dir}")
@@ -314,8 +327,7 @@ def default_out(model_dir):
     return Path(model_dir) / OUT_DIR
 
 
-def quantize(cfg, model_dir, out=None, calib_images=32, algo=DEFAULT_ALGO, split="train",
-             seed=0, backend="paddle", quantize_depthwise=False):
+def quantize(cfg, model_dir, out=None, params=QuantParams()):
     """MODEL_DIR (a `picosparse export` folder) -> OUT: an INT8 model with infer_cfg.yml.
 
     backend "paddle": OUT/model.pdmodel + model.pdiparams (PaddleSlim, for Paddle-Lite's INT8
@@ -325,7 +337,9 @@ def quantize(cfg, model_dir, out=None, calib_images=32, algo=DEFAULT_ALGO, split
     "calib_images", "split", "precision": "int8", "quantized_ops": [op types],
     "zeros": check_zeros(...) (paddle) or None, "conv1x1_zero_fraction", "seconds"}.
     """
-    check_args(calib_images, algo, split, backend)
+    calib_images, algo, split, seed = params.calib_images, params.algo, params.calib_split, \
+        params.seed
+    backend, quantize_depthwise = params.backend, params.quantize_depthwise
     t0 = time.monotonic()
     model_dir = Path(model_dir)
     out = Path(out) if out else default_out(model_dir)
@@ -335,13 +349,11 @@ def quantize(cfg, model_dir, out=None, calib_images=32, algo=DEFAULT_ALGO, split
     if is_quantized(model_dir):
         raise DataError(f"--model-dir {model_dir}: already quantized (it has quantize ops); "
                         "give the FP32 export")
-    if backend == "openvino" and quantize_depthwise:
-        raise ConfigError("--quantize-depthwise: PaddleSlim only (NNCF picks its own ops)")
     doc = _infer_doc(model_dir)
     if backend == "openvino" and (doc.get("picosparse") or {}).get("postprocess", True):
         raise DataError(f"--model-dir {model_dir}: exported with NMS; OpenVINO 2026.4's "
-                        "multiclass_nms crashed here on some inputs: export with "
-                        "--no-postprocess for --backend openvino")
+                        "multiclass_nms crashed here on some inputs: export without it "
+                        "(--no-postprocess, postprocess: false) for the openvino backend")
     feeds = _feeds(doc, calibration_images(cfg, split, calib_images, seed))
     ops = ["conv2d"] + ["depthwise_conv2d"] * bool(quantize_depthwise)
     how = "NNCF" if backend == "openvino" else f"PaddleSlim {algo}, {' + '.join(ops)}"

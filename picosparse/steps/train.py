@@ -19,18 +19,47 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from picosparse import checkpoint, device as D, paddle_env, progress, trainlock, weights as W
 from picosparse.atomic import write_text
-from picosparse.errors import ConfigError, DataError
+from picosparse.errors import ConfigError, DataError, ParamError
+from picosparse.params import at_least, check, device_param, param
 from picosparse.sparsity import report
 from picosparse.sparsity.pruner import GMP
 from picosparse.steps.data_paths import check_dataset
 from picosparse.steps.evaluate import coco_map
 from picosparse.steps.loaders import eval_loader, train_loader
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainParams:
+    """`picosparse train` / the pipeline kind `train`; checked when made."""
+
+    pretrained: str = param(None, "source?", help=(
+        "Converged dense weights (.pdparams path or URL) [the config's pretrain_weights]."))
+    from_scratch: bool = param(False, "bool", help="Train without pretrained weights.")
+    eval: bool = param(False, "bool", help=(
+        "COCO mAP at every snapshot (rank 0); keep the best model."))
+    resume: bool = param(False, "bool", only="cli", help=(
+        "Continue the run in --out from its newest readable checkpoint; flags not given are "
+        "the run's own."))
+    # None: 0, or a resumed run's own seed; a pipeline records 0 (its resume is by cache key)
+    seed: int = param(None, "int?", check=at_least(0), pipeline=dict(type="int", default=0),
+                      help="Random seed [0; with --resume, the run's].")
+    device: str = device_param()
+    nproc: int = param(1, "int", only="cli", check=at_least(1), help=(
+        "Training processes: runs paddle.distributed.launch (one GPU each, or CPU processes "
+        "over gloo); logs in OUT/log/, only rank 0 writes files and progress."))
+
+    def __post_init__(self):
+        check(self)
+        if self.pretrained is not None and self.from_scratch:
+            raise ParamError("from_scratch", "with {pretrained}: they exclude each other",
+                             True, TrainParams, show_value=False)
 
 
 def _seed_all(seed):
@@ -92,11 +121,13 @@ def initial_weights(cfg, pretrained, from_scratch):
 def preflight(cfg, out, pretrained=None, from_scratch=False, resume=False):
     """The checks that need no Paddle: flags, epochs, dataset folders, checkpoints in OUT."""
     if pretrained is not None and from_scratch:
-        raise ConfigError("--pretrained and --from-scratch exclude each other")
+        raise ParamError("from_scratch", "with {pretrained}: they exclude each other", True,
+                         TrainParams, show_value=False)
     if not resume and initial_weights(cfg, pretrained, from_scratch)[0] is None \
             and not from_scratch:
-        raise ConfigError("--pretrained is required (converged dense weights; a path or URL) "
-                          "unless the config sets pretrain_weights or --from-scratch is given")
+        raise ParamError("pretrained", "is required (converged dense weights; a path or URL) "
+                         "unless the config sets pretrain_weights or {from_scratch} is given",
+                         owner=TrainParams)
     epochs = cfg.get("epoch")
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"{cfg.path}: epoch must be an integer >= 1, got {epochs!r}")
@@ -158,16 +189,15 @@ def check_world(run, out, world):
                           "(iterations per epoch and the GMP schedule depend on it)")
 
 
-def train(cfg, out, pretrained=None, from_scratch=False, resume=False, do_eval=False, seed=None,
-          device="auto"):
+def train(cfg, out, params=TrainParams()):
     """Train `cfg` into `out`; see the module docstring. Returns paths and final numbers.
-
-    `seed` None: the resumed run's, else 0. `device`: auto, cpu or gpu (picosparse.device).
-    """
+    (`params.nproc` is the CLI's: it starts the processes, each of which calls this.)"""
+    p = params
     # Optimizer accumulators are named from paddle's global name counters when first used;
     # a fresh scope makes them identical in the run and in its resumption.
     with paddle_env.stack().paddle.utils.unique_name.guard():
-        return _train(cfg, Path(out), pretrained, from_scratch, resume, do_eval, seed, device)
+        return _train(cfg, Path(out), p.pretrained, p.from_scratch, p.resume, p.eval, p.seed,
+                      p.device)
 
 
 def _train(cfg, out, pretrained, from_scratch, resume, do_eval, seed, device):
