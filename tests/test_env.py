@@ -20,7 +20,7 @@ def test_device_report_for_each_build():
 
 
 def test_env_json_on_this_machine(monkeypatch):
-    r = CliRunner().invoke(cli, ["env", "--json"])
+    r = CliRunner().invoke(cli, ["env", "--json", "-"])
     rep = json.loads(r.output)
     assert r.exit_code == (0 if rep["ok"] else 1)
     one = next(c for c in rep["checks"] if c["name"] == "one Paddle wheel")

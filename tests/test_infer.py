@@ -188,11 +188,11 @@ def test_eval_model_notes_another_input_size(pseudo_coco, tmp_path):
 
 def test_eval_argument_errors(ex, pseudo_coco, tmp_path):
     assert one_error(run("eval", "-c", DEMO_CFG, *pseudo_coco)) == (
-        "Error: eval: give --weights FILE (.pdparams) or --model DIR (an exported model), "
-        "one of the two")
+        "Error: --weights or --model: give one of the two (.pdparams weights, or an exported "
+        "model folder)")
     assert one_error(run("eval", "-c", DEMO_CFG, "--weights", h.weights("sparse"),
                          "--model", ex["raw"], *pseudo_coco)).startswith(
-        "Error: eval: give --weights FILE")
+        "Error: --weights or --model: give one of the two")
     assert one_error(run("eval", "-c", DEMO_CFG, "--model", tmp_path, *pseudo_coco)) == (
         f"Error: --model {tmp_path}: no model.pdmodel + model.pdiparams or model.xml (not an "
         "exported model; make one with `picosparse export`)")

@@ -424,6 +424,40 @@ def test_library_api(fakes, tmp_path):
     assert {s.action for s in res.steps} == {"run"}
 
 
+# ------------------------------------------------------------------ parameter errors name the key
+
+def test_bad_parameter_value_is_named_by_its_key_before_anything_runs(fakes, tmp_path):
+    """A literal value is checked by the step's parameter dataclass when the file loads:
+    --dry-run refuses it, naming the key as the pipeline writes it (not a CLI flag)."""
+    r = invoke("run", MINI, "--out", tmp_path / "run", "--dry-run",
+               "-o", "opt_sparse75.sparse_threshold=1.5")
+    assert r.exit_code == 2
+    assert error_line(r) == (f"Error: {MINI}: steps.opt_sparse75.sparse_threshold: must be in "
+                             "(0, 1] (got 1.5)")
+    # a combination the dataclass refuses, also at load time
+    r = invoke("run", MINI, "--out", tmp_path / "run", "--dry-run",
+               "-o", "opt_sparse75.fp16=true")
+    assert error_line(r) == (f"Error: {MINI}: steps.opt_sparse75.fp16: with sparse: Paddle-Lite's "
+                             "sparse_conv2d kernels are FP32/INT8 only (the seed: do not enable "
+                             "FP16 for sparse models); turn off fp16 or sparse")
+    r = invoke("run", MINI, "--out", tmp_path / "run", "-o", "data.size=32")
+    assert error_line(r) == f"Error: {MINI}: steps.data.size: must be in [64, 4096] (got 32)"
+    assert not fakes.ran() and not (tmp_path / "run").exists()
+
+
+def test_bad_parameter_value_from_another_step_is_named_by_its_key_when_it_runs(fakes, tmp_path):
+    """A value that comes from another step's outputs is checked when the step runs: the
+    runner names the key path, and the step is recorded failed."""
+    r = invoke("run", MINI, "--out", tmp_path / "run",
+               "-o", "opt_dense.sparse_threshold=${steps.dense.epochs}")  # the fake trains 2
+    assert r.exit_code == 2
+    assert error_line(r) == (f"Error: {MINI}: steps.opt_dense.sparse_threshold: must be in "
+                             "(0, 1] (got 2)")
+    step = manifest(tmp_path / "run")["steps"]["opt_dense"]
+    assert step["status"] == "failed" and "steps.opt_dense.sparse_threshold" in step["error"]
+    assert "opt_dense" in fakes.ran() and not (tmp_path / "run" / "opt_dense").exists()
+
+
 # ------------------------------------------------------------------ the real thing (slow)
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ M_75 = ROOT / "configs/prune/picodet_m_unstructured_prune_75.yml"
 
 def test_seed_policy_on_picodet_m():
     """105 1x1 convs (STACK.md): 4 head output convs + 6 SE convs skipped, 95 pruned."""
-    r = CliRunner().invoke(cli, ["layers", "-c", str(M_CFG), "--slim-config", str(M_75), "--json"])
+    r = CliRunner().invoke(cli, ["layers", "-c", str(M_CFG), "--slim-config", str(M_75),
+                                 "--json", "-"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
     conv1x1 = [x for x in rows if len(x["shape"]) == 4 and x["shape"][2:] == [1, 1]]

@@ -176,21 +176,21 @@ def test_quant_cli_errors_are_one_line(tmp_path, quantized, tiny_data):
     one_line_error(run("quant", "--model-dir", str(tmp_path / "none")),
                    f"--model-dir {tmp_path / 'none'}: folder does not exist")
     one_line_error(run("quant", "--model-dir", str(src), "--algo", "best"),
-                   "--algo best: expected one of KL, hist, avg, mse, emd, abs_max")
+                   "--algo best: must be one of KL, hist, avg, mse, emd, abs_max")
     one_line_error(run("quant", "--model-dir", str(src), "--calib-images", "0"),
-                   "--calib-images 0: must be an integer >= 1")
+                   "--calib-images 0: must be >= 1")
     one_line_error(run("quant", "--model-dir", str(src), "--calib-split", "test"),
-                   "--calib-split test: expected one of train, eval")
+                   "--calib-split test: must be one of train, eval")
     one_line_error(run("quant", "--model-dir", str(src), "--backend", "tflite"),
-                   "--backend tflite: expected one of paddle, openvino")
+                   "--backend tflite: must be one of paddle, openvino")
     one_line_error(run("quant", "--model-dir", str(src), "--backend", "openvino", "--lite"),
                    "--lite with --backend openvino: Paddle-Lite reads PaddleSlim's INT8 models "
                    "only (--backend paddle)")
     one_line_error(run("quant", "--model-dir", str(src), "--backend", "openvino",
                        *data_overrides(tiny_data)),
                    f"--model-dir {src}: exported with NMS; OpenVINO 2026.4's multiclass_nms "
-                   "crashed here on some inputs: export with --no-postprocess for --backend "
-                   "openvino")
+                   "crashed here on some inputs: export without it (--no-postprocess, "
+                   "postprocess: false) for the openvino backend")
     one_line_error(run("quant", "--model-dir", str(quantized[2]), *data_overrides(tiny_data)),
                    f"--model-dir {quantized[2]}: already quantized (it has quantize ops); give "
                    "the FP32 export")
@@ -209,7 +209,7 @@ def test_quant_cli_errors_are_one_line(tmp_path, quantized, tiny_data):
                    "calibration images need; `picosparse export` writes it)")
     w = str(h.weights("sparse"))
     one_line_error(run("qat", "-c", str(h.DEMO_CFG), "--weights", w, "--out",
-                       str(tmp_path / "q"), "--epochs", "0"), "--epochs 0: must be an integer >= 1")
+                       str(tmp_path / "q"), "--epochs", "0"), "--epochs 0: must be >= 1")
     one_line_error(run("qat", "-c", str(h.DEMO_CFG), "--weights", w, "--out",
                        str(tmp_path / "q"), "--lr", "-1"), "--lr -1.0: must be a positive number")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bare"]
@@ -257,12 +257,12 @@ def test_qat_freezes_batch_norm_statistics_only():
 def test_qat_keeps_masks_exact_and_writes_int8(tiny_data, tmp_path):
     from conftest import tiny_overrides
     from picosparse.steps.lite import optimize
-    from picosparse.steps.qat import qat
+    from picosparse.steps.qat import QatParams, qat
     src = h.weights("sparse")
     cfg = h.load_cfg(*tiny_overrides(tiny_data, epochs=1))
     # random weights: their batch-norm statistics do not fit this data, so they train too
-    res = qat(cfg, src, tmp_path / "qat", epochs=1, lr=0.001, input_size=160, max_iters=4,
-              train_bn=True)
+    res = qat(cfg, src, tmp_path / "qat",
+              QatParams(epochs=1, lr=0.001, input_size=160, train_bn=True), max_iters=4)
     out = res["model_dir"]
     assert res["iters"] == 4 and res["masked_weights"] == 97
     # masks by program weight name: the exported INT8 weights keep every zero
@@ -289,10 +289,11 @@ def test_qat_keeps_masks_exact_and_writes_int8(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_nncf_int8_ir_runs_in_bench(tiny_data, tmp_path):
     from picosparse.steps.bench import bench
-    from picosparse.steps.quant import quantize
+    from picosparse.steps.quant import QuantParams, quantize
     src = h.exported("dense", postprocess=False)
     cfg = h.load_cfg(f"TrainDataset.dataset_dir={tiny_data}")
-    res = quantize(cfg, src, tmp_path / "ov_int8", calib_images=4, backend="openvino")
+    res = quantize(cfg, src, tmp_path / "ov_int8",
+                   QuantParams(calib_images=4, backend="openvino"))
     out = res["model_dir"]
     assert sorted(p.name for p in out.iterdir()) == ["infer_cfg.yml", "model.bin", "model.xml",
                                                      "quant.json"]
@@ -324,9 +325,9 @@ def test_real_picodet_s_85_int8_files(tmp_path):
     from picosparse.config import load_detector
     from picosparse.steps.evaluate import evaluate_model
     from picosparse.steps.export import export
-    from picosparse.steps.lite import optimize
+    from picosparse.steps.lite import OptParams, optimize
     from picosparse.steps.prune import oneshot
-    from picosparse.steps.quant import quantize
+    from picosparse.steps.quant import QuantParams, quantize
     ov = [f"{k}.{v}" for k in ("TrainDataset", "EvalDataset") for v in (
         f"dataset_dir={COCO128}", "image_dir=train2017",
         "anno_path=annotations/instances_train2017.json")]
@@ -336,10 +337,11 @@ def test_real_picodet_s_85_int8_files(tmp_path):
     nbs = {}
     for name, w in (("dense", REAL_WEIGHTS), ("sparse", s85["weights"])):
         fp32 = export(cfg, w, tmp_path / name)["model_dir"]
-        int8 = quantize(cfg, fp32, calib_images=16)
+        int8 = quantize(cfg, fp32, params=QuantParams(calib_images=16))
         assert int8["zeros"]["int8_weights"] == 98  # every conv2d; depthwise stay FP32
         for prec, d in (("fp32", fp32), ("int8", int8["model_dir"])):
-            nbs[name, prec] = optimize(d, tmp_path / f"{name}_{prec}.nb", sparse=name == "sparse")
+            nbs[name, prec] = optimize(d, tmp_path / f"{name}_{prec}.nb",
+                                       OptParams(sparse=name == "sparse"))
     mb = {k: r["size_bytes"] / 1e6 for k, r in nbs.items()}
     assert mb["dense", "fp32"] == pytest.approx(4.36, rel=0.05)
     assert mb["sparse", "fp32"] == pytest.approx(2.14, rel=0.06)
@@ -360,7 +362,7 @@ def test_export_lite_int8_writes_the_verified_int8_nb(tiny_data, tmp_path):
     args = ["export", "-c", str(h.DEMO_CFG), "--weights", str(h.weights("sparse")), "--out",
             str(out), "--lite"]
     one_line_error(run(*args, "--int8", "--calib-images", "0"),
-                   "--calib-images 0: must be an integer >= 1")
+                   "--calib-images 0: must be >= 1")
     assert not out.exists()  # refused before exporting
     r = run(*args, "--int8", "--calib-images", "2", *data_overrides(tiny_data))
     assert r.exit_code == 0, (r.output, r.exception)

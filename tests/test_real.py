@@ -65,7 +65,7 @@ def test_short_real_training_with_sparsity_alone_ends_exactly_sparse(tmp_path):
     written = (out / "config.yml").read_text()
     assert "recipe: built-in default" in written and "structure: head_outputs" in written
     state = paddle.load(str(out / "model_final.pdparams"))
-    r = CliRunner().invoke(cli, ["layers", "-c", str(out / "config.yml"), "--json"])
+    r = CliRunner().invoke(cli, ["layers", "-c", str(out / "config.yml"), "--json", "-"])
     rows = json.loads(r.output)
     pruned = [x for x in rows if x["pruned"]]
     assert len(pruned) == 87  # PicoDet-S: 97 1x1 convs less the seed's 4 head + 6 SE
