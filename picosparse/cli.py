@@ -391,7 +391,7 @@ def export(config, overrides, weights, run_dir, out, lite, sparse, sparse_thresh
                f"{'with' if res['postprocess'] else 'without'} NMS, {res['conv1x1']} 1x1 convs"
                + (f" at {zf:.1%} zeros" if zf is not None else ""))
     if lite:
-        _echo_opt(_nb(res, sparse, sparse_threshold, int8=False))
+        _echo_opt(_nb(res, sparse, sparse_threshold, int8=False, say_auto=True))
     if int8:
         from picosparse.steps.quant import quantize
         q = quantize(cfg, res["model_dir"], params=quant_p)
@@ -402,15 +402,15 @@ def export(config, overrides, weights, run_dir, out, lite, sparse, sparse_thresh
         _echo_x86(x86.convert(res["model_dir"], x86_p), res["postprocess"])
 
 
-def _nb(res, sparse, sparse_threshold, int8):
-    """MODEL_DIR/model.nb of an export's or quant's result; sparse None: auto (said so)."""
+def _nb(res, sparse, sparse_threshold, int8, say_auto=False):
+    """MODEL_DIR/model.nb of an export's or quant's result; sparse None: auto."""
     from pathlib import Path
     from picosparse.steps.lite import auto_sparse, optimize
     if sparse is None:
         sparse = auto_sparse(res["model_dir"], sparse_threshold)
-        if not sparse:
-            progress.say(f"no 1x1 conv has >= {sparse_threshold:.0%} zeros: writing a dense "
-                         ".nb (pass --sparse to insist)")
+        if not sparse and say_auto:
+            click.echo(f"no 1x1 conv has >= {sparse_threshold:.0%} zeros: writing a dense "
+                       ".nb (pass --sparse to insist)")
     return optimize(res["model_dir"], Path(res["model_dir"]) / "model.nb",
                     OptParams(sparse=sparse, sparse_threshold=sparse_threshold), int8=int8)
 

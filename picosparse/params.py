@@ -19,6 +19,7 @@ A ParamError names the field; the CLI shows it as the flag, the pipeline as the 
 """
 
 import dataclasses
+import os
 
 from picosparse.errors import ParamError
 
@@ -122,7 +123,7 @@ def reason_for(spec, v):
     types = _TYPES.get(t)
     if types is not None:
         if t in ("path", "config", "source"):
-            types = types + (_PathLike,)
+            types = types + (os.PathLike,)
         if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
             return f"must be {_NAMES.get(t, t)}"
     if spec.choices and v not in spec.choices:
@@ -134,16 +135,6 @@ def reason_for(spec, v):
 
 _NAMES = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
           "path": "a path", "config": "a config path", "source": "a path or URL"}
-
-
-class _PathLikeMeta(type):
-    def __instancecheck__(cls, obj):
-        import os
-        return isinstance(obj, os.PathLike)
-
-
-class _PathLike(metaclass=_PathLikeMeta):
-    pass
 
 
 def between(lo, hi, low=True, high=True):

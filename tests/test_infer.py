@@ -71,7 +71,8 @@ def test_infer_folder_draws_boxes_and_writes_json(ex, photos, tmp_path):
         x1, y1, x2, y2 = (int(round(min(max(v, 0), 159))) for v in best["box"])
         edge = drawn[y2, x1 + 2:x2 - 1] if y2 < 159 else drawn[y1 + 2:y2 - 1, x1]
         assert len(edge) > 5
-        assert (np.abs(edge.astype(int) - colour(best["class_id"])).max(axis=1) <= 40).all()
+        if im["output"].endswith(".png"):  # JPEG's compression smears 1-pixel lines
+            assert (np.abs(edge.astype(int) - colour(best["class_id"])).max(axis=1) <= 40).all()
         assert (drawn != orig).any(axis=2).mean() > 0.02
     # the table names every image and the labels of what was found
     for name in ("noise100.png", "noise101.png", "q.jpg", "score >= 0.2"):
