@@ -765,10 +765,10 @@ def test_whole_picodet_matches_dense(tmp_path):
     """Demo PicoDet, random init, 80% of each 1x1 weight zeroed: x86-sparse == dense OpenVINO."""
     import openvino as ov
     from picosparse.sparsity.random_model import export_random_picodet
-    from picosparse.steps.x86_sparse import Options, convert
+    from picosparse.steps.x86_sparse import X86SparseParams, convert
     from picosparse.x86.runtime import load_model
     src = export_random_picodet("configs/demo/picodet_demo.yml", tmp_path / "dense", 160, 0.8)
-    info = convert(src, Options(), out=tmp_path / "x86")  # nchw_ops=True
+    info = convert(src, X86SparseParams(), out=tmp_path / "x86")  # nchw_ops=True
     assert info["replaced"] == info["conv_1x1_total"] > 50
     assert info["sparse_weight_bytes"] < info["dense_1x1_weight_bytes"] / 2
     assert info["depthwise"] > 30  # every ESNet/CSPPAN/head depthwise conv
@@ -784,7 +784,7 @@ def test_whole_picodet_matches_dense(tmp_path):
     assert sum(1 for l in meta["layers"] if l.get("fused_into")) == 2 * len(blocks)
     xml = (tmp_path / "x86" / "model.xml").read_text()
     assert 'type="ReduceMean"' not in xml
-    ov_dw = convert(src, Options(nchw_ops=False), out=tmp_path / "x86_ovdw")
+    ov_dw = convert(src, X86SparseParams(nchw_ops=False), out=tmp_path / "x86_ovdw")
     assert ov_dw["depthwise"] == ov_dw["dense_kxk"] == 0
     core = ov.Core()
     dense = core.compile_model(core.read_model(str(src / "model.pdmodel")), "CPU",
