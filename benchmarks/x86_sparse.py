@@ -1,228 +1,242 @@
-"""x86-sparse PicoDet vs dense OpenVINO on this machine, in one run.
+"""The fastest PicoDet on this x86 CPU at any precision: `picosparse bench` on models made by
+picosparse's own commands, dense OpenVINO FP32 / BF16 / INT8 (NNCF) against x86-sparse FP32.
 
-    .venv/bin/python benchmarks/x86_sparse.py                      # PicoDet-m 320, 75% + 85%
-    .venv/bin/python benchmarks/x86_sparse.py --per-layer --json out.json
+    .venv/bin/python benchmarks/x86_sparse.py                        # m, s, lcnet; 75% + 85%
+    .venv/bin/python benchmarks/x86_sparse.py --cases m --threads 1 --json out.json
+    PICOSPARSE_ISA=avx2 .venv/bin/python benchmarks/x86_sparse.py    # the AVX2 kernels
 
-Models: random-init PicoDet (configs/picodet/picodet_m_320_coco.yml), BN statistics randomised,
-every 1x1 conv weight pruned to S by the trainer's magnitude rule (S = 0.75, 0.85;
-picosparse/sparsity/random_model.py), exported with a fixed input size. For each sparsity and
-thread count the same exported model runs as
-  dense-f32   OpenVINO reading model.pdmodel, INFERENCE_PRECISION_HINT=f32
-  dense-bf16  the same with bf16 (OpenVINO's default on AMX CPUs), shown for honesty
-  x86-sparse  `picosparse.steps.x86_sparse.convert` (= `export --x86-sparse`), FP32
-through the runners `picosparse bench` uses (deploy/runtimes.py). Timing is deploy/timing.py's,
-as in `picosparse bench`: interleaved rounds (each round: every config, `--iters` timed
-inferences after one warm-up; a round's value is their median), only the inference timed
-(input set once, outputs read as views). "speedup" is the median over rounds of the per-round
-ratio dense / x86-sparse (the two ran back to back, at one machine speed); "best" the ratio of
-the fastest rounds (what an otherwise idle machine shows); "rounds p25-p75" the spread of the
-per-round ratios. On a shared 2-vCPU VM the speed of the machine itself drifted by up to 1.7x
-within minutes while we measured, and memory-bound code (ours: NCHW, a pass per op) suffers
-more from that than OpenVINO's compute-bound dense convs: read all three.
+Per case (a detector config at its input size):
+  weights     random init (BN statistics randomised), or the real COCO PicoDet-S weights of
+              ../shared/real when present (case `s`)
+  dense       picosparse export --no-postprocess --input-size S
+  dense_int8  picosparse quant --backend openvino (NNCF post-training INT8, 32 images)
+  sparseNN    picosparse prune --sparsity 0.NN (the built-in recipe, i.e. the tutorial's:
+              head prediction convs and each stage's last SE convs kept dense), then
+              picosparse export --no-postprocess --x86-sparse
+and one `picosparse bench --runtime openvino` times, interleaved in one run,
+  dense, dense@bf16 (where the CPU has BF16), dense_int8, sparseNN/x86_sparse.
+Speed-ups are bench's: the median over rounds of the per-round ratio (both ran back to back),
+with the p25-p75 of those ratios as the spread. "vs best dense" pairs each sparse model with the
+fastest dense variant of the same run. With --map (and ../shared/real), `picosparse eval
+--model` scores every artifact on the 128 real COCO images.
+Outputs are cached under --work (delete it to rebuild); timing always runs.
 """
 
 import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from picosparse.sparsity import SPARSE_THRESHOLD  # noqa: E402
-
-# the seed's ARM ratios: minimum speed-up over dense FP32 at 1 thread
-TARGETS = {0.75: 1.6, 0.85: 2.0}
-
-
-def prepare(work, cfg, size, sparsity, threshold, log, ov_layout=False):
-    from picosparse.sparsity.random_model import export_random_picodet
-    from picosparse.steps.x86_sparse import Options, convert
-    tag = f"{Path(cfg).stem}_{size}_s{int(round(sparsity * 100))}"
-    dense = work / tag
-    if not (dense / "model.pdmodel").is_file():
-        log(f"exporting {tag} (random init, {sparsity:.0%} of each 1x1 weight zeroed) ...")
-        export_random_picodet(cfg, dense, size, sparsity)
-    sparse = work / f"{tag}_x86"
-    spelled = {"sparse_threshold": "--threshold"}
-    info = convert(dense, Options(threshold, spelled=spelled), out=sparse)
-    if ov_layout:  # variant: OpenVINO's own depthwise convs etc. (+ layout reorders)
-        convert(dense, Options(threshold, nchw_ops=False, spelled=spelled),
-                out=work / f"{tag}_x86_ovdw")
-    return dense, sparse, info
+REAL = ROOT.parent / "shared" / "real"
+CASES = {
+    "m": ("PicoDet-m 320", "configs/picodet/picodet_m_320_coco.yml", 320, None),
+    "s": ("PicoDet-S 320", "configs/picodet/picodet_s_320_coco.yml", 320,
+          REAL / "picodet_s_320_coco_bnfolded.pdparams"),
+    "lcnet": ("PicoDet-S LCNet v2 320", "configs/picodet/picodet_s_320_coco_lcnet.yml", 320,
+              None),
+}
+# the seed's ARM ratios at 75% / 85%: goal vs dense FP32; and vs the best dense variant
+TARGET_F32 = {0.75: 1.6, 0.85: 2.0}
+TARGET_BEST = {0.75: 1.3, 0.85: 1.6}
 
 
-def bf16_supported():
-    import openvino as ov
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "BF16" in caps
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
 
 
-def time_interleaved(runners, x, rounds, iters):
-    """Median over rounds of the per-round median of `iters` timed inferences, in ms:
-    ({name: wall}, {name: process CPU}, wall samples per round); deploy/timing.py's rounds.
-    CPU time (per-inference mean of the round) is reported beside wall time because other
-    processes on a small machine inflate wall time (not CPU time) of whoever gets preempted.
-    Python's copies of the image and the outputs (~0.3 ms here) are not timed."""
-    from picosparse.deploy.timing import time_rounds
-    for r in runners.values():
-        r.feed({"image": x})
-    got = time_rounds({k: r.run for k, r in runners.items()}, rounds, iters, rewarm=True)
-    med = lambda d: {k: float(np.median(v)) for k, v in d.items()}  # noqa: E731
-    return med(got.wall), med(got.cpu), got.wall
+def cli(*args, env=None):
+    """`picosparse ARGS` as a user runs it; its stdout, or exit with its error."""
+    cmd = [sys.executable, "-m", "picosparse", "-q", *map(str, args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, **(env or {})})
+    if p.returncode:
+        sys.exit(f"failed ({p.returncode}): picosparse {' '.join(map(str, args))}\n"
+                 f"{p.stderr[-2000:]}")
+    return p.stdout
 
 
-def max_rel_diff(a, b):
-    return max(float(np.abs(u - v).max()) / max(float(np.abs(v).max()), 1e-12)
-               for u, v in zip(a, b))
+def dataset_overrides(work):
+    """Calibration/eval images: the real COCO images when present, else generated shapes."""
+    if (REAL / "coco128_train").is_dir():
+        d, img, ann = REAL / "coco128_train", "train2017", "annotations/instances_train2017.json"
+        return [f"{split}.{k}={v}" for split in ("TrainDataset", "EvalDataset")
+                for k, v in (("dataset_dir", d), ("image_dir", img), ("anno_path", ann))]
+    shapes = work / "shapes"
+    if not (shapes / "train.json").is_file():
+        cli("data", "synth", "--out", shapes, "--num-train", 64, "--num-val", 16)
+    return [f"TrainDataset.dataset_dir={shapes}", "TrainDataset.image_dir=train",
+            "TrainDataset.anno_path=train.json", f"EvalDataset.dataset_dir={shapes}",
+            "EvalDataset.image_dir=val", "EvalDataset.anno_path=val.json"]
+
+
+def prepare(work, key, sparsities, int8, overrides):
+    """Build the case's artifacts (cached); -> {variant: path}, in bench order."""
+    from picosparse.sparsity.random_model import save_random_weights
+    title, cfg, size, real = CASES[key]
+    case = work / key
+    case.mkdir(parents=True, exist_ok=True)
+    weights = real if real is not None and real.is_file() else case / "random.pdparams"
+    if weights == case / "random.pdparams" and not weights.is_file():
+        log(f"{title}: random-init weights")
+        save_random_weights(ROOT / cfg, weights)
+    o = [x for ov in overrides for x in ("-o", ov)]
+    arts = {"dense": case / "dense"}
+    if not (arts["dense"] / "model.pdmodel").is_file():
+        log(f"{title}: dense export")
+        cli("export", "-c", cfg, *o, "--weights", weights, "--no-postprocess",
+            "--input-size", size, "--out", arts["dense"])
+    if int8:
+        arts["dense_int8"] = case / "dense_int8"
+        if not (arts["dense_int8"] / "model.xml").is_file():
+            log(f"{title}: NNCF INT8 of the dense export")
+            cli("quant", "--model-dir", arts["dense"], "-c", cfg, *o, "--backend", "openvino",
+                "--out", arts["dense_int8"])
+    for s in sparsities:
+        name = f"sparse{round(s * 100)}"
+        pruned, out = case / f"{name}.pdparams", case / name
+        if not pruned.is_file():
+            log(f"{title}: prune to {s:.0%} (built-in recipe)")
+            cli("prune", "-c", cfg, *o, "--weights", weights, "--sparsity", s, "--out", pruned)
+        if not (out / "x86_sparse" / "model.xml").is_file():
+            log(f"{title}: export {name} --x86-sparse")
+            cli("export", "-c", cfg, *o, "--weights", pruned, "--no-postprocess",
+                "--input-size", size, "--x86-sparse", "--out", out)
+        arts[name] = out / "x86_sparse"
+    return arts
+
+
+def bench_case(arts, bf16, threads, repeats, warmup, isa):
+    models = [arts["dense"]] + ([f"{arts['dense']}@bf16"] if bf16 else []) + \
+        [p for k, p in arts.items() if k != "dense"]
+    args = ["bench", "--runtime", "openvino", "--threads", ",".join(map(str, threads)),
+            "--repeats", repeats, "--warmup", warmup, "--json", "-"]
+    for m in models:
+        args += ["--model", m]
+    return json.loads(cli(*args, env={"PICOSPARSE_ISA": isa} if isa else None))
+
+
+def variant(name):
+    """bench's row name -> the variant: dense, dense@bf16, dense_int8, sparse75, ..."""
+    return name.split("/")[0] if name.endswith("/x86_sparse") else name
+
+
+def rows_of(key, res, sparsities):
+    from picosparse.deploy.timing import paired_speedup
+    by = {variant(m["name"]): m for m in res["models"]}
+    out = []
+    for t in map(str, res["threads"]):
+        dense = {k: m for k, m in by.items() if not k.startswith("sparse")}
+        best = min(dense, key=lambda k: dense[k]["latency_ms"][t]["median"])
+        row = {"case": key, "model": CASES[key][0], "threads": int(t), "best_dense": best,
+               "ms": {k: round(m["latency_ms"][t]["median"], 3) for k, m in by.items()},
+               "precision": {k: m["precision"] for k, m in by.items()},
+               "vs_f32": {k: round(m["speedup_ratio"][t], 3) for k, m in by.items()},
+               "vs_best": {}, "spread_vs_f32": {}, "targets": {}}
+        for s in sparsities:
+            k = f"sparse{round(s * 100)}"
+            if k not in by:
+                continue
+            vb = paired_speedup(by[best]["samples_ms"][t], by[k]["samples_ms"][t])
+            vf = paired_speedup(by["dense"]["samples_ms"][t], by[k]["samples_ms"][t])
+            row["vs_best"][k] = round(vb["median"], 3)
+            row["spread_vs_f32"][k] = [round(vf["p25"], 3), round(vf["p75"], 3)]
+            if s in TARGET_F32:
+                row["targets"][k] = {
+                    "f32": TARGET_F32[s], "best": TARGET_BEST[s],
+                    "f32_met": vf["median"] >= TARGET_F32[s],
+                    "best_met": vb["median"] >= TARGET_BEST[s]}
+        out.append(row)
+    return out
+
+
+def map_of(arts, key, overrides):
+    cfg = CASES[key][1]
+    o = [x for ov in overrides for x in ("-o", ov)]
+    got = {}
+    for k, p in arts.items():
+        log(f"mAP of {k}")
+        got[k] = json.loads(cli("eval", "-c", cfg, *o, "--model", p, "--json", "-"))["mAP"]
+    return got
+
+
+def markdown(rows, maps):
+    cols = ["dense", "dense@bf16", "dense_int8"]
+    sparse = sorted({k for r in rows for k in r["ms"] if k.startswith("sparse")})
+    head = ["model", "thr"] + [f"{c} ms" for c in cols] + \
+        [f"{k} x86-sparse FP32 ms (vs FP32, vs best dense)" for k in sparse]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], str(r["threads"])]
+        for c in cols:
+            ms = r["ms"].get(c)
+            cells.append("-" if ms is None else f"{ms:.2f}" + (
+                "" if c == "dense" else f" ({r['vs_f32'][c]:.2f}x)"))
+        for k in sparse:
+            if k not in r["ms"]:
+                cells.append("-")
+                continue
+            lo, hi = r["spread_vs_f32"][k]
+            cells.append(f"{r['ms'][k]:.2f} (**{r['vs_f32'][k]:.2f}x**, {lo:.2f}-{hi:.2f}; "
+                         f"**{r['vs_best'][k]:.2f}x** vs {r['best_dense']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    for key, m in maps.items():
+        lines.append("")
+        lines.append(f"mAP on the 128 real COCO images, {CASES[key][0]}: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in m.items()))
+    return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(ROOT / "configs/picodet/picodet_m_320_coco.yml"))
-    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--cases", default="m,s,lcnet", help=f"of {', '.join(CASES)}")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.75, 0.85])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--threshold", type=float, default=SPARSE_THRESHOLD)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--iters", type=int, default=7)
-    ap.add_argument("--work", default=str(ROOT / "runs" / "bench_x86_sparse"))
-    ap.add_argument("--per-layer", action="store_true")
-    ap.add_argument("--json", help="write the results here as JSON")
-    ap.add_argument("--no-bf16", action="store_true")
-    ap.add_argument("--nchw-ops-off", action="store_true",
-                    help="also time x86-sparse exported with --nchw-ops off (OpenVINO runs the "
-                         "depthwise convs, stem and upsampling, with layout reorders)")
+    ap.add_argument("--repeats", type=int, default=40, help="rounds per bench run")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "bench_x86"))
+    ap.add_argument("--no-int8", action="store_true", help="skip the NNCF INT8 baseline")
+    ap.add_argument("--map", action="store_true", help="also mAP of every artifact "
+                    "(needs ../shared/real for a meaningful number)")
+    ap.add_argument("--json", help="write rows (and raw bench results) here")
+    ap.add_argument("--prepare-only", action="store_true", help="build the artifacts, no timing")
     args = ap.parse_args(argv)
+    keys = [k.strip() for k in args.cases.split(",") if k.strip()]
+    bad = [k for k in keys if k not in CASES]
+    if bad:
+        ap.error(f"--cases: unknown {', '.join(bad)} (known: {', '.join(CASES)})")
 
-    import openvino as ov
-    from picosparse.deploy.runtimes import OpenVINORunner, X86SparseRunner
-    from picosparse.deploy.timing import paired_speedup
-    from picosparse.x86.kernel import selected_isa
-    from picosparse.x86.perlayer import layer_shape, per_layer
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
+    from picosparse.envcheck import cpu_features
+    feats = cpu_features()
+    isa = os.environ.get("PICOSPARSE_ISA")
+    bf16 = bool(feats.get("avx512_bf16") or feats.get("amx_bf16")) and isa != "avx2"
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
-    use_bf16 = not args.no_bf16 and bf16_supported()
-    models = {s: prepare(work, args.config, args.size, s, args.threshold, log, args.nchw_ops_off)
-              for s in args.sparsity}
-
-    runners = {}
-    for s, (dense_dir, sparse_dir, _) in models.items():
-        for t in args.threads:
-            runners[(s, t, "dense-f32")] = OpenVINORunner(dense_dir, t, "f32")
-            if use_bf16:
-                runners[(s, t, "dense-bf16")] = OpenVINORunner(dense_dir, t, "bf16")
-            runners[(s, t, "x86-sparse")] = X86SparseRunner(sparse_dir, t)
-            if args.nchw_ops_off:
-                runners[(s, t, "x86-sparse-ovdw")] = X86SparseRunner(
-                    sparse_dir.with_name(sparse_dir.name + "_ovdw"), t)
-
-    # outputs must agree before any timing means anything
-    agree = {}
-    for s in models:
-        t = args.threads[0]
-        got = {}
-        for k in ("dense-f32", "x86-sparse"):
-            runners[(s, t, k)].feed({"image": x})
-            runners[(s, t, k)].run()
-            got[k] = runners[(s, t, k)].outputs()
-        agree[s] = max_rel_diff(got["x86-sparse"], got["dense-f32"])
-
-    load_before = os.getloadavg()
-    log(f"timing {len(runners)} configs x {args.rounds} rounds x {args.iters} iters ...")
-    med, cpu, samples = time_interleaved(runners, x, args.rounds, args.iters)
-    best = {k: float(np.min(v)) for k, v in samples.items()}
-    load_after = os.getloadavg()
-
-    rows = []
-    for s, (_, _, info) in models.items():
-        for t in args.threads:
-            d, sp = med[(s, t, "dense-f32")], med[(s, t, "x86-sparse")]
-            # paired: dense and sparse of one round ran back to back, so their ratio is
-            # measured at one machine speed even when that speed drifts between rounds
-            paired = paired_speedup(samples[(s, t, "dense-f32")], samples[(s, t, "x86-sparse")])
-            row = {"sparsity": s, "threads": t, "dense_f32_ms": round(d, 3),
-                   "dense_bf16_ms": round(med[(s, t, "dense-bf16")], 3) if use_bf16 else None,
-                   "x86_sparse_ms": round(sp, 3),
-                   "speedup_vs_f32": round(paired["median"], 3),
-                   "ratio_of_medians": round(d / sp, 3),
-                   "cpu_dense_f32_ms": round(cpu[(s, t, "dense-f32")], 3),
-                   "cpu_x86_sparse_ms": round(cpu[(s, t, "x86-sparse")], 3),
-                   "cpu_speedup_vs_f32": round(cpu[(s, t, "dense-f32")]
-                                               / cpu[(s, t, "x86-sparse")], 3),
-                   "best_dense_f32_ms": round(best[(s, t, "dense-f32")], 3),
-                   "best_x86_sparse_ms": round(best[(s, t, "x86-sparse")], 3),
-                   "best_speedup_vs_f32": round(best[(s, t, "dense-f32")]
-                                                / best[(s, t, "x86-sparse")], 3),
-                   "round_speedup_p25_p75": [round(paired["p25"], 3),
-                                             round(paired["p75"], 3)],
-                   "target": TARGETS.get(s) if t == 1 else None,
-                   "replaced_1x1": info["replaced"], "depthwise_ops": info["depthwise"],
-                   "dense_kxk_ops": info.get("dense_kxk", 0),
-                   "upsample_ops": info.get("upsample", 0),
-                   "max_rel_diff": agree[s]}
-            row["target_met"] = (None if row["target"] is None
-                                 else row["speedup_vs_f32"] >= row["target"])
-            if args.nchw_ops_off:
-                row["x86_sparse_ovdw_ms"] = round(med[(s, t, "x86-sparse-ovdw")], 3)
-            rows.append(row)
-
-    print(f"\nPicoDet {Path(args.config).stem} @ {args.size}, random init, FP32 unless noted; "
-          f"{platform.processor() or platform.machine()}, kernel path {selected_isa()}, "
-          f"OpenVINO {ov.__version__.split('-')[0]}; load average {load_before[0]:.2f} -> "
-          f"{load_after[0]:.2f}")
-    hdr = (f"{'sparsity':>8} {'thr':>3} {'dense f32 ms':>12} {'dense bf16 ms':>13} "
-           f"{'x86-sparse ms':>13} {'speedup':>8} {'best':>6} {'rounds p25-p75':>15} "
-           f"{'target':>7} {'max rel diff':>12}")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        bf = f"{r['dense_bf16_ms']:.2f}" if r["dense_bf16_ms"] is not None else "n/a"
-        tgt = f">={r['target']}x" if r["target"] else ""
-        q = r["round_speedup_p25_p75"]
-        print(f"{r['sparsity']:>8.0%} {r['threads']:>3} {r['dense_f32_ms']:>12.2f} {bf:>13} "
-              f"{r['x86_sparse_ms']:>13.2f} {r['speedup_vs_f32']:>7.2f}x "
-              f"{r['best_speedup_vs_f32']:>5.2f}x {q[0]:>7.2f}-{q[1]:.2f}x {tgt:>7} "
-              f"{r['max_rel_diff']:>12.1e}"
-              + (f"   (--nchw-ops off variant {r['x86_sparse_ovdw_ms']:.2f} ms)"
-                 if "x86_sparse_ovdw_ms" in r else ""))
-
-    result = {"rows": rows, "config": args.config, "size": args.size,
-              "rounds": args.rounds, "iters": args.iters, "isa": selected_isa(),
-              "openvino": ov.__version__, "loadavg_before": load_before,
-              "loadavg_after": load_after,
-              "samples_ms": {f"{s}|{t}|{k}": v for (s, t, k), v in samples.items()}}
-
-    if args.per_layer:
-        result["per_layer"] = {}
-        for s, (dense_dir, sparse_dir, _) in models.items():
-            # the same implementation as `picosparse bench --per-layer`
-            layers, summary = per_layer(dense_dir, sparse_dir, {0: x})
-            result["per_layer"][str(s)] = {"summary": summary, "layers": layers}
-            print(f"\nper layer, {s:.0%} sparse, 1 thread (OpenVINO PERF_COUNT medians, ms):")
-            print("  " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()
-                                   if isinstance(v, float)))
-            print(f"  {'kind':9} {'shape':>20} {'zeros':>6} {'dense':>7} {'ours':>7} {'x':>6}"
-                  f" {'ideal':>6}")
-            nan = float("nan")
-            for l in layers:
-                d, sp = l["dense_ms"], l["sparse_ms"]
-                print(f"  {l['kind']:9} {layer_shape(l):>20} {l.get('zero_fraction', 0):>6.2f} "
-                      f"{nan if d is None else d:>7.3f} {nan if sp is None else sp:>7.3f} "
-                      f"{l['speedup'] or nan:>6.2f} {l.get('ideal_speedup') or nan:>6.2f}")
-
-    print("\n" + json.dumps({"rows": rows}, indent=1))
+    overrides = dataset_overrides(work)
+    rows, raw, maps = [], {}, {}
+    for key in keys:
+        arts = prepare(work, key, args.sparsity, not args.no_int8, overrides)
+        if args.prepare_only:
+            continue
+        log(f"{CASES[key][0]}: picosparse bench ({len(arts) + bf16} models, threads "
+            f"{args.threads}, {args.repeats} rounds)")
+        raw[key] = bench_case(arts, bf16, args.threads, args.repeats, args.warmup, isa)
+        rows += rows_of(key, raw[key], args.sparsity)
+        if args.map:
+            maps[key] = map_of(arts, key, overrides)
+    cpu = feats.get("model") or platform.processor() or platform.machine()
+    print(f"\n{cpu}; {os.cpu_count()} logical CPUs; kernel path "
+          f"{isa or 'auto'}; OpenVINO rows as `picosparse bench` ran them; load average "
+          f"{os.getloadavg()[0]:.2f}\n")
+    print(markdown(rows, maps))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
+        Path(args.json).write_text(json.dumps({"cpu": cpu, "isa": isa, "rows": rows,
+                                               "maps": maps, "bench": raw}, indent=1) + "\n")
     return 0
 
 

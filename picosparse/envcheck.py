@@ -9,17 +9,22 @@ from picosparse.errors import StackError
 
 
 def cpu_features():
-    flags = set()
+    """The CPU's name and the vector extensions the kernels and OpenVINO care about."""
+    flags, model = set(), None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
+                if line.startswith("model name") and model is None:
+                    model = line.split(":", 1)[1].strip()
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
                     break
     except OSError:
         pass
-    return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+    return {"model": model or platform.processor() or platform.machine(),
+            "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
             "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
             "fma": "fma" in flags}
 
 

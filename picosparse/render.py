@@ -18,8 +18,8 @@ def env_table(rep):
         if v or k not in ("paddlepaddle", "paddlepaddle-gpu"):  # one of the two is enough
             t.add_row(k, str(v) if v else "[red]missing[/]")
     feats = rep["cpu"]["features"]
-    t.add_row("cpu", rep["cpu"]["machine"] + "  " +
-              " ".join(k for k, on in feats.items() if on))
+    t.add_row("cpu", f"{feats.get('model') or rep['cpu']['machine']}  " +
+              " ".join(k for k, on in feats.items() if on is True))
     dev = rep.get("device")
     if dev:
         t.add_row("paddle build", f"{dev['paddle_build']}, {dev['gpus']} GPU(s) visible")

@@ -88,6 +88,36 @@ def test_openvino_bf16_reports_what_ran():
     assert res["precision"] == ("bf16" if cpu_features()["avx512_bf16"] else "fp32")
 
 
+def test_one_run_times_a_model_at_two_precisions():
+    """`DIR@bf16` times the same export at another OpenVINO precision in the same interleaved
+    run, so "best dense at any precision" is one table."""
+    from picosparse.envcheck import cpu_features
+    d = h.exported("dense", postprocess=False)
+    res = bench([d, f"{d}@bf16"], runtime="openvino", **FAST)
+    f32, bf16 = res["models"]
+    assert f32["name"] == "dense_raw" and bf16["name"] == "dense_raw@bf16"
+    assert f32["precision"] == "fp32"
+    has_bf16 = cpu_features()["avx512_bf16"] or cpu_features().get("amx_bf16")
+    assert bf16["precision"] == ("bf16" if has_bf16 else "fp32")
+    assert any("@PRECISION per model" in n for n in res["notes"])
+    if not has_bf16:
+        assert any("asked bf16, OpenVINO ran fp32" in n for n in res["notes"])
+    assert set(bf16["speedup_ratio"]) == {"1"} and bf16["speedup_ratio"]["1"] > 0
+
+
+def test_per_model_precision_errors(tmp_path):
+    d = h.exported("dense", postprocess=False)
+    with pytest.raises(ConfigError, match=r"@f16: unknown precision @f16 \(expected @f32 or @bf16"):
+        bench([f"{d}@f16"], runtime="openvino", **FAST)
+    with pytest.raises(ConfigError, match="@bf16: only --runtime openvino"):
+        bench([f"{d}@bf16"], runtime="paddle", **FAST)
+    # a folder whose name holds an @ is a folder
+    odd = tmp_path / "v@bf16"
+    odd.mkdir()
+    with pytest.raises(DataError, match=r"v@bf16: .*no model.pdmodel"):
+        bench([odd], runtime="openvino", **FAST)
+
+
 def test_runtime_crash_is_one_clean_error(tmp_path, monkeypatch):
     """The timing runs in a child process; a runtime that dies there becomes one line."""
     fake = tmp_path / "python"

@@ -73,6 +73,21 @@ def test_speedups_reproduce_the_seed_table():
     assert set(rep["machine"]) >= {"platform", "machine", "cpu", "cpus", "python"}
 
 
+def test_paired_ratios_from_bench_when_it_timed_against_the_same_baseline():
+    """bench's speed-up is the median of per-round paired ratios, not the ratio of medians;
+    the report shows bench's number when both use the same baseline."""
+    variants, bench = seed_inputs()
+    bench["models"]["sparse75"]["speedup_ratio"] = {"1": 1.7, "4": 1.3}
+    bench["models"]["dense"]["speedup_ratio"] = {"1": 1.0, "4": 1.0}
+    v = {x["name"]: x for x in R.make_report(variants, bench, baseline="dense")["variants"]}
+    assert v["sparse75"]["speedup_ratio"] == {"1": 1.7, "4": 1.3}
+    assert v["sparse75"]["speedup_fps_gain"]["1"] == pytest.approx(0.7)
+    assert v["sparse85"]["speedup_ratio"]["1"] == pytest.approx(127 / 65)  # bench gave none
+    # another baseline than bench's: ratios of this report's medians
+    v = {x["name"]: x for x in R.make_report(variants, bench, baseline="sparse85")["variants"]}
+    assert v["sparse75"]["speedup_ratio"]["1"] == pytest.approx(65 / 80)
+
+
 def test_baseline_need_not_come_first():
     variants, bench = seed_inputs()
     variants = {"sparse75": variants["sparse75"], "dense": variants["dense"]}

@@ -170,7 +170,7 @@ def test_bench_dense_vs_x86_sparse_with_per_layer(exported_run, tmp_path):
         assert sp["speedup_fps_gain"][t] == pytest.approx(statistics.median(rounds) - 1)
     # the "no sparse kernels" note names the dense model only; the x86 one gets its own
     kernels = [n for n in res["notes"] if "no sparse kernels" in n]
-    assert len(kernels) == 1 and "run runs sparse weights" in kernels[0]
+    assert len(kernels) == 1 and "run runs pruned weights" in kernels[0]
     assert "run/x86_sparse" not in kernels[0]
     assert any(n.startswith("run/x86_sparse: x86-sparse export, 97 of 97 1x1 convs")
                for n in res["notes"])

@@ -2,7 +2,8 @@
 spec)` from steps/bench.py. A crash of a runtime kills only that process; the parent reports it.
 
 spec: runtime, paths [model dir or .nb], names, inputs (an .npz of "<i>/<name>" arrays),
-threads, precision, warmup, repeats, kinds ["dense" | "x86-sparse" per path], per_layer
+threads, precision (one hint per path, or one for all), warmup, repeats, kinds ["dense" |
+"x86-sparse" | "openvino-ir" per path], per_layer
 {"<i>": dense model.pdmodel of the x86-sparse model i}. Timing: deploy/timing.py, one run per
 model per round (repeats rounds).
 """
@@ -20,11 +21,13 @@ def time_models(runtime, paths, names, inputs, threads, precision, warmup, repea
     data = np.load(inputs)
     runners, feeds = [], []
     kinds = kinds or ["dense"] * len(paths)
+    if isinstance(precision, str):
+        precision = [precision] * len(paths)
     for i, path in enumerate(paths):
         feed = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
         cls = {"x86-sparse": X86SparseRunner, "openvino-ir": OpenVINOIRRunner}.get(
             kinds[i], RUNNERS[runtime])
-        r = cls(path, threads, precision)
+        r = cls(path, threads, precision[i])
         check_inputs(r, feed, names[i])
         r.feed(feed)
         runners.append(r)

@@ -50,6 +50,29 @@ def randomize_bn_(model, seed=0):
                 layer.bias.set_value(paddle.to_tensor(rng.normal(0, 0.1, c).astype("float32")))
 
 
+def save_random_weights(cfg_path, out, seed=0):
+    """Random-init weights of `cfg_path`'s model, BN statistics randomised, saved as .pdparams
+    (in a child process, like the export): for the commands that take --weights."""
+    try:
+        subproc.call_python("picosparse.sparsity.random_model:save_in_process",
+                            dict(cfg_path=str(cfg_path), out=str(out), seed=int(seed)),
+                            EXPORT_TIMEOUT)
+    except subproc.ChildCrashed as e:
+        raise StackError(f"random-init weights of {cfg_path} failed: {e.detail()}") from None
+    return Path(out)
+
+
+def save_in_process(cfg_path, out, seed=0):
+    from picosparse import weights as W
+    from picosparse.config import load_detector
+    from picosparse.paddle_env import build_model, stack
+    stack().paddle.seed(seed)
+    model = build_model(load_detector(cfg_path))
+    randomize_bn_(model, seed)
+    W.save(model.state_dict(), out)
+    return str(out)
+
+
 def export_random_picodet(cfg_path, out, size, sparsity=0.0, seed=0):
     """Build a PicoDet from `cfg_path`, random init, prune 1x1 weights, save OUT/model.pdmodel.
 

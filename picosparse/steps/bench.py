@@ -23,6 +23,7 @@ from picosparse.x86.runtime import is_x86_sparse, read_meta
 
 RUNTIMES = ("paddle", "lite", "openvino")
 PRECISIONS = ("f32", "bf16")
+ASKED = {"f32": "fp32", "bf16": "bf16"}  # hint -> the name OpenVINO reports back
 LABEL = {"paddle": "Paddle Inference (CPU, oneDNN)", "lite": "Paddle-Lite x86 (Python API)",
          "openvino": "OpenVINO (CPU)"}
 
@@ -109,7 +110,24 @@ def _x86_spec(p, runtime, adb):
     return read_meta(p, "--model")
 
 
-def _spec(path, runtime, input_size, adb):
+def split_precision(model, default="f32"):
+    """'runs/x/inference@bf16' -> ('runs/x/inference', 'bf16', True): one model at its own
+    OpenVINO precision in the same run (a path that exists as written is taken as a path)."""
+    text = str(model)
+    path, sep, prec = text.rpartition("@")
+    if sep and path and not Path(text).exists():
+        if prec not in PRECISIONS:
+            raise ConfigError(f"--model {text}: unknown precision @{prec} (expected "
+                              f"{' or '.join('@' + p for p in PRECISIONS)})")
+        return path, prec, True
+    return text, default, False
+
+
+def _spec(path, runtime, input_size, adb, precision="f32"):
+    path, precision, suffixed = split_precision(path, precision)
+    if precision != "f32" and (runtime != "openvino" or adb):
+        raise ConfigError(f"--model {path}@{precision}: only --runtime openvino runs other "
+                          "than FP32 here")
     p = Path(path)
     x86 = None
     int8 = _int8_kind(p, runtime, adb) if p.is_dir() else None
@@ -139,9 +157,18 @@ def _spec(path, runtime, input_size, adb):
         raise DataError(f"--model {p}: no infer_cfg.yml beside it to read the input size "
                         "from; pass --input-size")
     zeros = ((cfg or {}).get("picosparse") or {}).get("conv1x1_zero_fraction")
-    return {"name": model_name(p), "path": str(p), "input_size": int(size), "cfg": cfg,
-            "sizes": _sizes(p), "conv1x1_zero_fraction": zeros,
-            "kind": "x86-sparse" if x86 else int8 or "dense", "x86_sparse": x86}
+    kind = "x86-sparse" if x86 else int8 or "dense"
+    hinted = kind in ("dense", "openvino-ir")  # OpenVINO picks these models' kernels
+    if not hinted and not suffixed:
+        precision = "f32"  # --precision sets the OpenVINO models'; ours run as made
+    if precision != "f32" and not hinted:
+        raise ConfigError(f"--model {path}@{precision}: only OpenVINO's own models (dense "
+                          f"exports, NNCF INT8) run at another precision; a {kind} model runs "
+                          "as it was made")
+    name = model_name(p) + (f"@{precision}" if suffixed else "")
+    return {"name": name, "path": str(p), "input_size": int(size), "cfg": cfg,
+            "sizes": _sizes(p), "conv1x1_zero_fraction": zeros, "kind": kind,
+            "x86_sparse": x86, "asked": precision}
 
 
 def _unique_names(specs):
@@ -191,6 +218,7 @@ def _check_args(models, threads, repeats, warmup, runtime, precision, per_layer=
     if precision != "f32" and runtime != "openvino":
         raise ConfigError(f"--precision {precision}: only --runtime openvino runs other than "
                           "FP32 here")
+    # a per-model @precision is checked with its model (_spec)
     if not threads or any(isinstance(t, bool) or not isinstance(t, int) or t < 1
                           for t in threads):
         raise ConfigError(f"--threads {','.join(map(str, threads))}: expected integers >= 1")
@@ -233,7 +261,7 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
         raise ConfigError("--benchmark-bin needs --adb SERIAL")
     if adb and per_layer:
         raise ConfigError("--per-layer: not over --adb (it profiles x86-sparse models here)")
-    specs = [_spec(m, runtime, input_size, adb) for m in models]
+    specs = [_spec(m, runtime, input_size, adb, precision) for m in models]
     if per_layer and not any(s["x86_sparse"] for s in specs):
         raise ConfigError("--per-layer: no x86-sparse model among --model (give the "
                           "OUT/x86_sparse folder of `picosparse export --x86-sparse`)")
@@ -253,7 +281,7 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
     if runtime == "lite" and ran != [1]:
         notes.append("Paddle-Lite's Python MobileConfig has no thread setting: ran 1 thread only")
         ran = [1]
-    notes += _kernel_notes(specs, runtime, precision)
+    notes += _kernel_notes(specs, runtime)
     dense_of = {}  # model index -> the dense model.pdmodel its x86-sparse export came from
     if per_layer:
         from picosparse.x86.perlayer import dense_model_of
@@ -272,8 +300,8 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
         precisions = set()
         for t in ran:
             progress.say(f"bench {runtime}: {t} thread{'s' * (t > 1)}, {len(specs)} model(s)")
-            got = _worker(tmp, runtime, run_paths, [s["path"] for s in specs], t, precision,
-                          warmup, repeats, [s["kind"] for s in specs], dense_of)
+            got = _worker(tmp, runtime, run_paths, [s["path"] for s in specs], t,
+                          [s["asked"] for s in specs], warmup, repeats, [s["kind"] for s in specs], dense_of)
             precisions.update(got["precisions"])
             for s, ms, prec in zip(specs, got["times_ms"], got["precisions"]):
                 results[s["name"]][str(t)] = timing.summary(ms)
@@ -291,20 +319,28 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
         # the runtimes report their FP32/BF16 hint; what an INT8 model really ran is known here
         m["precision"] = {"openvino-ir": "int8", "paddle-int8": "int8-simulated"}.get(
             s["kind"], s.get("precision"))
+        if s["kind"] == "openvino-ir" and s.get("precision") not in (None, "fp32"):
+            m["precision"] = f"int8+{s['precision']}"  # its unquantized ops at the hint
         if s.get("per_layer"):
             m["per_layer"] = s["per_layer"]
     prec = "/".join(sorted(precisions))
     if runtime == "openvino":
-        notes.append(f"OpenVINO ran {prec} (INFERENCE_PRECISION_HINT; --precision {precision})")
+        notes.append(f"OpenVINO ran {prec} (INFERENCE_PRECISION_HINT; --precision {precision}"
+                     + (", @PRECISION per model" if any(s["asked"] != precision
+                                                         for s in specs) else "") + ")")
+        for s in specs:
+            if s["kind"] == "dense" and ASKED[s["asked"]] != s.get("precision"):
+                # an INT8 model's reported hint is for its non-INT8 parts: not compared
+                notes.append(f"{s['name']}: asked {s['asked']}, OpenVINO ran "
+                             f"{s.get('precision')} (this CPU has no {s['asked']} kernels)")
     return {"runtime": runtime, "runtime_label": LABEL[runtime], "precision": prec,
             "threads": ran, "notes": notes, "repeats": repeats, "warmup": warmup,
             "image": str(image) if image else "random (seed 0)", "basis": "median",
             "models": out_models}
 
 
-def _kernel_notes(specs, runtime, precision):
+def _kernel_notes(specs, runtime):
     """Which models can be faster here: only x86-sparse ones (picosparse's op) on OpenVINO."""
-    dense = [s["name"] for s in specs if not s["x86_sparse"]]
     x86 = [s for s in specs if s["x86_sparse"]]
     notes = []
     sim = [s["name"] for s in specs if s["kind"] == "paddle-int8"]
@@ -316,15 +352,16 @@ def _kernel_notes(specs, runtime, precision):
         if s["kind"] == "openvino-ir":
             notes.append(f"{s['name']}: OpenVINO INT8 (NNCF), the x86 INT8 baseline; it has "
                          "no sparse kernels")
-    if dense:
-        who = (f": {', '.join(dense)} run{'s' * (len(dense) == 1)} sparse weights through "
-               "the same dense convolutions, so no speed-up is expected for "
-               f"{'it' if len(dense) == 1 else 'them'}") if x86 else \
-            ": sparse weights run the same dense convolutions, so no speed-up is expected here"
-        notes.append(f"{LABEL[runtime]} has no sparse kernels on x86{who}; the seed's "
+    # only a model with pruned weights run by dense kernels deserves the warning
+    pruned = [s["name"] for s in specs
+              if not s["x86_sparse"] and (s["conv1x1_zero_fraction"] or 0) > 0.3]
+    if pruned:
+        notes.append(f"{LABEL[runtime]} has no sparse kernels on x86: {', '.join(pruned)} "
+                     f"run{'s' * (len(pruned) == 1)} pruned weights through dense "
+                     "convolutions, so no speed-up is expected from the zeros; the seed's "
                      "speed-ups come from Paddle-Lite's ARM sparse_conv2d (time those with "
-                     "--adb)" + ("; picosparse's x86-sparse export has them (`picosparse "
-                                 "export --x86-sparse`)" if not x86 else ""))
+                     "--adb)" + ("" if x86 else "; picosparse's x86-sparse export has them "
+                                 "(`picosparse export --x86-sparse`)"))
     for s in x86:
         m = s["x86_sparse"]
         total = m.get("replaced", 0) + m.get("kept_dense_1x1", 0)
@@ -334,14 +371,15 @@ def _kernel_notes(specs, runtime, precision):
                         f"convs and {m.get('upsample', 0)} upsamplings on its NCHW ops"
                         if m.get("depthwise") or m.get("dense_kxk") else "")
                      + "; the rest on OpenVINO's dense ops, always FP32"
-                     + (f" (--precision {precision} applies to the dense models only)"
-                        if precision != "f32" else ""))
+                     + (" (--precision and @PRECISION apply to OpenVINO's own models only)"
+                        if any(t["asked"] != "f32" for t in specs) else ""))
     return notes
 
 
 def _worker(tmp, runtime, paths, names, threads, precision, warmup, repeats, kinds=None,
             per_layer=None):
-    """Time in a child process (deploy/worker.py): a runtime crash must not take us down."""
+    """Time in a child process (deploy/worker.py): a runtime crash must not take us down.
+    `precision`: one OpenVINO hint per model."""
     spec = {"runtime": runtime, "paths": [str(p) for p in paths], "names": names,
             "inputs": str(tmp / "inputs.npz"), "threads": threads, "precision": precision,
             "warmup": warmup, "repeats": repeats,
