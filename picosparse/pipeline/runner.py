@@ -50,7 +50,8 @@ class StepFailed(PicosparseError):
             text, self.exit_code = str(cause), cause.exit_code
         else:
             text, self.exit_code = f"{type(cause).__name__}: {cause}", 1
-        if isinstance(cause, ParamError) and where:  # named as the file writes it
+        if isinstance(cause, ParamError) and where and cause.field in KINDS[kind].params:
+            # named as the file writes it
             text = cause.render(lambda name: name, where=where)
         else:
             text = f"step '{step}' ({kind}) failed: {text}"
