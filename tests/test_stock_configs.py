@@ -295,8 +295,7 @@ def _with_o(args, overrides):
 
 
 def _run_cli(args):
-    """The command as a user types it, in a process of its own (a long test process that had
-    loaded the x86 library and trained before once segfaulted in a later export)."""
+    """The command as a user types it, in a process of its own."""
     import subprocess
     import sys
     from types import SimpleNamespace

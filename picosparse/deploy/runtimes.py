@@ -12,6 +12,7 @@ x86-sparse export crashed there too), and Paddle-Lite aborts on an ARM .nb.
 
 from pathlib import Path
 
+from picosparse.deploy import sigstack
 from picosparse.errors import DataError, PicosparseError, StackError
 
 # bench --precision -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -75,7 +76,8 @@ class OpenVINORunner:
         # config as the x86-sparse models get (x86/runtime.py), so only the kernels differ.
         conf = compile_config(threads, False, OV_PRECISION[precision])
         try:
-            self.compiled = core.compile_model(core.read_model(str(model)), "CPU", conf)
+            with sigstack.kept():
+                self.compiled = core.compile_model(core.read_model(str(model)), "CPU", conf)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PicosparseError(f"--model {model_dir}: OpenVINO cannot compile it "
@@ -156,9 +158,10 @@ class OpenVINOIRRunner(OpenVINORunner):
         from picosparse.x86.runtime import compile_config
         core = ov.Core()
         try:
-            self.compiled = core.compile_model(
-                core.read_model(str(Path(model_dir) / "model.xml")), "CPU",
-                compile_config(threads, False, OV_PRECISION[precision]))
+            with sigstack.kept():
+                self.compiled = core.compile_model(
+                    core.read_model(str(Path(model_dir) / "model.xml")), "CPU",
+                    compile_config(threads, False, OV_PRECISION[precision]))
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PicosparseError(f"--model {model_dir}: OpenVINO cannot compile it "

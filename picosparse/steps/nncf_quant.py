@@ -15,6 +15,7 @@ import contextlib
 import io
 import logging
 
+from picosparse.deploy import sigstack
 from picosparse.errors import DataError, PicosparseError, StackError
 
 
@@ -40,7 +41,8 @@ def quantize_openvino(model_dir, out_dir, feeds):
         raise DataError(f"--model-dir {model_dir}: model input(s) {', '.join(missing)} cannot "
                         "be fed (picosparse feeds image, im_shape, scale_factor)")
     data = nncf.Dataset(feeds, lambda f: {n: f[n] for n in names})
-    with contextlib.redirect_stdout(io.StringIO()):
+    # NNCF compiles the model (calibration) on Cores of its own
+    with contextlib.redirect_stdout(io.StringIO()), sigstack.kept(collect=True):
         q = nncf.quantize(model, data, subset_size=len(feeds),
                           ignored_scope=nncf.IgnoredScope(types=["GroupConvolution"]))
     ov.save_model(q, str(out_dir / "model.xml"), compress_to_fp16=False)

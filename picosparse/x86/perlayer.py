@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from picosparse.deploy import sigstack
 from picosparse.errors import DataError
 
 WARMUP = 3
@@ -75,8 +76,9 @@ def per_layer(dense_model, sparse_dir, inputs, threads=1, reps=20):
     sparse_dir = Path(sparse_dir)
     meta = json.loads((sparse_dir / META_NAME).read_text())
     core = ov.Core()
-    dense_c = core.compile_model(core.read_model(str(dense_model)), "CPU",
-                                 compile_config(threads, True, "f32"))
+    with sigstack.kept():
+        dense_c = core.compile_model(core.read_model(str(dense_model)), "CPU",
+                                     compile_config(threads, True, "f32"))
     # the CPU plugin fuses conv+BN+act into one node named after an internal node; its runtime
     # graph lists the original names, among them the one our op took (the chain's last node)
     owner = {}

@@ -15,6 +15,7 @@ through it.
 import json
 from pathlib import Path
 
+from picosparse.deploy import sigstack
 from picosparse.errors import DataError, PicosparseError
 
 META_NAME = "x86_sparse.json"
@@ -138,9 +139,10 @@ def load_model(model_dir, threads=1, perf_counters=False, flag=None):
     core = ov.Core()
     core.add_extension(str(_extension_for(d, meta)))
     try:
-        model = core.read_model(str(d / XML_NAME))
-        set_op_threads(model, threads)
-        compiled = core.compile_model(model, "CPU", compile_config(threads, perf_counters))
+        with sigstack.kept():
+            model = core.read_model(str(d / XML_NAME))
+            set_op_threads(model, threads)
+            compiled = core.compile_model(model, "CPU", compile_config(threads, perf_counters))
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}: OpenVINO cannot compile this "

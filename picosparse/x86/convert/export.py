@@ -15,6 +15,7 @@ from pathlib import Path
 
 from picosparse import subproc
 from picosparse.atomic import atomic_dir
+from picosparse.deploy import sigstack
 from picosparse.errors import DataError, PicosparseError
 from picosparse.x86.runtime import META_NAME, XML_NAME
 
@@ -137,7 +138,8 @@ def _check_compiles(model_dir, lib):
     core = ov.Core()
     core.add_extension(str(lib))
     try:
-        core.compile_model(str(Path(model_dir) / XML_NAME), "CPU", compile_config(1))
+        with sigstack.kept():
+            core.compile_model(str(Path(model_dir) / XML_NAME), "CPU", compile_config(1))
     except RuntimeError as e:
         raise PicosparseError(f"OpenVINO cannot compile the x86-sparse model "
                               f"({_first_line(e)})") from e
