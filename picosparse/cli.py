@@ -15,6 +15,7 @@ from picosparse import __version__, params
 from picosparse.errors import ParamError, PicosparseError
 from picosparse import progress
 from picosparse.data.synth import DataParams
+from picosparse.steps.bench import BenchParams
 from picosparse.steps.evaluate import EvalParams
 from picosparse.steps.export import ExportParams
 from picosparse.steps.infer import InferParams
@@ -343,7 +344,7 @@ def eval_(config, slim_config, overrides, json_out, **kw):
 @click.option("--sparse/--no-sparse", default=None, help="With --lite: force the sparse pass on/off [auto: on when some 1x1 conv reaches --sparse-threshold zeros].")
 @click.option("--sparse-threshold", type=float, default=params.default_of(OptParams, "sparse_threshold"), show_default=True, help="With --lite / --x86-sparse: min zero fraction for a 1x1 conv to become sparse.")
 @click.option("--x86-sparse", "x86_sparse", is_flag=True, help="Also write OUT/x86_sparse: OpenVINO IR + picosparse's sparse 1x1 op (x86 CPUs).")
-@params.options(X86SparseParams, "nchw_ops", prefix="With --x86-sparse: ")
+@params.options(X86SparseParams, "nchw_ops", "dense_1x1", prefix="With --x86-sparse: ")
 @click.option("--int8", is_flag=True, help="Also write OUT/int8: INT8 model (`picosparse quant` defaults); with --lite its .nb too, INT8 kernels verified.")
 @params.options(QuantParams, "calib_images", prefix="With --int8: ")
 def export(config, overrides, weights, run_dir, out, lite, sparse, sparse_threshold, x86_sparse,
@@ -365,7 +366,8 @@ def export(config, overrides, weights, run_dir, out, lite, sparse, sparse_thresh
     \b
     --x86-sparse writes OUT/x86_sparse (model.xml/.bin, libpicosparse_ops.so, x86_sparse.json,
     infer_cfg.yml): every 1x1 conv with >= --sparse-threshold zeros runs picosparse's sparse
-    op, BN folded; with --nchw-ops on (default) the depthwise/KxK convs and upsampling between
+    op, BN folded, and with --dense-1x1 on (default) the other 1x1 convs run it too, with all
+    their weights; with --nchw-ops on (default) the depthwise/KxK convs and upsampling between
     them run picosparse's dense NCHW ops too. Run it with
     picosparse.x86.runtime.load_model(dir, threads) or time it with
     `picosparse bench --runtime openvino --model OUT --model OUT/x86_sparse`.
@@ -422,7 +424,9 @@ def _echo_x86(r, postprocess):
           f"{r.get('upsample', 0)} upsamplings on picosparse's NCHW ops") if n else ""
     click.echo(f"wrote {r['out_dir']}/ (OpenVINO {r['openvino'].split('-')[0]} IR + sparse op): "
                f"{r['replaced']} of {r['conv_1x1_total']} 1x1 convs -> SparseConv1x1 "
-               f"(threshold {r['sparse_threshold']:.0%}), 1x1 weights "
+               f"(threshold {r['sparse_threshold']:.0%})"
+               + (f" and {r['dense_1x1_on_op']} below it on the same op with all their weights"
+                  if r.get("dense_1x1_on_op") else "") + ", 1x1 weights "
                f"{mb(r['dense_1x1_weight_bytes'])} dense -> {mb(r['sparse_weight_bytes'])} "
                f"sparse{dw}")
     if postprocess:
@@ -564,28 +568,20 @@ def qat(config, overrides, weights, out, lite, json_out, **kw):
 
 
 @cli.command()
-@click.option("--model", "models", multiple=True, required=True, help="Inference model dir or .nb (repeat; the first is the baseline).")
-@click.option("--threads", default="1,4", show_default=True, help="Thread counts, comma separated.")
-@click.option("--repeats", default=50, show_default=True, help="Timed runs per model and thread count.")
-@click.option("--warmup", default=5, show_default=True, help="Untimed runs first.")
-@click.option("--runtime", default="paddle", show_default=True, type=click.Choice(["paddle", "lite", "openvino"]), help="x86 runtime (lite needs/makes an x86 .nb).")
-@click.option("--precision", default="f32", show_default=True, type=click.Choice(["f32", "bf16"]), help="OpenVINO inference precision (others run FP32).")
-@click.option("--image", type=click.Path(dir_okay=False), help="Input image [a fixed random image].")
-@click.option("--input-size", default=None, type=int, help="Input side for a .nb without infer_cfg.yml beside it.")
-@click.option("--adb", "adb_serial", metavar="SERIAL", help="Time on an ARM board over adb (needs --benchmark-bin).")
-@click.option("--benchmark-bin", type=click.Path(dir_okay=False), help="Paddle-Lite's benchmark_bin built for the board (same release as opt).")
-@click.option("--per-layer", is_flag=True, help="With --runtime openvino: per-layer times of each x86-sparse model vs the dense convs it replaced.")
-@click.option("--json", "json_out", metavar="FILE", help="Write results as JSON ('-' for stdout).")
-def bench(models, threads, repeats, warmup, runtime, precision, image, input_size, adb_serial,
-          benchmark_bin, per_layer, json_out):
+@click.option("--model", "models", multiple=True, required=True, help="Inference model dir, .nb, x86-sparse or OpenVINO IR folder; DIR@bf16 runs DIR at OpenVINO's BF16 (repeat; the first is the baseline).")
+@params.options(BenchParams)
+@json_option("results")
+def bench(models, json_out, **kw):
     """Dense vs sparse latency side by side, on this machine, in one run.
 
     Median and p90 per thread count (capped by the cores present), size, and the seed's
     speed-up (base - this) / this plus the ratio base / this, against the first --model.
     No x86 runtime has sparse kernels: expect no speed-up from sparse weights alone. With
     --runtime openvino a --model may be the OUT/x86_sparse folder of `picosparse export
-    --x86-sparse`: it runs picosparse's sparse 1x1 op (always FP32) beside dense OpenVINO
-    (FP32 unless --precision bf16), same threads, one run; --per-layer adds a table of each
+    --x86-sparse`: it runs picosparse's sparse 1x1 op (FP32) beside dense OpenVINO (FP32
+    unless --precision bf16, or DIR@bf16 for one model), same threads, one interleaved run:
+    the best dense model at any precision and the sparse one in one table; --per-layer adds a
+    table of each
     replaced layer's time against the dense conv it replaced. An OpenVINO INT8 folder
     (`picosparse quant --backend openvino`, NNCF) is the x86 INT8 baseline; the Precision
     column says what each model ran (a PaddleSlim INT8 folder under Paddle Inference is
@@ -604,23 +600,18 @@ def bench(models, threads, repeats, warmup, runtime, precision, image, input_siz
       picosparse bench --adb 0123456789ABCDEF --benchmark-bin build/benchmark_bin \\
         --model runs/dense/inference --model runs/sparse75/inference --threads 1,4
       picosparse bench --runtime openvino --model runs/dense/inference \\
-        --model runs/dense/inference/int8   # after quant --backend openvino
+        --model runs/dense/inference@bf16 --model runs/dense/inference/int8 \\
+        --model runs/sparse75/inference/x86_sparse   # int8: quant --backend openvino
     """
-    from picosparse.errors import ConfigError
     from picosparse.steps.bench import bench as do_bench
-    try:
-        counts = [int(t) for t in str(threads).split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"--threads {threads}: expected comma-separated integers, e.g. 1,4") from None
-    res = do_bench(list(models), threads=counts, repeats=repeats, warmup=warmup,
-                   runtime=runtime, precision=precision, image=image, input_size=input_size,
-                   adb=adb_serial, benchmark_bin=benchmark_bin, per_layer=per_layer)
+    p = params.from_cli(BenchParams, kw)
+    res = do_bench(list(models), p)
     if json_out:
         _emit_json(res, json_out)
     if json_out != "-":
         from picosparse.render import bench_table
         bench_table(res)
-        if per_layer:
+        if p.per_layer:
             from picosparse.render import per_layer_tables
             per_layer_tables(res)
 

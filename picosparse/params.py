@@ -112,7 +112,7 @@ def check(obj):
 
 
 _TYPES = {"int": (int,), "number": (int, float), "bool": (bool,), "str": (str,),
-          "path": (str,), "config": (str,), "source": (str,)}
+          "path": (str,), "config": (str,), "source": (str,), "model": (str,)}
 
 
 def reason_for(spec, v):
@@ -122,7 +122,7 @@ def reason_for(spec, v):
         return None if spec.type.endswith("?") else "must be given"
     types = _TYPES.get(t)
     if types is not None:
-        if t in ("path", "config", "source"):
+        if t in ("path", "config", "source", "model"):
             types = types + (os.PathLike,)
         if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
             return f"must be {_NAMES.get(t, t)}"
@@ -134,7 +134,8 @@ def reason_for(spec, v):
 
 
 _NAMES = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
-          "path": "a path", "config": "a config path", "source": "a path or URL"}
+          "path": "a path", "config": "a config path", "source": "a path or URL",
+          "model": "a model path (DIR or DIR@bf16)"}
 
 
 def between(lo, hi, low=True, high=True):

@@ -124,11 +124,17 @@ class Fakes:
                 "valid_targets": valid_targets, "sparse": sparse, "precision": "fp32",
                 "conv_precisions": {"fp32": 12}}
 
-    def bench(self, models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle"):
+    def bench(self, models, params=None):
+        from picosparse.deploy.runtimes import split_precision
+        from picosparse.steps.bench import BenchParams
+        params = params or BenchParams()
+        threads, runtime = params.threads, params.runtime
         rows = []
-        for path in models:
+        for model in models:
+            path, precision, _ = split_precision(model)
             s = _sparsity(Path(path, "model.pdmodel"))
             rows.append({"name": Path(path).name, "path": str(path), "size_bytes": 1,
+                         "precision": {"f32": "fp32"}.get(precision, precision),
                          "latency_ms": {str(t): {"median": 40.0 * (1 - s / 3) / t, "p90": 1.0,
                                                  "mean": 1.0} for t in threads},
                          "speedup_fps_gain": {}, "speedup_ratio": {}})

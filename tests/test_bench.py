@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import deploy_helpers as h
 from picosparse.cli import cli
 from picosparse.deploy import benchmark_bin
-from picosparse.errors import ConfigError, DataError, PicosparseError
+from picosparse.errors import ConfigError, DataError, ParamError, PicosparseError
 from picosparse.steps.bench import bench
 
 DATA = Path(__file__).parent / "data"
@@ -162,12 +162,23 @@ def test_argument_errors(tmp_path):
     d = h.exported("dense")
     with pytest.raises(ConfigError, match="needs an exported inference folder"):
         bench([h.nb("sparse", True)["nb"]], runtime="paddle", **FAST)
-    with pytest.raises(ConfigError, match="--precision bf16: only --runtime openvino"):
+    # parameters are named as the caller wrote them: the field here, the flag on the CLI
+    with pytest.raises(ParamError, match="^precision 'bf16': only runtime openvino"):
         bench([d], precision="bf16", **FAST)
-    with pytest.raises(ConfigError, match="--adb needs --benchmark-bin"):
+    with pytest.raises(ParamError, match="^adb 'X': needs benchmark_bin PATH"):
         bench([d], adb="X", **FAST)
-    with pytest.raises(ConfigError, match="--threads 0"):
+    with pytest.raises(ParamError, match=r"^threads \[0\]: expected integers >= 1"):
         bench([d], threads=(0,), repeats=1)
+    for args, want in (
+            (["--precision", "bf16"], "Error: --precision bf16: only --runtime openvino runs "
+                                      "other than FP32 here"),
+            (["--adb", "X"], "Error: --adb X: needs --benchmark-bin PATH"),
+            (["--repeats", "0"], "Error: --repeats 0: must be >= 1"),
+            (["--runtime", "openvino", "--per-layer"],
+             "Error: --per-layer: no x86-sparse model among --model")):
+        r = run("bench", "--model", str(d), *args)
+        assert r.exit_code == 2 and r.output.startswith(want), r.output
+        assert len(r.output.strip().splitlines()) == 1
     with pytest.raises(DataError, match="no model.pdmodel"):
         bench([tmp_path], **FAST)
     (tmp_path / "lone.nb").write_bytes(h.nb("dense", False, "x86")["nb"].read_bytes())

@@ -238,7 +238,7 @@ def test_pipeline_eval_step_validates_model_or_weights(pseudo_coco, tmp_path, mo
     with pytest.raises(ConfigError, match=r"steps\.ev: give exactly one of weights or model$"):
         load_pipeline(_pipeline(tmp_path, {}, ds))
     with pytest.raises(ConfigError, match=r"steps\.ev\.model: \$\{steps\.exp\.input_size\} is "
-                                          r"an integer, expected a path"):
+                                          r"an integer, expected a model path \(DIR or DIR@bf16\)"):
         load_pipeline(_pipeline(tmp_path, {"model": "${steps.exp.input_size}"}, ds))
     r = run("run", _pipeline(tmp_path, {"model": "${steps.exp.model_dir}/x86_sparse"}, ds),
             "--out", tmp_path / "run", "--dry-run")

@@ -502,21 +502,33 @@ def test_rewrite_folds_and_fuses():
     from picosparse.x86.convert.rewrite import rewrite_model
     rng = np.random.default_rng(4)
     ref_model, model = _toy_model(np.random.default_rng(4)), _toy_model(np.random.default_rng(4))
-    stats = rewrite_model(model, sparse_threshold=0.6, nchw_ops=True)
+    # dense_1x1 off: the 30%-zero conv stays OpenVINO's
+    kept = _toy_model(np.random.default_rng(4))
+    stats = rewrite_model(kept, sparse_threshold=0.6, nchw_ops=True, dense_1x1=False)
     assert stats["replaced"] == 3 and stats["kept_dense_1x1"] == 1 and stats["depthwise"] == 1
+    assert stats["dense_1x1_on_op"] == 0
     acts = [(tuple(l["folded"]), l["activation"]) for l in stats["layers"]
             if l["kind"] == "sparse1x1"]
     assert acts == [(("BatchNormInference",), "hswish"), (("Add",), "hsigmoid"), ((), "none")]
-    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    types = [op.get_type_name() for op in kept.get_ordered_ops()]
     assert "BatchNormInference" not in types and "HSwish" not in types
     assert types.count("Convolution") == 1 and types.count("SparseConv1x1") == 3
     assert "GroupConvolution" not in types and types.count("Conv2d") == 1
+    # the default: it runs picosparse's op too, with all its weights and its Relu fused
+    stats = rewrite_model(model, sparse_threshold=0.6, nchw_ops=True)
+    assert (stats["replaced"], stats["dense_1x1_on_op"], stats["kept_dense_1x1"]) == (3, 1, 0)
+    below = [l for l in stats["layers"] if l.get("below_threshold")]
+    assert len(below) == 1 and below[0]["activation"] == "relu"
+    assert below[0]["zero_fraction"] < 0.6 and below[0]["nnz"] > 0.6 * 16 * 16
+    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert types.count("Convolution") == 0 and types.count("SparseConv1x1") == 4
     xv = rng.standard_normal((1, 20, 6, 7)).astype(np.float32)
     want = _compile(ref_model)(xv)
-    for threads in (1, 2):
-        got = _compile(model, threads)(xv)
-        for i in range(2):
-            assert_close(got[i], want[i], 1e-5)
+    for m in (kept, model):
+        for threads in (1, 2):
+            got = _compile(m, threads)(xv)
+            for i in range(2):
+                assert_close(got[i], want[i], 1e-5)
     keep_dw = _toy_model(np.random.default_rng(4))
     assert rewrite_model(keep_dw, 0.6, nchw_ops=False)["depthwise"] == 0
     assert "GroupConvolution" in [op.get_type_name() for op in keep_dw.get_ordered_ops()]

@@ -71,7 +71,17 @@ def test_demo_pipeline_shape():
     assert p.steps["opt_dense"].params["sparse"] is False
     assert p.steps["opt_sparse75"].params["sparse"] is True
     assert p.steps["bench"].params["threads"] == [1, 2]
-    assert p.steps["bench"].params["runtime"] == "paddle"
+    # x86: the sparse model on picosparse's op against every dense OpenVINO precision
+    bench = p.steps["bench"].params
+    assert bench["runtime"] == "openvino"
+    assert bench["models"] == {
+        "dense": "${steps.export_dense_x86.model_dir}",
+        "dense_bf16": "${steps.export_dense_x86.model_dir}@bf16",
+        "dense_int8_ov": "${steps.quant_dense_ov.model_dir}",
+        "sparse75_x86": "${steps.x86_sparse75.out_dir}"}
+    assert p.steps["export_sparse75_x86"].params["postprocess"] is False
+    assert p.steps["quant_dense_ov"].params["backend"] == "openvino"
+    assert set(bench["models"]) <= set(p.steps["report"].params["variants"])
     assert list(p.steps)[-1] == "report" and list(p.steps)[0] == "data"
 
 
@@ -112,6 +122,10 @@ MALFORMED = {
     "wrong ref type": (lambda d: d["steps"]["eval_dense"].update(weights="${steps.dense.seconds}"),
                        r"steps\.eval_dense\.weights: \$\{steps\.dense\.seconds\} is a number, "
                        r"expected a path or URL"),
+    "bad model precision": (lambda d: d["steps"]["bench"]["models"].update(
+                                dense="${steps.export_dense.model_dir}@f16"),
+                            r"steps\.bench\.models\.dense: unknown precision @f16 \(expected "
+                            r"@f32 or @bf16\)"),
     "bad choice": (lambda d: d["steps"]["bench"].update(runtime="tensorrt"),
                    r"steps\.bench\.runtime: must be one of paddle, lite, openvino"),
     "unknown var": (lambda d: d["steps"]["dense"].update(config="${cfg}"),
@@ -405,6 +419,21 @@ def test_manifest_records_what_ran_with_what(fakes, tmp_path):
     assert ev["metrics"]["sparsity"] == 0.75
     assert (run / "eval_sparse75" / "metrics.json").is_file()
     assert json.loads((run / "bench" / "bench.json").read_text())["models"]["sparse75"]["name"] == "sparse75"
+
+
+def test_bench_models_at_another_precision(fakes, tmp_path):
+    """`DIR@bf16` in a bench step's models: validated, hashed as DIR, passed to bench as is."""
+    doc = _mutate(lambda d: d["steps"]["bench"]["models"].update(
+        dense_bf16="${steps.export_dense.model_dir}@bf16"))
+    f = tmp_path / "p.yml"
+    f.write_text(yaml.safe_dump(doc, sort_keys=False))
+    run = tmp_path / "run"
+    run_ok(f, "--out", run)
+    got = json.loads((run / "bench" / "bench.json").read_text())["models"]
+    assert set(got) == {"dense", "sparse75", "dense_bf16"}
+    assert got["dense_bf16"]["precision"] == "bf16" and got["dense"]["precision"] == "fp32"
+    m = json.loads((run / "manifest.json").read_text())["steps"]["bench"]
+    assert m["inputs"]["models.dense_bf16"] == m["inputs"]["models.dense"]  # the same files
 
 
 def test_run_dir_is_locked_against_a_second_run(fakes, tmp_path):

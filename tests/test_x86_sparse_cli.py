@@ -158,7 +158,8 @@ def test_bench_dense_vs_x86_sparse_with_per_layer(exported_run, tmp_path):
     assert (base["kind"], sp["kind"]) == ("dense", "x86-sparse")
     assert base["precision"] == sp["precision"] == "fp32" and res["precision"] == "fp32"
     assert sp["x86_sparse"] == {"replaced": 97, "depthwise": 35, "dense_kxk": 1, "upsample": 2,
-                                "conv_1x1_total": 97, "sparse_threshold": 0.6}
+                                "conv_1x1_total": 97, "sparse_threshold": 0.6,
+                                "dense_1x1_on_op": 0}
     assert sp["size_kind"] == "xml+bin" and sp["size_bytes"] < base["size_bytes"]
     for t in threads:
         b, x = base["latency_ms"][t]["median"], sp["latency_ms"][t]["median"]
@@ -207,8 +208,12 @@ def test_bench_x86_sparse_argument_errors(exported_run, tmp_path):
     assert model_name(x86) == "run/x86_sparse"
     with pytest.raises(ConfigError, match="x86-sparse export runs on OpenVINO only"):
         bench([inf, x86], runtime="paddle", threads=(1,), repeats=1)
-    with pytest.raises(ConfigError, match="--per-layer: needs --runtime openvino"):
+    with pytest.raises(ConfigError, match="^per_layer: needs runtime openvino .*got runtime "
+                                          "paddle$"):
         bench([inf, x86], runtime="paddle", threads=(1,), repeats=1, per_layer=True)
+    r = run("bench", "--runtime", "paddle", "--model", inf, "--per-layer")
+    assert r.output.strip() == ("Error: --per-layer: needs --runtime openvino (it profiles "
+                                "x86-sparse models), got --runtime paddle")
     with pytest.raises(ConfigError, match="--per-layer: no x86-sparse model among --model"):
         bench([inf], runtime="openvino", threads=(1,), repeats=1, per_layer=True)
     broken = tmp_path / "x86_sparse"
@@ -223,9 +228,8 @@ def test_bench_x86_sparse_argument_errors(exported_run, tmp_path):
 
 def test_params_are_checked_once_and_name_the_callers_spelling():
     from picosparse.errors import ParamError
-    from picosparse.steps.x86_sparse import Options, X86SparseParams
-    assert Options is X86SparseParams  # the name benchmarks/ use
-    assert X86SparseParams() == X86SparseParams(0.6, True)
+    from picosparse.steps.x86_sparse import X86SparseParams
+    assert X86SparseParams() == X86SparseParams(0.6, True, True)
     assert X86SparseParams(1).sparse_threshold == 1.0
     with pytest.raises(ParamError, match=r"^sparse_threshold 1\.5: must be in \[0, 1\]$"):
         X86SparseParams(1.5)

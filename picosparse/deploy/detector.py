@@ -109,13 +109,13 @@ def choose_runtime(kind, runtime, has_nms, flag="--model", path=""):
     return order[0]  # the runner names what is missing
 
 
-def _runner(kind, runtime, path, threads):
+def _runner(kind, runtime, path, threads, precision):
     from picosparse.deploy import runtimes
     if kind == "x86-sparse":
         return runtimes.X86SparseRunner(path, threads)
     if kind == "openvino-ir":
-        return runtimes.OpenVINOIRRunner(path, threads)
-    return runtimes.RUNNERS[runtime](path, threads)
+        return runtimes.OpenVINOIRRunner(path, threads, precision)
+    return runtimes.RUNNERS[runtime](path, threads, precision)
 
 
 class Detector:
@@ -123,10 +123,14 @@ class Detector:
     folder) on images; `predict` returns Detections in original-image coordinates.
 
     runtime: "auto" | "paddle" | "openvino" (x86-sparse and IR folders always run on
-    OpenVINO); threads: inference threads (OpenVINO and picosparse's sparse ops, or Paddle).
+    OpenVINO); threads: inference threads (OpenVINO and picosparse's sparse ops, or Paddle);
+    precision: OpenVINO's inference precision for its own models, "f32" | "bf16" (also
+    written MODEL_DIR@bf16), so the accuracy of a BF16 deployment is measured too.
     """
 
-    def __init__(self, model_dir, runtime="auto", threads=1, flag="--model"):
+    def __init__(self, model_dir, runtime="auto", threads=1, flag="--model", precision="f32"):
+        from picosparse.deploy.runtimes import split_precision
+        model_dir, precision, _ = split_precision(model_dir, precision, flag)
         self.path = Path(model_dir)
         self.flag = flag
         self.kind = artifact_kind(self.path, flag)
@@ -152,13 +156,16 @@ class Detector:
         # PaddleSlim INT8 (`picosparse quant`/`qat`): OpenVINO cannot read its dequantize ops
         int8 = self.kind == "paddle" and (ps.get("quant") or {}).get("backend") == "paddle"
         self.runtime = choose_runtime(self.kind, runtime, self.has_nms or int8, flag, self.path)
-        self.threads = threads
-        self._run = _runner(self.kind, self.runtime, self.path, threads)
+        if precision != "f32" and (self.runtime not in ("openvino", "openvino-ir")):
+            raise ConfigError(f"{flag} {self.path}@{precision}: only OpenVINO's own models "
+                              f"run at another precision; this one runs on {self.runtime}")
+        self.threads, self.precision = threads, precision
+        self._run = _runner(self.kind, self.runtime, self.path, threads, precision)
         self._inputs = self._run.input_names()
 
     def __repr__(self):
         return (f"Detector({str(self.path)!r}, runtime={self.runtime!r}, "
-                f"threads={self.threads})")
+                f"threads={self.threads}, precision={self.precision!r})")
 
     @property
     def num_classes(self):

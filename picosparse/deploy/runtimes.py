@@ -13,10 +13,24 @@ x86-sparse export crashed there too), and Paddle-Lite aborts on an ARM .nb.
 from pathlib import Path
 
 from picosparse.deploy import sigstack
-from picosparse.errors import DataError, PicosparseError, StackError
+from picosparse.errors import ConfigError, DataError, PicosparseError, StackError
 
 # bench --precision -> OpenVINO's INFERENCE_PRECISION_HINT
 OV_PRECISION = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+PRECISIONS = ("f32", "bf16")  # what a model path may ask for: DIR@bf16
+
+
+def split_precision(model, default="f32", flag="--model"):
+    """'runs/x/inference@bf16' -> ('runs/x/inference', 'bf16', True): one model at its own
+    OpenVINO precision (a path that exists as written is taken as a path)."""
+    text = str(model)
+    path, sep, prec = text.rpartition("@")
+    if sep and path and not Path(text).exists():
+        if prec not in PRECISIONS:
+            raise ConfigError(f"{flag} {text}: unknown precision @{prec} (expected "
+                              f"{' or '.join('@' + p for p in PRECISIONS)})")
+        return path, prec, True
+    return text, default, False
 
 
 class PaddleRunner:

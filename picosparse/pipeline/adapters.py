@@ -100,8 +100,8 @@ def run_qat(p, out, ctx):
 def run_bench(p, out, ctx):
     bench = _step_fn("picosparse.steps.bench", "bench")
     names = list(p["models"])
-    res = dict(bench([p["models"][n] for n in names], threads=tuple(p["threads"]),
-                     repeats=p["repeats"], warmup=p["warmup"], runtime=p["runtime"]))
+    params = _params("picosparse.steps.bench", "BenchParams", p)
+    res = dict(bench([p["models"][n] for n in names], params))
     # bench keeps the order it was given; key its rows by the pipeline's variant names
     res["models"] = {n: {**m, "name": n} for n, m in zip(names, res["models"])}
     res["results"] = Path(out) / "bench.json"

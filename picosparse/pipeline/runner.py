@@ -32,7 +32,7 @@ from picosparse.pipeline.cache import (MANIFEST, Hasher, Manifest, cache_key, ca
                                        code_fingerprint, missing_outputs, now, sha256_text,
                                        step_env)
 from picosparse.pipeline.plan import load_pipeline, select
-from picosparse.pipeline.schema import KINDS, resolve_steps, step_refs, walk_strings
+from picosparse.pipeline.schema import KINDS, model_path, resolve_steps, step_refs, walk_strings
 
 VERSIONED = ("paddlepaddle", "paddleslim", "paddledet", "paddlelite", "numpy", "opencv-python",
              "matplotlib", "openvino")
@@ -188,12 +188,16 @@ class Session:
         inputs = {}
         for k, spec in KINDS[step.kind].params.items():
             t, v = spec.type.rstrip("?"), resolved.get(k)
-            if t == "map[path]" and isinstance(v, dict):
+            if t in ("map[path]", "map[model]") and isinstance(v, dict):
                 for name, p in v.items():
+                    if t == "map[model]":
+                        p = model_path(p)  # DIR@bf16: DIR's files (the suffix is a param)
                     inputs[f"{k}.{name}"] = self._hash_path(step, f"{k}.{name}", p)
-            elif t in ("path", "config", "source") and isinstance(v, str):
+            elif t in ("path", "config", "source", "model") and isinstance(v, str):
                 if t == "source" and "://" in v:
                     continue  # a URL: its text is in the params already
+                if t == "model":
+                    v = model_path(v)
                 inputs[k] = self._hash_path(step, k, v)
                 if t == "config":
                     self._hash_bases(step, k, v, inputs)

@@ -93,6 +93,7 @@ def _kinds():
     from picosparse.steps.quant import QuantParams
     from picosparse.steps.train import TrainParams
     from picosparse.steps.x86_sparse import X86SparseParams
+    from picosparse.steps.bench import BenchParams
     return {
         "data": Kind(
             _params(DataParams),
@@ -129,7 +130,7 @@ def _kinds():
         "x86_sparse": Kind(
             _params(X86SparseParams, {"model_dir": P("path")}),
             {"out_dir": "path", "model_xml": "path", "replaced": "int", "depthwise": "int",
-             "kept_dense_1x1": "int", "conv_1x1_total": "int", "sparse_threshold": "number",
+             "dense_1x1_on_op": "int", "kept_dense_1x1": "int", "conv_1x1_total": "int", "sparse_threshold": "number",
              "sparse_weight_bytes": "int", "bin_bytes": "int"},
             help="x86-sparse OpenVINO model, picosparse's sparse 1x1 op (picosparse export "
                  "--x86-sparse)"),
@@ -144,17 +145,17 @@ def _kinds():
             {"model_dir": "path", "infer_cfg": "path", "precision": "str", "algo": "str",
              "epochs": "int", "iters": "int", "zeros": "any", "seconds": "number"},
             help="quantization-aware fine-tuning, masks kept, INT8 export (picosparse qat)"),
+        "bench": Kind(
+            _params(BenchParams, {"models": P("map[model]")}),
+            {"results": "path", "runtime": "str", "precision": "str", "threads": "any",
+             "notes": "any", "models": "any"},
+            help="latency side by side in one interleaved run; `models` maps variant name -> "
+                 "model (DIR@bf16: at OpenVINO's BF16), first = baseline"),
     }
 
 
 KINDS = {
     **_kinds(),
-    "bench": Kind(
-        {"models": P("map[path]"), "threads": P("list[int]", [1, 4]), "repeats": P("int", 50),
-         "warmup": P("int", 5), "runtime": P("str", "paddle", ("paddle", "lite", "openvino"))},
-        {"results": "path", "runtime": "str", "precision": "str", "threads": "any",
-         "notes": "any", "models": "any"},
-        help="latency side by side; `models` maps variant name -> model, first = baseline"),
     "report": Kind(
         {"title": P("str?", None), "baseline": P("str?", None), "variants": P("variants"),
          "bench": P("outputs?", None)},
@@ -275,19 +276,27 @@ def resolve_steps(obj, outputs, where):
 
 # ---------------------------------------------------------------- types
 
-_BASE_TYPE = {"str": (str,), "path": (str,), "config": (str,), "source": (str,),
+def model_path(text):
+    """A bench model's path without its @PRECISION (`DIR@bf16` -> `DIR`)."""
+    from picosparse.deploy.runtimes import split_precision
+    return split_precision(text)[0]
+
+
+_BASE_TYPE = {"str": (str,), "path": (str,), "model": (str,), "config": (str,), "source": (str,),
               "int": (int,), "number": (int, float), "bool": (bool,)}
 # which output types may feed a parameter type through a whole `${steps.X.Y}` reference
-_FEEDS = {"str": {"str", "path", "int", "number"}, "path": {"path"}, "config": {"path"},
+_FEEDS = {"str": {"str", "path", "int", "number"}, "path": {"path"}, "model": {"path"},
+          "config": {"path"},
           "source": {"path", "str"}, "int": {"int"}, "number": {"int", "number"},
           "bool": {"bool"}}
 
 
 def _describe(t):
-    names = {"str": "a string", "path": "a path", "config": "a config path",
-             "source": "a path or URL", "int": "an integer", "number": "a number",
+    names = {"str": "a string", "path": "a path", "model": "a model path (DIR or DIR@bf16)",
+             "config": "a config path", "source": "a path or URL", "int": "an integer", "number": "a number",
              "bool": "true or false", "list[str]": "a list of strings",
              "list[int]": "a list of integers", "map[path]": "a mapping of name: path",
+             "map[model]": "a mapping of name: model path (optionally PATH@bf16)",
              "outputs": "${steps.STEP} (all outputs of a step)",
              "variants": "a mapping of variant name: {eval, export, opt, quant, precision, "
                          "model, input_size}"}
@@ -340,6 +349,11 @@ class _Checker:
             return
         for name, keys, text in step_refs(v, f"{self.file}: {key}"):
             self.check_step_ref(key, name, keys, text)
+        if t == "model" and isinstance(v, str):  # a path, maybe with @PRECISION
+            try:
+                v, t = model_path(v), "path"
+            except ConfigError as e:
+                self.err(key, str(e).split(": ", 1)[-1])
         if t in _BASE_TYPE:
             types = _BASE_TYPE[t]
             if isinstance(v, bool) and bool not in types or not isinstance(v, types):
@@ -355,11 +369,11 @@ class _Checker:
                 self.err(key, f"must be {_describe(t)}, got {v!r}")
             for i, item in enumerate(v):
                 self.value(f"{key}[{i}]", item, t[5:-1])
-        elif t == "map[path]":
+        elif t in ("map[path]", "map[model]"):
             if not isinstance(v, dict) or not v:
                 self.err(key, f"must be {_describe(t)}, got {v!r}")
             for name, item in v.items():
-                self.value(f"{key}.{name}", item, "path")
+                self.value(f"{key}.{name}", item, "model" if t == "map[model]" else "path")
         elif t == "variants":
             if not isinstance(v, dict) or not v:
                 self.err(key, f"must be {_describe(t)}, got {v!r}")

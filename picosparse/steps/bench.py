@@ -14,15 +14,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from picosparse import paddle_env, progress, subproc
 from picosparse.deploy import infer_cfg, nbfile, program, timing
-from picosparse.errors import ConfigError, DataError, PicosparseError
+from picosparse.deploy.runtimes import PRECISIONS, split_precision
+from picosparse.errors import ConfigError, DataError, ParamError, PicosparseError
+from picosparse.params import at_least, check, multiple_of_32, param
 from picosparse.x86.runtime import is_x86_sparse, read_meta
 
 RUNTIMES = ("paddle", "lite", "openvino")
-PRECISIONS = ("f32", "bf16")
 ASKED = {"f32": "fp32", "bf16": "bf16"}  # hint -> the name OpenVINO reports back
 LABEL = {"paddle": "Paddle Inference (CPU, oneDNN)", "lite": "Paddle-Lite x86 (Python API)",
          "openvino": "OpenVINO (CPU)"}
@@ -110,19 +112,6 @@ def _x86_spec(p, runtime, adb):
     return read_meta(p, "--model")
 
 
-def split_precision(model, default="f32"):
-    """'runs/x/inference@bf16' -> ('runs/x/inference', 'bf16', True): one model at its own
-    OpenVINO precision in the same run (a path that exists as written is taken as a path)."""
-    text = str(model)
-    path, sep, prec = text.rpartition("@")
-    if sep and path and not Path(text).exists():
-        if prec not in PRECISIONS:
-            raise ConfigError(f"--model {text}: unknown precision @{prec} (expected "
-                              f"{' or '.join('@' + p for p in PRECISIONS)})")
-        return path, prec, True
-    return text, default, False
-
-
 def _spec(path, runtime, input_size, adb, precision="f32"):
     path, precision, suffixed = split_precision(path, precision)
     if precision != "f32" and (runtime != "openvino" or adb):
@@ -208,30 +197,76 @@ def _inputs(spec, image):
     return infer_cfg.preprocess(rgb, pre, spec["input_size"])
 
 
-def _check_args(models, threads, repeats, warmup, runtime, precision, per_layer=False):
-    if not models:
-        raise ConfigError("--model: give at least one model (the first is the baseline)")
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
-    if precision != "f32" and runtime != "openvino":
-        raise ConfigError(f"--precision {precision}: only --runtime openvino runs other than "
-                          "FP32 here")
-    # a per-model @precision is checked with its model (_spec)
-    if not threads or any(isinstance(t, bool) or not isinstance(t, int) or t < 1
-                          for t in threads):
-        raise ConfigError(f"--threads {','.join(map(str, threads))}: expected integers >= 1")
-    if repeats < 1 or warmup < 0:
-        raise ConfigError("--repeats must be >= 1 and --warmup >= 0")
-    if per_layer and runtime != "openvino":
-        raise ConfigError(f"--per-layer: needs --runtime openvino (it profiles x86-sparse "
-                          f"models), got --runtime {runtime}")
+def _thread_counts(text):
+    """--threads "1,4" -> [1, 4]."""
+    try:
+        return [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise ParamError("threads", "expected comma-separated integers, e.g. 1,4", text,
+                         BenchParams) from None
 
 
-def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precision="f32",
-          image=None, input_size=None, adb=None, benchmark_bin=None, per_layer=False):
-    """Time each model (inference dir or .nb) at each thread count, in one process.
+def _check_threads(v):
+    if not isinstance(v, (list, tuple)) or not v or any(
+            isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in v):
+        return "expected integers >= 1"
+    return None
+
+
+@dataclass(frozen=True)
+class BenchParams:
+    """`picosparse bench` / the pipeline kind `bench`; checked when made. The models are the
+    step's input (the CLI's --model, the pipeline's `models` mapping)."""
+
+    threads: list = param([1, 4], "list[int]", check=_check_threads, parse=_thread_counts,
+                          click=dict(default="1,4", show_default=True),
+                          help="Thread counts, comma separated.")
+    repeats: int = param(50, "int", check=at_least(1),
+                         help="Timed runs (interleaved rounds) per model and thread count.")
+    warmup: int = param(5, "int", check=at_least(0), help="Untimed runs first.")
+    runtime: str = param("paddle", "str", choices=RUNTIMES,
+                         help="x86 runtime (lite needs/makes an x86 .nb).")
+    precision: str = param("f32", "str", choices=PRECISIONS, only="cli", help=(
+        "OpenVINO precision of the dense models (MODEL@bf16 sets one model's; picosparse's "
+        "x86-sparse models run as made)."))
+    image: str = param(None, "path?", only="cli", click=dict(path="file"),
+                       help="Input image [a fixed random image].")
+    input_size: int = param(None, "int?", check=multiple_of_32, only="cli",
+                            help="Input side for a .nb without infer_cfg.yml beside it.")
+    adb: str = param(None, "str?", only="cli", metavar="SERIAL",
+                     help="Time on an ARM board over adb (needs --benchmark-bin).")
+    benchmark_bin: str = param(None, "path?", only="cli", click=dict(path="file"),
+                               help="Paddle-Lite's benchmark_bin built for the board (same "
+                                    "release as opt).")
+    per_layer: bool = param(False, "bool", only="cli", help=(
+        "With --runtime openvino: per-layer times of each x86-sparse model vs the dense "
+        "convs it replaced."))
+
+    def __post_init__(self):
+        object.__setattr__(self, "threads", list(self.threads)
+                           if isinstance(self.threads, tuple) else self.threads)
+        check(self)
+        if self.precision != "f32" and self.runtime != "openvino":
+            raise ParamError("precision", "only {runtime} openvino runs other than FP32 here",
+                             self.precision, BenchParams)
+        if self.adb and not self.benchmark_bin:
+            raise ParamError("adb", "needs {benchmark_bin} PATH (Paddle-Lite's benchmark_bin "
+                             "built for the board)", self.adb, BenchParams)
+        if self.benchmark_bin and not self.adb:
+            raise ParamError("benchmark_bin", "needs {adb} SERIAL", self.benchmark_bin,
+                             BenchParams)
+        if self.per_layer and self.adb:
+            raise ParamError("per_layer", "not over {adb} (it profiles x86-sparse models "
+                             "here)", None, BenchParams)
+        if self.per_layer and self.runtime != "openvino":
+            raise ParamError("per_layer", "needs {runtime} openvino (it profiles x86-sparse "
+                             f"models), got {{runtime}} {self.runtime}", None, BenchParams)
+
+
+def bench(models, params=None, **fields):
+    """Time each model (inference dir, .nb, x86-sparse or OpenVINO IR folder; DIR@bf16 for
+    another OpenVINO precision) at each thread count, interleaved, in a child process.
+    `params`: BenchParams (`fields` replace its values: BenchParams(**fields) in short).
 
     Returns {"runtime": str, "precision": str, "threads": [int], "notes": [str],
              "repeats": int, "warmup": int, "image": str, "basis": "median"|"mean",
@@ -250,17 +285,12 @@ def bench(models, threads=(1, 4), repeats=50, warmup=5, runtime="paddle", precis
     Thread keys are strings (JSON). Over adb, benchmark_bin gives min/max/avg only: median and
     p90 are None, there are no samples and the speed-ups are ratios of means ("basis").
     """
-    threads = list(threads)
-    _check_args(models, threads, repeats, warmup, runtime, precision, per_layer)
-    if input_size is not None and (input_size <= 0 or input_size % 32):
-        raise ConfigError(f"--input-size {input_size}: must be a positive multiple of 32")
-    if adb and not benchmark_bin:
-        raise ConfigError("--adb needs --benchmark-bin PATH (Paddle-Lite's benchmark_bin "
-                          "built for the board)")
-    if benchmark_bin and not adb:
-        raise ConfigError("--benchmark-bin needs --adb SERIAL")
-    if adb and per_layer:
-        raise ConfigError("--per-layer: not over --adb (it profiles x86-sparse models here)")
+    p = replace(params, **fields) if params is not None else BenchParams(**fields)
+    if not models:
+        raise ConfigError("--model: give at least one model (the first is the baseline)")
+    threads, repeats, warmup, runtime = list(p.threads), p.repeats, p.warmup, p.runtime
+    precision, image, input_size, adb = p.precision, p.image, p.input_size, p.adb
+    benchmark_bin, per_layer = p.benchmark_bin, p.per_layer
     specs = [_spec(m, runtime, input_size, adb, precision) for m in models]
     if per_layer and not any(s["x86_sparse"] for s in specs):
         raise ConfigError("--per-layer: no x86-sparse model among --model (give the "
@@ -364,9 +394,12 @@ def _kernel_notes(specs, runtime):
                                  "(`picosparse export --x86-sparse`)"))
     for s in x86:
         m = s["x86_sparse"]
-        total = m.get("replaced", 0) + m.get("kept_dense_1x1", 0)
+        on_op = m.get("dense_1x1_on_op", 0)
+        total = m.get("replaced", 0) + on_op + m.get("kept_dense_1x1", 0)
         notes.append(f"{s['name']}: x86-sparse export, {m.get('replaced')} of {total} 1x1 "
                      f"convs on picosparse's sparse op (>= {m.get('sparse_threshold')} zeros)"
+                     + (f", {on_op} below that on the same op with all their weights"
+                        if on_op else "")
                      + (f", {m['depthwise']} depthwise + {m.get('dense_kxk', 0)} dense KxK "
                         f"convs and {m.get('upsample', 0)} upsamplings on its NCHW ops"
                         if m.get("depthwise") or m.get("dense_kxk") else "")
@@ -409,7 +442,9 @@ def _model_out(spec, latency):
     if m:
         out["x86_sparse"] = {"replaced": m.get("replaced"), "depthwise": m.get("depthwise"),
                              "dense_kxk": m.get("dense_kxk", 0), "upsample": m.get("upsample", 0),
-                             "conv_1x1_total": m.get("replaced", 0) + m.get("kept_dense_1x1", 0),
+                             "dense_1x1_on_op": m.get("dense_1x1_on_op", 0),
+                             "conv_1x1_total": m.get("replaced", 0)
+                             + m.get("dense_1x1_on_op", 0) + m.get("kept_dense_1x1", 0),
                              "sparse_threshold": m.get("sparse_threshold")}
     return out
 
@@ -419,8 +454,8 @@ def _lite_nb(spec, out, notes):
     p = Path(spec["path"])
     if p.suffix == ".nb":
         return p
-    from picosparse.steps.lite import optimize
-    optimize(p, out, sparse=False, valid_targets="x86")
+    from picosparse.steps.lite import OptParams, optimize
+    optimize(p, out, OptParams(sparse=False, valid_targets="x86"))
     notes.append(f"{spec['name']}: converted to an x86 .nb for Paddle-Lite "
                  "(`picosparse opt --valid-targets x86 --no-sparse`)")
     return out

@@ -21,9 +21,10 @@ class EvalParams:
     model run by the Detector: the deployed files' mAP), one of the two."""
 
     weights: str = param(None, "source?", click=dict(path="file"), help="Weights (.pdparams).")
-    model: str = param(None, "path?", flag="--model", click=dict(path="any"), help=(
-        "Instead of --weights: an exported model folder (`export` output or its x86_sparse "
-        "folder), run by the Detector: the deployed files' mAP."))
+    model: str = param(None, "model?", flag="--model", metavar="PATH", help=(
+        "Instead of --weights: an exported model folder (`export` output, its x86_sparse "
+        "folder, an OpenVINO IR folder), run by the Detector: the deployed files' mAP; "
+        "DIR@bf16 runs it at OpenVINO's BF16."))
     device: str = device_param()
     ONE_OF = (("weights", "model"),)
 
@@ -130,6 +131,7 @@ def evaluate_model(cfg, model_dir, runtime="auto", threads=1):
     out["sparsity"] = _model_sparsity(det)
     out["images"] = len(dataset.roidbs)
     out.update(model=str(model_dir), kind=det.kind, runtime=det.runtime,
+               precision={"f32": "fp32"}.get(det.precision, det.precision),
                input_size=det.input_size, seconds=time.monotonic() - t0)
     return out
 

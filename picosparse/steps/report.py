@@ -146,10 +146,12 @@ def _quantization(q):
     return how + (f", {n} images" if n else "")
 
 
-def _precision(v, op, q):
+def _precision(v, op, q, timed):
+    """The variant's precision as given, else what its .nb, quantization, timing run or eval
+    run report (bf16 asked on a CPU without it runs, and says, fp32)."""
     if v.get("precision"):
         return v["precision"]
-    for src in (op, q):
+    for src in (op, q, timed, v.get("eval") or {}):
         if src.get("precision"):
             return src["precision"]
     return "fp32" if (v.get("eval") or v.get("export") or op) else None
@@ -171,11 +173,12 @@ def make_report(variants, bench=None, baseline=None, title="picosparse"):
     for name, v in variants.items():
         ev, ex, op = v.get("eval") or {}, v.get("export") or {}, v.get("opt") or {}
         q = v.get("quant") or {}
-        lat_src = ((bench.get("models") or {}).get(name) or {}).get("latency_ms") or {}
+        timed = (bench.get("models") or {}).get(name) or {}
+        lat_src = timed.get("latency_ms") or {}
         rows.append({
             "name": name, "model": v.get("model"),
             "input_size": v.get("input_size") or ex.get("input_size") or ev.get("input_size"),
-            "precision": _precision(v, op, q), "quantization": _quantization(q),
+            "precision": _precision(v, op, q, timed), "quantization": _quantization(q),
             "sparsity": (ev.get("sparsity") or {}).get("overall"),
             "mAP": ev.get("mAP"), "mAP50": ev.get("mAP50"),
             "nb_size_bytes": op.get("size_bytes"), "sparse_conv2d": op.get("sparse_conv2d"),

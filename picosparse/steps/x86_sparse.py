@@ -36,6 +36,12 @@ class X86SparseParams:
         click=dict(choices=("on", "off"), default="on", show_default=True),
         help="Depthwise/KxK convs (+ the stem's max pool) and upsampling also on picosparse's "
              "NCHW ops, so no layout reorders surround the sparse ops (off: OpenVINO's own).")
+    dense_1x1: bool = param(
+        True, "bool", parse=lambda v: v == "on",
+        click=dict(choices=("on", "off"), default="on", show_default=True),
+        help="1x1 convs below the threshold (the recipe's kept-dense head outputs and SE "
+             "convs) also on picosparse's op, with all their weights: no layout reorders "
+             "around them, the head's outputs fused (off: OpenVINO's dense conv).")
     spelled: tuple = ()  # ((parameter, spelling), ...)
 
     def __post_init__(self):
@@ -53,8 +59,6 @@ class X86SparseParams:
         """How the caller wrote `option` (the pipeline's key by default)."""
         return dict(self.spelled).get(option, option)
 
-
-Options = X86SparseParams  # the name benchmarks/x86_sparse.py imports
 
 
 def check_stack():
@@ -80,4 +84,4 @@ def convert(model_dir, params=X86SparseParams(), out=None):
         if out.exists():
             shutil.rmtree(out)
     return write_ir(model_dir, out, params.sparse_threshold, params.nchw_ops,
-                    params.name("sparse_threshold"))
+                    params.name("sparse_threshold"), params.dense_1x1)

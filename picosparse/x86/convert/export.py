@@ -33,18 +33,19 @@ def find_model(model_dir):
                     "run `picosparse export` first")
 
 
-def write_ir(model_dir, out_dir, sparse_threshold, nchw_ops, threshold_name="sparse_threshold"):
+def write_ir(model_dir, out_dir, sparse_threshold, nchw_ops, threshold_name="sparse_threshold",
+             dense_1x1=True):
     """MODEL_DIR/model.pdmodel -> OUT_DIR (see the module doc); nothing at OUT_DIR on error.
 
     nchw_ops: see rewrite.rewrite_model. threshold_name: how the caller spells the threshold
     (a flag, a pipeline key), for the error when no 1x1 conv reaches it. Returns {"out_dir",
-    "model_xml", "extension", "replaced", "depthwise", "dense_kxk", "upsample", "se_gates",
-    "kept_dense_1x1", "conv_1x1_total", "sparse_threshold", "dense_1x1_weight_bytes",
+    "model_xml", "extension", "replaced", "dense_1x1_on_op", "depthwise", "dense_kxk",
+    "upsample", "se_gates", "kept_dense_1x1", "conv_1x1_total", "sparse_threshold", "dense_1x1_weight_bytes",
     "sparse_weight_bytes", "bin_bytes", "openvino"}.
     """
     args = dict(model_dir=str(model_dir), out_dir=str(out_dir),
                 sparse_threshold=float(sparse_threshold), nchw_ops=bool(nchw_ops),
-                threshold_name=threshold_name)
+                threshold_name=threshold_name, dense_1x1=bool(dense_1x1))
     if "paddle" not in sys.modules:
         return write_here(**args)
     # ov.save_model of a model holding our ops segfaulted in a process that had imported
@@ -65,7 +66,7 @@ def write_ir(model_dir, out_dir, sparse_threshold, nchw_ops, threshold_name="spa
     return res
 
 
-def write_here(model_dir, out_dir, sparse_threshold, nchw_ops, threshold_name):
+def write_here(model_dir, out_dir, sparse_threshold, nchw_ops, threshold_name, dense_1x1=True):
     """write_ir in this process."""
     from picosparse.x86.build import LIB_NAME, library_path, openvino_dirs
     from picosparse.x86.convert.rewrite import rewrite_model
@@ -85,19 +86,20 @@ def write_here(model_dir, out_dir, sparse_threshold, nchw_ops, threshold_name):
                             f"{p.get_partial_shape()}; export with a fixed input size")
     lib = library_path()
     try:
-        stats = rewrite_model(model, sparse_threshold, lib, nchw_ops)
+        stats = rewrite_model(model, sparse_threshold, lib, nchw_ops, dense_1x1)
     except RuntimeError as e:  # OpenVINO's errors (node creation, shape inference)
         raise PicosparseError(f"{src}: rewriting it for the x86 sparse op failed in OpenVINO "
                               f"({_first_line(e)})") from e
     if stats["replaced"] == 0:
         # a model with no sparse op is only a slower dense model: refuse, before writing
-        if not stats["skipped"]:
+        if not stats["skipped"] and not stats["dense_1x1_on_op"]:
             raise DataError(f"{src}: no 1x1 convolution (stride 1, no padding, groups 1) "
                             "to make sparse")
-        zfs = [s["zero_fraction"] for s in stats["skipped"] if "zero_fraction" in s]
+        zfs = [s["zero_fraction"] for s in stats["skipped"] if "zero_fraction" in s] + [
+            r["zero_fraction"] for r in stats["layers"] if r.get("below_threshold")]
         most = f", the sparsest {max(zfs):.1%} zeros" if zfs else ""
         raise DataError(f"{threshold_name} {sparse_threshold}: no 1x1 conv of {src} has "
-                        f"that many zeros ({len(stats['skipped'])} 1x1 convs{most}); lower "
+                        f"that many zeros ({len(zfs)} 1x1 convs{most}); lower "
                         "the threshold or export sparse weights")
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
@@ -112,11 +114,13 @@ def write_here(model_dir, out_dir, sparse_threshold, nchw_ops, threshold_name):
         _check_compiles(tmp, lib)
     return {
         "out_dir": out, "model_xml": out / XML_NAME, "extension": out / LIB_NAME,
-        "replaced": stats["replaced"], "depthwise": stats["depthwise"],
+        "replaced": stats["replaced"], "dense_1x1_on_op": stats["dense_1x1_on_op"],
+        "depthwise": stats["depthwise"],
         "dense_kxk": stats["dense_kxk"], "upsample": stats["upsample"],
         "se_gates": stats["se_gates"],
         "kept_dense_1x1": stats["kept_dense_1x1"],
-        "conv_1x1_total": stats["replaced"] + stats["kept_dense_1x1"],
+        "conv_1x1_total": stats["replaced"] + stats["dense_1x1_on_op"]
+        + stats["kept_dense_1x1"],
         "sparse_threshold": sparse_threshold,
         "dense_1x1_weight_bytes": stats["dense_1x1_weight_bytes"],
         "sparse_weight_bytes": stats["sparse_weight_bytes"],

@@ -8,7 +8,7 @@ by later passes, are written only when set.
 
 from dataclasses import asdict, dataclass
 
-OPTIONAL = ("fused_into", "layout")
+OPTIONAL = ("fused_into", "layout", "below_threshold")
 
 
 @dataclass

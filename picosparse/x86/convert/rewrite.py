@@ -6,7 +6,8 @@ record):
   node passes, matched on the whole graph first, then built in graph order:
     upsample.py    nearest integer Interpolate -> Upsample                     (nchw_ops)
     conv2d.py      depthwise / dense KxK conv + chain (+ max pool) -> Conv2d    (nchw_ops)
-    sparse1x1.py   1x1 conv with >= threshold zeros + chain -> SparseConv1x1, with a
+    sparse1x1.py   1x1 conv (>= threshold zeros, or any with dense_1x1) + chain ->
+                   SparseConv1x1, with a
                    squeeze-excite gate (squeeze_excite.py) or head outputs (head.py) fused
   identity.py      x * 1, x + 0 bypassed
   shuffle.py       concat + channel shuffle into the sparse op writing it     (nchw_ops)
@@ -32,6 +33,7 @@ class Context:
     ops: object  # openvino.opset13
     sparse_threshold: float
     nchw_ops: bool
+    dense_1x1: bool = True
     records: list = field(default_factory=list)
     dense_bytes: int = 0
     sparse_bytes: int = 0
@@ -54,14 +56,17 @@ def plan(model, ctx):
     return matches, skipped
 
 
-def rewrite_model(model, sparse_threshold=SPARSE_THRESHOLD, lib_path=None, nchw_ops=True):
+def rewrite_model(model, sparse_threshold=SPARSE_THRESHOLD, lib_path=None, nchw_ops=True,
+                  dense_1x1=True):
     """Replace what the passes match in `model` (an ov.Model, modified in place). Returns
     stats: counts per kind, "layers" (the records, as JSON), "skipped" 1x1 convs with why,
     and the 1x1 weight bytes dense / sparse.
 
     nchw_ops: True also moves every depthwise and dense KxK conv (+BN+act, + a following max
     pool) to the picosparse Conv2d op and nearest integer upsampling to its Upsample op; False
-    leaves them to OpenVINO (see conv2d.py for why they move).
+    leaves them to OpenVINO (see conv2d.py for why they move). dense_1x1: 1x1 convs below the
+    threshold run the sparse op too, with all their weights (sparse1x1.py); False leaves them
+    to OpenVINO.
     """
     from openvino import passes
     import openvino.opset13 as ops
@@ -75,7 +80,7 @@ def rewrite_model(model, sparse_threshold=SPARSE_THRESHOLD, lib_path=None, nchw_
 
     factory = NodeFactory("opset13")
     factory.add_extension(str(lib_path or library_path()))
-    ctx = Context(factory, ops, sparse_threshold, nchw_ops)
+    ctx = Context(factory, ops, sparse_threshold, nchw_ops, dense_1x1)
     matches, skipped = plan(model, ctx)
     for m in matches:
         ctx.records.append(m.build(ctx))
@@ -91,7 +96,9 @@ def rewrite_model(model, sparse_threshold=SPARSE_THRESHOLD, lib_path=None, nchw_
         if r.op in blocked:
             r.layout = blocked[r.op]
     kinds = [r.kind for r in ctx.records]
-    return {"replaced": kinds.count("sparse1x1"), "depthwise": kinds.count("depthwise"),
+    below = sum(1 for r in ctx.records if getattr(r, "below_threshold", None))
+    return {"replaced": kinds.count("sparse1x1") - below, "dense_1x1_on_op": below,
+            "depthwise": kinds.count("depthwise"),
             "dense_kxk": kinds.count("conv"), "upsample": kinds.count("upsample"),
             "se_gates": ctx.gates,
             "blocked_tensors": sum(1 for v in blocked.values() if v["out"] == "blocked"),

@@ -1,7 +1,10 @@
 """Fusion pass: a sparse 1x1 conv and its chain (chain.py) -> picosparse SparseConv1x1.
 
 Matched: Convolution 1x1, stride 1, no padding, groups 1, constant fp32 weight whose zero
-fraction reaches the threshold. Built with what it reads fused in (a squeeze-excite gate:
+fraction reaches the threshold, or any such conv with `dense_1x1`: a kept-dense 1x1 conv (the
+recipe's head outputs and SE convs) next to picosparse's NCHW ops costs OpenVINO's conv plus a
+layout reorder on each side; on the same op with all its weights it costs neither, and the
+head's outputs fuse into it (measured faster on PicoDet). Built with what it reads fused in (a squeeze-excite gate:
 squeeze_excite.py) and what reads it (a detection head's channels-last parts: head.py)."""
 
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ class SparseLayer(Layer):
     op: str
     fused_into: str = None  # a squeeze-excite conv run inside this op
     layout: dict = None
+    below_threshold: bool = None  # True: fewer zeros than the threshold, run here anyway
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Sparse1x1:
     cin: int
     cout: int
     parts: list  # head.Part list when only channels-last parts read it, else None
+    below_threshold: bool = False
 
     def build(self, ctx):
         sw = pack(self.weight, self.bias)
@@ -93,7 +98,7 @@ class Sparse1x1:
             [int(d.get_length()) for d in list(shape)[2:]] if shape.is_static else None,
             round(self.zero_fraction, 4), sw.nnz,
             self.folded + (gate.folded() if gate else []) + (head.folded(parts) if parts else []),
-            self.act.name, op)
+            self.act.name, op, below_threshold=self.below_threshold or None)
 
 
 def match(conv, ctx):
@@ -108,13 +113,14 @@ def match(conv, ctx):
         return Skipped(name, f"not fp32 ({w.dtype})")
     cout, cin = w.shape[:2]
     zf = float(np.count_nonzero(w == 0)) / w.size
-    if zf < ctx.sparse_threshold:
+    below = zf < ctx.sparse_threshold
+    if below and not ctx.dense_1x1:
         return Skipped(name, f"zero fraction {zf:.3f} < {ctx.sparse_threshold}", zf)
     chain = fold_chain(conv, cout)
     wf = (w.reshape(cout, cin).astype(np.float64) * chain.scale[:, None]).astype(np.float32)
     wf[w.reshape(cout, cin) == 0] = 0.0  # exact zeros stay zeros (0 * inf guard)
     return Sparse1x1(conv, chain.last, wf, chain.shift.astype(np.float32), chain.act, zf,
-                     chain.folded, int(cin), int(cout), head.match(chain.last, int(cout)))
+                     chain.folded, int(cin), int(cout), head.match(chain.last, int(cout)), below)
 
 
 def _is_1x1(conv):
