@@ -229,6 +229,8 @@ def main(argv=None):
         rows += rows_of(key, raw[key], args.sparsity)
         if args.map:
             maps[key] = map_of(arts, key, overrides)
+    if args.prepare_only:
+        return 0
     cpu = feats.get("model") or platform.processor() or platform.machine()
     print(f"\n{cpu}; {os.cpu_count()} logical CPUs; kernel path "
           f"{isa or 'auto'}; OpenVINO rows as `picosparse bench` ran them; load average "

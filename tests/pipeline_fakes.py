@@ -124,7 +124,7 @@ class Fakes:
                 "valid_targets": valid_targets, "sparse": sparse, "precision": "fp32",
                 "conv_precisions": {"fp32": 12}}
 
-    def bench(self, models, params=None):
+    def bench(self, models, params=None, names=None):
         from picosparse.deploy.runtimes import split_precision
         from picosparse.steps.bench import BenchParams
         params = params or BenchParams()

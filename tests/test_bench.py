@@ -103,6 +103,10 @@ def test_one_run_times_a_model_at_two_precisions():
     if not has_bf16:
         assert any("asked bf16, OpenVINO ran fp32" in n for n in res["notes"])
     assert set(bf16["speedup_ratio"]) == {"1"} and bf16["speedup_ratio"]["1"] > 0
+    # the caller's names (a pipeline's variants) in rows and notes
+    res = bench([d, f"{d}@bf16"], runtime="openvino", names=["fp32", "at bf16"], **FAST)
+    assert [m["name"] for m in res["models"]] == ["fp32", "at bf16"]
+    assert not any("dense_raw" in n for n in res["notes"])
 
 
 def test_per_model_precision_errors(tmp_path):

@@ -101,7 +101,7 @@ def run_bench(p, out, ctx):
     bench = _step_fn("picosparse.steps.bench", "bench")
     names = list(p["models"])
     params = _params("picosparse.steps.bench", "BenchParams", p)
-    res = dict(bench([p["models"][n] for n in names], params))
+    res = dict(bench([p["models"][n] for n in names], params, names=names))
     # bench keeps the order it was given; key its rows by the pipeline's variant names
     res["models"] = {n: {**m, "name": n} for n, m in zip(names, res["models"])}
     res["results"] = Path(out) / "bench.json"

@@ -263,10 +263,11 @@ class BenchParams:
                              f"models), got {{runtime}} {self.runtime}", None, BenchParams)
 
 
-def bench(models, params=None, **fields):
+def bench(models, params=None, names=None, **fields):
     """Time each model (inference dir, .nb, x86-sparse or OpenVINO IR folder; DIR@bf16 for
     another OpenVINO precision) at each thread count, interleaved, in a child process.
     `params`: BenchParams (`fields` replace its values: BenchParams(**fields) in short).
+    `names`: what to call each model in rows and notes [from its path].
 
     Returns {"runtime": str, "precision": str, "threads": [int], "notes": [str],
              "repeats": int, "warmup": int, "image": str, "basis": "median"|"mean",
@@ -292,6 +293,8 @@ def bench(models, params=None, **fields):
     precision, image, input_size, adb = p.precision, p.image, p.input_size, p.adb
     benchmark_bin, per_layer = p.benchmark_bin, p.per_layer
     specs = [_spec(m, runtime, input_size, adb, precision) for m in models]
+    for s, name in zip(specs, names or ()):
+        s["name"] = str(name)
     if per_layer and not any(s["x86_sparse"] for s in specs):
         raise ConfigError("--per-layer: no x86-sparse model among --model (give the "
                           "OUT/x86_sparse folder of `picosparse export --x86-sparse`)")
