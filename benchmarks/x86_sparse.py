@@ -123,7 +123,8 @@ def bench_case(arts, bf16, threads, repeats, warmup, isa):
 
 def variant(name):
     """bench's row name -> the variant: dense, dense@bf16, dense_int8, sparse75, ..."""
-    return name.split("/")[0] if name.endswith("/x86_sparse") else name
+    parts = name.split("/")
+    return parts[-2] if parts[-1] == "x86_sparse" and len(parts) > 1 else parts[-1]
 
 
 def rows_of(key, res, sparsities):

@@ -301,6 +301,7 @@ def test_nncf_int8_ir_runs_in_bench(tiny_data, tmp_path):
     b = bench([src, out], threads=[1], repeats=2, warmup=1, runtime="openvino")
     assert [m["precision"] for m in b["models"]] == ["fp32", "int8"]
     assert b["models"][1]["kind"] == "openvino-ir" and b["models"][1]["size_kind"] == "xml+bin"
+    assert b["models"][1]["name"] == out.name  # its own folder's name, not an x86 one's
     # the Detector runs it too: eval --model gets its mAP the same way
     from picosparse.deploy.detector import Detector
     from picosparse.deploy import infer_cfg

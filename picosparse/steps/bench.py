@@ -22,7 +22,7 @@ from picosparse.deploy import infer_cfg, nbfile, program, timing
 from picosparse.deploy.runtimes import PRECISIONS, split_precision
 from picosparse.errors import ConfigError, DataError, ParamError, PicosparseError
 from picosparse.params import at_least, check, multiple_of_32, param
-from picosparse.x86.runtime import is_x86_sparse, read_meta
+from picosparse.x86.runtime import META_NAME, is_x86_sparse, read_meta
 
 RUNTIMES = ("paddle", "lite", "openvino")
 ASKED = {"f32": "fp32", "bf16": "bf16"}  # hint -> the name OpenVINO reports back
@@ -40,7 +40,8 @@ def model_name(path):
     """runs/sparse75/inference -> sparse75; x/model.nb -> x; other.nb -> other;
     runs/sparse75/inference/x86_sparse -> sparse75/x86_sparse."""
     p = Path(path)
-    if is_x86_sparse(p) and not (p / program.MODEL_FILE).is_file():
+    if (p / META_NAME).is_file() and not (p / program.MODEL_FILE).is_file():
+        # an x86-sparse folder is named after the export it came from
         return f"{model_name(p.resolve().parent)}/{p.resolve().name}"
     if p.suffix == ".nb":
         return p.parent.name if p.stem == "model" and p.parent.name else p.stem
