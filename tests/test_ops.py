@@ -764,7 +764,8 @@ def test_export_rejects_missing_model(tmp_path):
 @pytest.mark.slow
 def test_build_cache(tmp_path, monkeypatch, capsys):
     from picosparse.x86 import build
-    monkeypatch.setenv("PICOSPARSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("PICOSPARSE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("PICOSPARSE_CACHE", str(tmp_path))  # an empty cache: a real build
     lib = build.library_path()
     assert lib.is_file() and lib.parent.parent == tmp_path
     assert "building sparse op" in capsys.readouterr().err
