@@ -298,6 +298,17 @@ def test_failing_step_stops_the_run_and_a_rerun_continues_from_it(fakes, tmp_pat
     assert manifest(run)["steps"]["eval_sparse75"]["status"] == "done"
 
 
+def test_a_steps_input_error_names_the_key_not_the_flag(fakes, tmp_path):
+    from picosparse.errors import DataError
+    fakes.fail["opt_dense"] = DataError("--model-dir /x/inference: no model.pdmodel")
+    r = invoke("run", MINI, "--out", tmp_path / "run")
+    assert error_line(r) == ("Error: step 'opt_dense' (opt) failed: model_dir /x/inference: "
+                             "no model.pdmodel")
+    fakes.fail["opt_dense"] = DataError("--benchmark-bin b: not a flag of opt")
+    r = invoke("run", MINI, "--out", tmp_path / "run")
+    assert error_line(r).endswith("failed: --benchmark-bin b: not a flag of opt")
+
+
 def test_unexpected_exception_one_line_exit_1_traceback_with_debug(fakes, tmp_path):
     fakes.fail["opt_dense"] = ZeroDivisionError("division by zero")
     r = invoke("run", MINI, "--out", tmp_path / "run")

@@ -54,9 +54,19 @@ class StepFailed(PicosparseError):
             # named as the file writes it
             text = cause.render(lambda name: name, where=where)
         else:
-            text = f"step '{step}' ({kind}) failed: {text}"
+            text = f"step '{step}' ({kind}) failed: {_as_key(text, kind)}"
         super().__init__(" ".join(text.split()))  # one line, whatever the step raised
         self.step, self.cause = step, cause
+
+
+def _as_key(text, kind):
+    """'--model-dir X: ...' -> 'model_dir X: ...' when the flag is one of the kind's keys: the
+    steps name their inputs as the command's flags, a pipeline user wrote keys."""
+    flag = text.split(" ", 1)[0].rstrip(":")
+    key = flag[2:].replace("-", "_")
+    if flag.startswith("--") and key in KINDS[kind].params:
+        return key + text[len(flag):]
+    return text
 
 
 @dataclass
