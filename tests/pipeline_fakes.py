@@ -125,7 +125,7 @@ class Fakes:
                 "conv_precisions": {"fp32": 12}}
 
     def bench(self, models, params=None, names=None):
-        from picosparse.deploy.runtimes import split_precision
+        from picosparse.deploy.runtimes import reported, split_precision
         from picosparse.steps.bench import BenchParams
         params = params or BenchParams()
         threads, runtime = params.threads, params.runtime
@@ -134,7 +134,7 @@ class Fakes:
             path, precision, _ = split_precision(model)
             s = _sparsity(Path(path, "model.pdmodel"))
             rows.append({"name": Path(path).name, "path": str(path), "size_bytes": 1,
-                         "precision": {"f32": "fp32"}.get(precision, precision),
+                         "precision": reported(precision),
                          "latency_ms": {str(t): {"median": 40.0 * (1 - s / 3) / t, "p90": 1.0,
                                                  "mean": 1.0} for t in threads},
                          "speedup_fps_gain": {}, "speedup_ratio": {}})

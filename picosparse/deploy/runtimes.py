@@ -18,6 +18,12 @@ from picosparse.errors import ConfigError, DataError, PicosparseError, StackErro
 # bench --precision -> OpenVINO's INFERENCE_PRECISION_HINT
 OV_PRECISION = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 PRECISIONS = ("f32", "bf16")  # what a model path may ask for: DIR@bf16
+REPORTED = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # OpenVINO's name -> our tables'
+
+
+def reported(precision):
+    """OpenVINO's precision name as picosparse's tables and JSON spell it (f32 -> fp32)."""
+    return REPORTED.get(precision, precision)
 
 
 def split_precision(model, default="f32", flag="--model"):
@@ -123,8 +129,7 @@ def _ov_tensor(array):
 
 def _ov_precision(compiled):
     """The precision OpenVINO actually picked (it may differ from the hint)."""
-    got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    return {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(got, got)
+    return reported(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
 
 
 class X86SparseRunner:

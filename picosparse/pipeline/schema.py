@@ -130,8 +130,8 @@ def _kinds():
         "x86_sparse": Kind(
             _params(X86SparseParams, {"model_dir": P("path")}),
             {"out_dir": "path", "model_xml": "path", "replaced": "int", "depthwise": "int",
-             "dense_1x1_on_op": "int", "kept_dense_1x1": "int", "conv_1x1_total": "int", "sparse_threshold": "number",
-             "sparse_weight_bytes": "int", "bin_bytes": "int"},
+             "dense_1x1_on_op": "int", "kept_dense_1x1": "int", "conv_1x1_total": "int",
+             "sparse_threshold": "number", "sparse_weight_bytes": "int", "bin_bytes": "int"},
             help="x86-sparse OpenVINO model, picosparse's sparse 1x1 op (picosparse export "
                  "--x86-sparse)"),
         "quant": Kind(
@@ -293,8 +293,8 @@ _FEEDS = {"str": {"str", "path", "int", "number"}, "path": {"path"}, "model": {"
 
 def _describe(t):
     names = {"str": "a string", "path": "a path", "model": "a model path (DIR or DIR@bf16)",
-             "config": "a config path", "source": "a path or URL", "int": "an integer", "number": "a number",
-             "bool": "true or false", "list[str]": "a list of strings",
+             "config": "a config path", "source": "a path or URL", "int": "an integer",
+             "number": "a number", "bool": "true or false", "list[str]": "a list of strings",
              "list[int]": "a list of integers", "map[path]": "a mapping of name: path",
              "map[model]": "a mapping of name: model path (optionally PATH@bf16)",
              "outputs": "${steps.STEP} (all outputs of a step)",

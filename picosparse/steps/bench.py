@@ -19,13 +19,12 @@ from pathlib import Path
 
 from picosparse import paddle_env, progress, subproc
 from picosparse.deploy import infer_cfg, nbfile, program, timing
-from picosparse.deploy.runtimes import PRECISIONS, split_precision
+from picosparse.deploy.runtimes import PRECISIONS, reported, split_precision
 from picosparse.errors import ConfigError, DataError, ParamError, PicosparseError
 from picosparse.params import at_least, check, multiple_of_32, param
 from picosparse.x86.runtime import META_NAME, is_x86_sparse, read_meta
 
 RUNTIMES = ("paddle", "lite", "openvino")
-ASKED = {"f32": "fp32", "bf16": "bf16"}  # hint -> the name OpenVINO reports back
 LABEL = {"paddle": "Paddle Inference (CPU, oneDNN)", "lite": "Paddle-Lite x86 (Python API)",
          "openvino": "OpenVINO (CPU)"}
 
@@ -335,7 +334,8 @@ def bench(models, params=None, names=None, **fields):
         for t in ran:
             progress.say(f"bench {runtime}: {t} thread{'s' * (t > 1)}, {len(specs)} model(s)")
             got = _worker(tmp, runtime, run_paths, [s["path"] for s in specs], t,
-                          [s["asked"] for s in specs], warmup, repeats, [s["kind"] for s in specs], dense_of)
+                          [s["asked"] for s in specs], warmup, repeats,
+                          [s["kind"] for s in specs], dense_of)
             precisions.update(got["precisions"])
             for s, ms, prec in zip(specs, got["times_ms"], got["precisions"]):
                 results[s["name"]][str(t)] = timing.summary(ms)
@@ -363,7 +363,7 @@ def bench(models, params=None, names=None, **fields):
                      + (", @PRECISION per model" if any(s["asked"] != precision
                                                          for s in specs) else "") + ")")
         for s in specs:
-            if s["kind"] == "dense" and ASKED[s["asked"]] != s.get("precision"):
+            if s["kind"] == "dense" and reported(s["asked"]) != s.get("precision"):
                 # an INT8 model's reported hint is for its non-INT8 parts: not compared
                 notes.append(f"{s['name']}: asked {s['asked']}, OpenVINO ran "
                              f"{s.get('precision')} (this CPU has no {s['asked']} kernels)")

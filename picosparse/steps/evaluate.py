@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from picosparse import paddle_env, progress, weights as W
+from picosparse.deploy.runtimes import reported
 from picosparse.errors import ParamError
 from picosparse.params import check, device_param, param
 from picosparse.sparsity import policy, report
@@ -131,7 +132,7 @@ def evaluate_model(cfg, model_dir, runtime="auto", threads=1):
     out["sparsity"] = _model_sparsity(det)
     out["images"] = len(dataset.roidbs)
     out.update(model=str(model_dir), kind=det.kind, runtime=det.runtime,
-               precision={"f32": "fp32"}.get(det.precision, det.precision),
+               precision=reported(det.precision),
                input_size=det.input_size, seconds=time.monotonic() - t0)
     return out
 

@@ -186,16 +186,16 @@ def make_report(variants, bench=None, baseline=None, title="picosparse"):
             "latency_ms": {str(t): _median(lat_src.get(str(t))) for t in threads},
         })
     base = next(r for r in rows if r["name"] == baseline)
-    timed = bench.get("models") or {}
+    bench_models = bench.get("models") or {}
     # bench's own ratios (median of per-round paired ratios) when it timed against the same
     # baseline; else the ratio of the medians
-    paired = next(iter(timed), None) == baseline
+    paired = next(iter(bench_models), None) == baseline
     for r in rows:
         r["speedup_fps_gain"], r["speedup_ratio"] = {}, {}
         for t, lat in r["latency_ms"].items():
             b = base["latency_ms"].get(t)
             ok = lat and b
-            ratio = ((timed.get(r["name"]) or {}).get("speedup_ratio") or {}).get(t) \
+            ratio = ((bench_models.get(r["name"]) or {}).get("speedup_ratio") or {}).get(t) \
                 if paired and ok else None
             ratio = ratio or (b / lat if ok else None)
             r["speedup_fps_gain"][t] = ratio - 1 if ratio else None

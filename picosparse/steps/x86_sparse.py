@@ -52,13 +52,13 @@ class X86SparseParams:
         except ParamError as e:
             if e.field not in dict(self.spelled):
                 raise
-            raise ParamError(e.field, e.reason, e.value, type(self), label=self.name(e.field)) from None
+            raise ParamError(e.field, e.reason, e.value, type(self),
+                             label=self.name(e.field)) from None
         object.__setattr__(self, "sparse_threshold", float(self.sparse_threshold))
 
     def name(self, option):
         """How the caller wrote `option` (the pipeline's key by default)."""
         return dict(self.spelled).get(option, option)
-
 
 
 def check_stack():

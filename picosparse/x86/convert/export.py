@@ -40,8 +40,8 @@ def write_ir(model_dir, out_dir, sparse_threshold, nchw_ops, threshold_name="spa
     nchw_ops: see rewrite.rewrite_model. threshold_name: how the caller spells the threshold
     (a flag, a pipeline key), for the error when no 1x1 conv reaches it. Returns {"out_dir",
     "model_xml", "extension", "replaced", "dense_1x1_on_op", "depthwise", "dense_kxk",
-    "upsample", "se_gates", "kept_dense_1x1", "conv_1x1_total", "sparse_threshold", "dense_1x1_weight_bytes",
-    "sparse_weight_bytes", "bin_bytes", "openvino"}.
+    "upsample", "se_gates", "kept_dense_1x1", "conv_1x1_total", "sparse_threshold",
+    "dense_1x1_weight_bytes", "sparse_weight_bytes", "bin_bytes", "openvino"}.
     """
     args = dict(model_dir=str(model_dir), out_dir=str(out_dir),
                 sparse_threshold=float(sparse_threshold), nchw_ops=bool(nchw_ops),
