@@ -58,7 +58,7 @@ demo: install
 # way OpenVINO's own tests do) run in a pytest process of their own, apart from the tests that
 # train with Paddle's DataLoader: OpenVINO's CPU plugin can leave a thread on a freed signal
 # stack (picosparse/deploy/sigstack.py keeps picosparse's own compiles safe from that).
-X86_TESTS := tests/test_ops.py tests/test_x86_sparse_cli.py tests/test_op_build.py
+X86_TESTS := tests/test_ops.py tests/test_bf16.py tests/test_x86_sparse_cli.py tests/test_op_build.py
 NOT_X86 := $(foreach t,$(X86_TESTS),--ignore=$(t))
 
 test: install

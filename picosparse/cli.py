@@ -71,10 +71,10 @@ override_option = click.option(
     help="Override a config key, PaddleDetection style: -o TrainReader.batch_size=8.")
 
 
-def _load_cfg(config, slim_config=None, overrides=(), sparsity=None):
+def _load_cfg(config, slim_config=None, overrides=(), sparsity=None, sparse_block=None):
     from picosparse.config import load_detector
     return load_detector(config, overrides=overrides, slim_config=slim_config,
-                         sparsity=sparsity)
+                         sparsity=sparsity, sparse_block=sparse_block)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -219,7 +219,9 @@ def _echo_recipe(spec):
                f"from {spec.initial_ratio:.0%}, {spec.stable_epochs} stable + "
                f"{spec.pruning_epochs} pruning ({spec.pruning_steps} steps) + "
                f"{spec.tunning_epochs} tuning epochs, "
-               f"{'local' if spec.local_sparsity else 'global'} sparsity; dense: "
+               f"{'local' if spec.local_sparsity else 'global'} sparsity"
+               + (f" in {spec.sparse_block[0]}x{spec.sparse_block[1]} blocks"
+                  if spec.blocked else "") + "; dense: "
                + (", ".join(r.describe() for r in spec.skip) or "nothing skipped"))
 
 
@@ -250,7 +252,7 @@ def train(config, slim_config, overrides, sparsity, out, **kw):
     """
     from pathlib import Path
     p = params.from_cli(TrainParams, kw)
-    cfg = _load_cfg(config, slim_config, overrides, sparsity)
+    cfg = _load_cfg(config, slim_config, overrides, sparsity, p.sparse_block)
     out = Path(out) if out else Path("output") / Path(config).stem
     if p.nproc > 1:
         from picosparse import launch
@@ -260,6 +262,8 @@ def train(config, slim_config, overrides, sparsity, out, **kw):
             + (["--slim-config", slim_config] if slim_config else []) \
             + [x for o in overrides for x in ("-o", o)] \
             + (["--sparsity", repr(sparsity)] if sparsity is not None else []) \
+            + (["--sparse-block", "x".join(map(str, p.sparse_block))]
+               if p.sparse_block is not None else []) \
             + (["--pretrained", p.pretrained] if p.pretrained else []) \
             + (["--from-scratch"] if p.from_scratch else []) + ["--out", str(out)] \
             + (["--eval"] if p.eval else []) + (["--resume"] if p.resume else []) \
@@ -294,11 +298,14 @@ def prune(config, slim_config, overrides, weights, sparsity, out, **kw):
     from picosparse.device import select
     from picosparse.steps.prune import oneshot
     p = params.from_cli(PruneParams, kw)
-    cfg = _load_cfg(config, slim_config, overrides, sparsity)
+    cfg = _load_cfg(config, slim_config, overrides, sparsity, p.sparse_block)
     progress.say(select(p.device, cfg).line())
     res = oneshot(cfg, weights, out)
+    bs = res.get("block_sparsity")
+    blocks = (f", {bs['overall']:.2%} of {bs['block'][0]}x{bs['block'][1]} blocks all zero"
+              if bs and bs.get("overall") is not None else "")
     click.echo(f"wrote {res['weights']}: {res['sparsity']:.2%} zeros in "
-               f"{len(res['layers'])} pruned parameters")
+               f"{len(res['layers'])} pruned parameters{blocks}")
 
 
 @cli.command("eval")

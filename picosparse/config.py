@@ -23,6 +23,14 @@ PRUNE_KEY = "UnstructuredPruner"
 # key -> (types, check, description of a valid value)
 _INT = (int,)
 _NUM = (int, float)
+
+
+def is_block(v):
+    """`sparse_block`: a list of two integers >= 1 ([m output channels, n input channels])."""
+    return (isinstance(v, (list, tuple)) and len(v) == 2
+            and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in v))
+
+
 PRUNE_SCHEMA = {
     "stable_epochs": (_INT, lambda v: v >= 0, "an integer >= 0"),
     "pruning_epochs": (_INT, lambda v: v >= 0, "an integer >= 0"),
@@ -33,6 +41,8 @@ PRUNE_SCHEMA = {
     "prune_params_type": ((str, type(None)), lambda v: v in (None, "conv1x1_only"),
                           "'conv1x1_only' or null (all conv/linear weights)"),
     "local_sparsity": ((bool,), lambda v: True, "true or false"),
+    "sparse_block": ((list,), is_block, "[m, n], two integers >= 1 (a block of m output x n "
+                     "input channels zeroed or kept whole; [1, 1] = unstructured)"),
     "skip": ((list,), lambda v: True, "a list of skip rules"),
     "recipe": ((str,), lambda v: True, "a note saying where the recipe came from"),
 }
@@ -75,8 +85,15 @@ class PruneSpec:
     initial_ratio: float = 0.0
     prune_params_type: str = "conv1x1_only"
     local_sparsity: bool = True
+    # PaddleSlim's key: [m, n] = blocks of m output x n input channels zeroed or kept whole
+    sparse_block: list = field(default_factory=lambda: [1, 1])
     skip: list = field(default_factory=list)
     recipe: str = None
+
+    @property
+    def blocked(self):
+        """Whether pruning zeroes blocks (sparse_block other than [1, 1])."""
+        return list(self.sparse_block) != [1, 1]
 
     @property
     def total_epochs(self):
@@ -289,13 +306,14 @@ def _check_training_keys(data, where):
                           "detector config?)")
 
 
-def default_recipe(data, ratio):
+def default_recipe(data, ratio, block=None):
     """The UnstructuredPruner section `--sparsity R` uses when no recipe is given.
 
     The seed's policy (1x1 convs only, local sparsity, head outputs and each stage's last
     squeeze-excite block dense) and its schedule scaled to the config's `epoch`: no stable
     phase, half the epochs pruning, half tuning, two ratio steps per pruning epoch, starting at
-    0.15 (0.20 above 75%), as the seed's 300-epoch recipe does.
+    0.15 (0.20 above 75%), as the seed's 300-epoch recipe does. `block`: its sparse_block
+    ([1, 1], unstructured, when None).
     """
     epochs = data.get("epoch")
     epochs = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0 \
@@ -311,6 +329,7 @@ def default_recipe(data, ratio):
         "initial_ratio": min(0.15 if ratio <= 0.75 else 0.20, float(ratio)),
         "prune_params_type": "conv1x1_only",
         "local_sparsity": True,
+        "sparse_block": list(block) if block is not None else [1, 1],
         "skip": [{"structure": k, "why": v} for k, v in STRUCTURES.items()],
     }
 
@@ -327,8 +346,9 @@ def _legacy_section(data):
         data.setdefault("slim", PRUNE_KEY)
 
 
-def load_detector(path, overrides=(), slim_config=None, sparsity=None):
-    """Resolve a detector config: file < slim file < -o overrides < --sparsity."""
+def load_detector(path, overrides=(), slim_config=None, sparsity=None, sparse_block=None):
+    """Resolve a detector config: file < slim file < -o overrides < --sparsity and
+    --sparse-block ([m, n]: the recipe's sparse_block, built-in or from a file)."""
     path = Path(path)
     data, sources = load_with_base(path)
     where = str(path)
@@ -351,6 +371,16 @@ def load_detector(path, overrides=(), slim_config=None, sparsity=None):
             data[PRUNE_KEY] = default_recipe(data, sparsity)
             data["slim"] = PRUNE_KEY
             where = "--sparsity (built-in default recipe)"
+    if sparse_block is not None:
+        label = "x".join(map(str, sparse_block)) if is_block(sparse_block) else sparse_block
+        if not is_block(sparse_block):
+            raise ConfigError(f"--sparse-block {label}: must be MxN, two integers >= 1 "
+                              "(e.g. 1x2)")
+        if PRUNE_KEY in data and isinstance(data[PRUNE_KEY], dict):
+            data[PRUNE_KEY]["sparse_block"] = list(sparse_block)
+        elif sparsity != 0:
+            raise ConfigError(f"--sparse-block {label}: needs pruning (--sparsity, or a recipe "
+                              "with --slim-config)")
     prune = None
     if PRUNE_KEY in data:
         prune = validate_prune(data[PRUNE_KEY], where)

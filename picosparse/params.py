@@ -170,6 +170,41 @@ def device_param(**kw):
         "is visible, else the CPU; the choice and why are printed."), **kw)
 
 
+SPARSE_BLOCK_HELP = (
+    "Prune in blocks of M output x N input channels, zeroed or kept whole (the recipe's "
+    "sparse_block; overrides a --slim-config file's). Pairs of input channels (1x2) let the "
+    "x86 BF16 sparse kernel pair weights; costs some accuracy versus unstructured (1x1, "
+    "the default).")
+
+
+def parse_block(text):
+    """--sparse-block "1x2" -> [1, 2] (None stays None)."""
+    if text is None:
+        return None
+    parts = str(text).strip().lower().split("x")
+    try:
+        block = [int(p) for p in parts]
+    except ValueError:
+        block = None
+    if block is None or len(block) != 2 or min(block) < 1:
+        raise ParamError("sparse_block", "must be MxN, two integers >= 1 (e.g. 1x2)", text)
+    return block
+
+
+def check_block(v):
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or any(
+            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in v):
+        return "must be [m, n], two integers >= 1 (e.g. [1, 2])"
+    return None
+
+
+def sparse_block_param(**kw):
+    """--sparse-block MxN / a pipeline step's `sparse_block: [m, n]` (train, prune): the
+    recipe's sparse_block (config.load_detector applies it)."""
+    return param(None, "list[int]?", flag="--sparse-block", metavar="MxN", parse=parse_block,
+                 check=check_block, help=SPARSE_BLOCK_HELP, **kw)
+
+
 # ---------------------------------------------------------------- derivations
 
 def schema_of(cls):

@@ -72,6 +72,9 @@ def train_summary(res):
     if res.get("sparsity") is not None:
         t.add_row("sparsity (pruned params)", f"{res['sparsity']:.2%} (target {res['target']:.0%},"
                   f" min layer {res['min_layer_sparsity']:.2%})")
+    bs = res.get("block_sparsity")
+    if bs and bs.get("overall") is not None:
+        t.add_row(f"all-zero {bs['block'][0]}x{bs['block'][1]} blocks", f"{bs['overall']:.2%}")
     if res.get("best"):
         b = res["best"]
         t.add_row("best mAP", f"{b['mAP']:.4f} (mAP50 {b['mAP50']:.4f}) at epoch {b['epoch']}")

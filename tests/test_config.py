@@ -137,3 +137,81 @@ def test_shipped_configs_build_model_lr_and_optimizer(config, slim):
     if warm:
         want *= warm[0]["start_factor"]
     assert opt.get_lr() == pytest.approx(want)
+
+
+# ---------------------------------------------------------------- sparse_block
+
+@pytest.mark.parametrize("value", ["[0, 2]", "[1]", "[1, 2, 1]", "'1x2'", "[1, 2.0]",
+                                   "[true, 2]", "null"])
+def test_sparse_block_errors_name_file_and_key(tmp_path, value):
+    slim = write(tmp_path / "slim.yml", "UnstructuredPruner: {ratio: 0.5, pruning_epochs: 3, "
+                                        f"pruning_steps: 2, sparse_block: {value}}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_detector(DEMO_CFG, slim_config=slim)
+    msg = str(e.value)
+    assert msg.startswith(f"{slim}: UnstructuredPruner.sparse_block must be [m, n], two "
+                          "integers >= 1") and "\n" not in msg
+
+
+def test_sparse_block_default_recipe_file_and_flag_precedence(tmp_path):
+    assert load_detector(DEMO_CFG, sparsity=0.75).prune.sparse_block == [1, 1]
+    assert not load_detector(DEMO_CFG, sparsity=0.75).prune.blocked
+    built_in = load_detector(DEMO_CFG, sparsity=0.75, sparse_block=[1, 2])
+    assert built_in.prune.sparse_block == [1, 2] and built_in.prune.blocked
+    assert built_in.data["UnstructuredPruner"]["sparse_block"] == [1, 2]  # config.yml says it
+    from picosparse import yamlio
+    assert yamlio.load(built_in.dump(), tags=True)["UnstructuredPruner"]["sparse_block"] == [1, 2]
+    slim = write(tmp_path / "slim.yml", "UnstructuredPruner: {ratio: 0.5, pruning_epochs: 3, "
+                                        "pruning_steps: 2, sparse_block: [2, 2]}\n")
+    assert load_detector(DEMO_CFG, slim_config=slim).prune.sparse_block == [2, 2]
+    assert load_detector(DEMO_CFG, slim_config=slim,
+                         sparse_block=[1, 2]).prune.sparse_block == [1, 2]
+    from picosparse.config import default_recipe
+    assert default_recipe({"epoch": 4}, 0.5, [1, 4])["sparse_block"] == [1, 4]
+    assert default_recipe({"epoch": 4}, 0.5)["sparse_block"] == [1, 1]
+    with pytest.raises(ConfigError, match=r"^--sparse-block 1x2: needs pruning"):
+        load_detector(DEMO_CFG, sparse_block=[1, 2])
+    assert load_detector(DEMO_CFG, sparsity=0, sparse_block=[1, 2]).prune is None  # dense
+
+
+@pytest.mark.parametrize("cmd", ["train", "prune"])
+@pytest.mark.parametrize("value", ["1y2", "0x2", "1x2x3", "x2", "2"])
+def test_cli_sparse_block_flag_errors_one_line_exit_2(tmp_path, cmd, value):
+    args = [cmd, "-c", str(DEMO_CFG), "--sparsity", "0.5", "--sparse-block", value]
+    args += ["--from-scratch"] if cmd == "train" else [
+        "--weights", str(tmp_path / "w.pdparams"), "--out", str(tmp_path / "o.pdparams")]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [
+        f"Error: --sparse-block {value}: must be MxN, two integers >= 1 (e.g. 1x2)"]
+
+
+def test_cli_sparse_block_help_says_what_it_is_for():
+    for cmd in ("train", "prune"):
+        h = CliRunner().invoke(cli, [cmd, "--help"], terminal_width=200)
+        text = " ".join(h.output.split())
+        assert "--sparse-block MxN" in text, cmd
+        assert "Pairs of input channels (1x2) let the x86 BF16 sparse kernel pair weights" \
+            in text, cmd
+        assert "costs some accuracy versus unstructured" in text, cmd
+
+
+def test_pipeline_steps_take_sparse_block(tmp_path):
+    from picosparse.pipeline.schema import KINDS
+    for kind in ("train", "prune"):
+        assert KINDS[kind].params["sparse_block"].default is None, kind
+
+    def pipeline(block):
+        return write(tmp_path / "p.yml", (
+            "steps:\n"
+            f"  sparse:\n    kind: prune\n    config: {DEMO_CFG}\n    sparsity: 0.5\n"
+            f"    weights: {DEMO_CFG}\n    sparse_block: {block}\n"))
+    r = CliRunner().invoke(cli, ["-q", "run", str(pipeline("[1, 2]")), "--out",
+                                 str(tmp_path / "run"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["-q", "run", str(pipeline("[1, 0]")), "--out",
+                                 str(tmp_path / "run"), "--dry-run"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'p.yml'}: steps.sparse.sparse_block: must be [m, n], two integers "
+        ">= 1 (e.g. [1, 2]) (got [1, 0])"]

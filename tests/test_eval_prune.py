@@ -91,3 +91,38 @@ def test_eval_and_prune_errors(trained, tmp_path):
                                  "--out", str(tmp_path / "p.pdparams")])
     assert r.exit_code == 2 and "no UnstructuredPruner section" in r.output
     assert not (tmp_path / "p.pdparams").exists()
+
+
+def test_prune_sparse_block_1x2_zeroes_whole_input_pairs(trained, tmp_path):
+    """--sparse-block 1x2 with the built-in recipe: every pruned 1x1 conv weight has each
+    (output, input pair 2k..2k+1) all zero or all kept, exactly ceil(0.6 * blocks) zero."""
+    import math
+    import numpy as np
+    from picosparse import weights as W
+    out = tmp_path / "pairs.pdparams"
+    r = CliRunner().invoke(cli, ["prune", "-c", str(DEMO_CFG), "--weights", str(trained),
+                                 "--sparsity", "0.6", "--sparse-block", "1x2", "--out",
+                                 str(out)])
+    assert r.exit_code == 0, r.output
+    assert "of 1x2 blocks all zero" in r.output
+    from picosparse.sparsity.report import to_numpy
+    dense = {k: to_numpy(v) for k, v in W.read(trained).items()}
+    state = {k: to_numpy(v) for k, v in W.read(out).items()}
+    pruned = 0
+    for name, w in state.items():
+        if w.ndim != 4 or w.shape[2:] != (1, 1) or not (w == 0).any():
+            continue
+        pruned += 1
+        cin = w.shape[1]
+        zero_pairs = 0
+        for k in range(0, cin, 2):
+            z = w[:, k:k + 2] == 0
+            assert (z.all(axis=1) | ~z.any(axis=1)).all(), (name, k)
+            zero_pairs += int(z.all(axis=1).sum())
+        nblocks = w.shape[0] * math.ceil(cin / 2)
+        assert zero_pairs == math.ceil(0.6 * nblocks - 1e-9), name
+        kept = w != 0
+        assert np.array_equal(w[kept], dense[name][kept]), name
+    assert pruned >= 5  # the demo model's 1x1 convs (head outputs stay dense)
+    assert not any("head_cls" in k and (w == 0).any() for k, w in state.items()
+                   if w.ndim == 4)

@@ -5,7 +5,7 @@ import pytest
 from picosparse.config import PruneSpec
 
 
-def _run_gmp(local, iters=64):
+def _run_gmp(local, iters=64, block=(1, 1)):
     """A short GMP run with Momentum on two 1x1 convs; the masks after every pruner step."""
     from picosparse import paddle_env
     from picosparse.sparsity.pruner import GMP
@@ -19,7 +19,7 @@ def _run_gmp(local, iters=64):
     for p in model.parameters():  # small weights: one momentum step rivals the live ones
         p.set_value((rng.uniform(-1, 1, p.shape) * 0.01).astype("float32"))
     spec = PruneSpec(ratio=0.85, pruning_epochs=4, pruning_steps=4, initial_ratio=0.3,
-                     local_sparsity=local)
+                     local_sparsity=local, sparse_block=list(block))
     gmp = GMP(model, spec, iters_per_epoch=12)
     opt = paddle.optimizer.Momentum(learning_rate=2.0, momentum=0.9,
                                     parameters=model.parameters())
@@ -56,3 +56,22 @@ def test_masks_are_monotone_and_exact_with_momentum(local):
     else:
         n = sum(m.size for m in masks.values())
         assert sum(int((m == 0).sum()) for m in masks.values()) == math.ceil(ratio * n - 1e-9)
+
+
+def test_masks_are_block_structured_with_sparse_block():
+    """sparse_block [1, 2]: every (output, input pair) block of every mask is zero or kept whole
+    at every step, pruned blocks stay pruned, and the final count is exact in blocks."""
+    import math
+    history = _run_gmp(True, block=(1, 2))
+    for _, masks in history:
+        for name, m in masks.items():
+            pairs = m.reshape(m.shape[0], m.shape[1] // 2, 2)
+            assert ((pairs == 0).all(axis=2) | (pairs != 0).all(axis=2)).all(), name
+    for (_, before), (_, after) in zip(history, history[1:]):
+        for name in before:
+            assert not ((before[name] == 0) & (after[name] != 0)).any(), name
+    ratio, masks = history[-1]
+    assert ratio == pytest.approx(0.85)
+    for m in masks.values():
+        blocks = m.size // 2
+        assert int((m == 0).sum()) == 2 * math.ceil(ratio * blocks - 1e-9)

@@ -48,11 +48,11 @@ def image():
                                 160)["image"]
 
 
-def dense_openvino(model_dir, x):
+def dense_openvino(model_dir, x, precision="f32"):
     import openvino as ov
     core = ov.Core()
     c = core.compile_model(core.read_model(str(model_dir / "model.pdmodel")), "CPU",
-                           {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+                           {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": 1})
     out = c(x)
     return [out[i] for i in range(len(c.outputs))]
 
@@ -193,6 +193,40 @@ def test_bench_dense_vs_x86_sparse_with_per_layer(exported_run, tmp_path):
     assert "per layer: run/x86_sparse vs the dense nodes it replaced" in r.output
     assert "24->" in r.output and "+pool" in r.output  # the stem, its max pool fused
     assert "128->128@5x5" in r.output and "of a " in r.output and " bound" in r.output
+
+
+def test_x86_sparse_at_bf16_whole_model_and_bench(exported_run, tmp_path):
+    """DIR@bf16: the whole exported PicoDet on picosparse's BF16 kernel is no further from
+    dense FP32 than OpenVINO's own dense BF16 run is: per output, mean absolute difference at
+    most OpenVINO's (measured ~half: the depthwise convs stay FP32), max at most twice its
+    (measured 0.3-1x), and bench times it beside the FP32 run with its precision named."""
+    from picosparse.x86.kernel import bf16_supported
+    from picosparse.x86.runtime import load_model
+    inf, _ = exported_run
+    x86 = inf / "x86_sparse"
+    if not bf16_supported():
+        r = run("bench", "--runtime", "openvino", "--model", f"{x86}@bf16")
+        assert r.exit_code == 2 and "BF16 sparse kernel cannot run here" in r.output
+        return
+    x = image()
+    want = dense_openvino(inf, x)
+    ov_bf16 = dense_openvino(inf, x, "bf16")
+    got = load_model(x86, threads=1, precision="bf16")(x)
+    f32 = load_model(x86, threads=1)(x)
+    for g, w, b, f in zip(got, want, ov_bf16, f32):
+        ours, theirs = np.abs(g - w), np.abs(b - w)
+        assert ours.max() <= 2 * theirs.max() and ours.mean() <= theirs.mean(), \
+            f"max {ours.max():.3g} vs {theirs.max():.3g}, mean {ours.mean():.3g} vs " \
+            f"{theirs.mean():.3g}"
+        assert not np.array_equal(g, f)
+    r = run("bench", "--runtime", "openvino", "--model", x86, "--model", f"{x86}@bf16",
+            "--threads", "1", "--repeats", "2", "--warmup", "0", "--json", tmp_path / "b.json")
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "b.json").read_text())
+    a, b = res["models"]
+    assert (a["name"], b["name"]) == ("run/x86_sparse", "run/x86_sparse@bf16")
+    assert (a["precision"], b["precision"]) == ("fp32", "bf16")
+    assert any(n.startswith("run/x86_sparse@bf16: ") and "BF16 kernel" in n for n in res["notes"])
 
 
 def test_bench_only_x86_sparse_has_no_dense_kernel_note(exported_run):

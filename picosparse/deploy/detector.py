@@ -112,7 +112,7 @@ def choose_runtime(kind, runtime, has_nms, flag="--model", path=""):
 def _runner(kind, runtime, path, threads, precision):
     from picosparse.deploy import runtimes
     if kind == "x86-sparse":
-        return runtimes.X86SparseRunner(path, threads)
+        return runtimes.X86SparseRunner(path, threads, precision)
     if kind == "openvino-ir":
         return runtimes.OpenVINOIRRunner(path, threads, precision)
     return runtimes.RUNNERS[runtime](path, threads, precision)
@@ -124,8 +124,9 @@ class Detector:
 
     runtime: "auto" | "paddle" | "openvino" (x86-sparse and IR folders always run on
     OpenVINO); threads: inference threads (OpenVINO and picosparse's sparse ops, or Paddle);
-    precision: OpenVINO's inference precision for its own models, "f32" | "bf16" (also
-    written MODEL_DIR@bf16), so the accuracy of a BF16 deployment is measured too.
+    precision: "f32" | "bf16" (also written MODEL_DIR@bf16): OpenVINO's inference precision,
+    and for an x86-sparse folder picosparse's BF16 sparse kernel, so the accuracy of a BF16
+    deployment is measured too.
     """
 
     def __init__(self, model_dir, runtime="auto", threads=1, flag="--model", precision="f32"):
@@ -156,9 +157,11 @@ class Detector:
         # PaddleSlim INT8 (`picosparse quant`/`qat`): OpenVINO cannot read its dequantize ops
         int8 = self.kind == "paddle" and (ps.get("quant") or {}).get("backend") == "paddle"
         self.runtime = choose_runtime(self.kind, runtime, self.has_nms or int8, flag, self.path)
-        if precision != "f32" and (self.runtime not in ("openvino", "openvino-ir")):
-            raise ConfigError(f"{flag} {self.path}@{precision}: only OpenVINO's own models "
-                              f"run at another precision; this one runs on {self.runtime}")
+        if precision != "f32" and (self.runtime not in ("openvino", "openvino-ir")) and \
+                self.kind != "x86-sparse":
+            raise ConfigError(f"{flag} {self.path}@{precision}: only OpenVINO models and "
+                              f"x86-sparse folders run at another precision; this one runs on "
+                              f"{self.runtime}")
         self.threads, self.precision = threads, precision
         self._run = _runner(self.kind, self.runtime, self.path, threads, precision)
         self._inputs = self._run.input_names()

@@ -134,8 +134,8 @@ def _ov_precision(compiled):
 
 class X86SparseRunner:
     """An x86-sparse folder, loaded by picosparse.x86.runtime (its one loader): OpenVINO with
-    the sparse op library, `threads` for OpenVINO and for every picosparse op. Always FP32
-    (the op is FP32-only); `precision` applies to the dense models of the same bench run."""
+    the sparse op library, `threads` for OpenVINO and for every picosparse op; precision
+    "bf16" runs picosparse's BF16 sparse kernel (DIR@bf16)."""
 
     name = "x86-sparse"
     sets_threads = True
@@ -146,7 +146,7 @@ class X86SparseRunner:
         except ImportError as e:
             raise StackError(f"openvino is not importable ({e}); `make install`") from None
         from picosparse.x86.runtime import load_model
-        self.model = load_model(model_dir, int(threads), flag="--model")
+        self.model = load_model(model_dir, int(threads), flag="--model", precision=precision)
         self.precision = self.model.precision
 
     def input_names(self):

@@ -21,7 +21,8 @@ def _step_fn(module, attr):
 def _detector(p):
     from picosparse.config import load_detector
     return load_detector(p["config"], overrides=p.get("overrides") or (),
-                         slim_config=p.get("slim_config"), sparsity=p.get("sparsity"))
+                         slim_config=p.get("slim_config"), sparsity=p.get("sparsity"),
+                         sparse_block=p.get("sparse_block"))
 
 
 def _weights(p):

@@ -162,8 +162,11 @@ def _check_detector(where, p):
     overrides = [REF.sub(_LATER, o) for o in p["overrides"]]
     sparsity = p.get("sparsity")
     try:
+        block = p.get("sparse_block")
         load_detector(p["config"], overrides=overrides, slim_config=slim,
-                      sparsity=None if whole_ref(sparsity) else sparsity)
+                      sparsity=None if whole_ref(sparsity) else sparsity,
+                      # without a known ratio, whether the step prunes is not known yet
+                      sparse_block=None if whole_ref(sparsity) or step_refs(block) else block)
     except ConfigError as e:
         if _LATER not in str(e):
             raise ConfigError(f"{where}: {e}") from None

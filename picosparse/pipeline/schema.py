@@ -91,6 +91,7 @@ def _kinds():
     from picosparse.steps.lite import OptParams
     from picosparse.steps.qat import QatParams
     from picosparse.steps.quant import QuantParams
+    from picosparse.steps.prune import PruneParams
     from picosparse.steps.train import TrainParams
     from picosparse.steps.x86_sparse import X86SparseParams
     from picosparse.steps.bench import BenchParams
@@ -106,7 +107,7 @@ def _kinds():
              "best": "any", "epochs": "int", "iters": "int", "seconds": "number"},
             where="in_place", help="dense or GMP training (picosparse train)"),
         "prune": Kind(
-            {**_DETECTOR, **_SLIM, "weights": P("source")},
+            _params(PruneParams, {**_DETECTOR, **_SLIM, "weights": P("source")}),
             {"weights": "path", "config": "path", "sparsity": "number", "layers": "any"},
             help="one-shot magnitude pruning (picosparse prune)"),
         "eval": Kind(

@@ -52,6 +52,8 @@ def _exact_gmp_class(base):
     weights too (they are only re-zeroed before the next forward), so a pruned weight could
     outrank a live one and grow back. GMP's contract is that pruned weights stay pruned:
     previously pruned weights are ranked first, the rest by |w|.
+    Blocks (sparse_block): whole blocks, ranked by mean |w| (magnitude.py), wholly pruned
+    blocks first; exactly ceil(ratio * blocks) per layer.
     """
     class ExactGMP(base):
         def update_threshold(self):
@@ -70,8 +72,10 @@ def _exact_gmp_class(base):
             params = list(self._pruned_params())
             groups = [[p] for p in params] if self.local_sparsity else [params]
             for group in groups:
+                # whole sparse_block blocks (magnitude.block_of: [1, 1] below two dims)
                 keep = magnitude.keep_masks([p.numpy() for p in group], self.ratio,
-                                            [self.masks[p.name].numpy() for p in group])
+                                            [self.masks[p.name].numpy() for p in group],
+                                            block=self.sparse_block)
                 for p, k in zip(group, keep):
                     paddle.assign(k, output=self.masks[p.name])
     return ExactGMP
@@ -100,7 +104,8 @@ class GMP:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints once per mask buffer
             self._slim = _exact_gmp_class(s.GMPUnstructuredPruner)(
                 model, ratio=spec.ratio, skip_params_func=policy.skip_func(self.decisions, model),
-                local_sparsity=spec.local_sparsity, configs=configs)
+                local_sparsity=spec.local_sparsity, sparse_block=list(spec.sparse_block),
+                configs=configs)
         if iteration > 0:
             # PaddleSlim's fast-forward stops at the last ramp ratio when the schedule has no
             # tuning stages left (tunning_epochs: 0): the uninterrupted run is at the target

@@ -3,8 +3,9 @@ benchmark run when no trained weights are at hand (no training, no download).
 
 Pruned as the trainer prunes: its policy's idea of a 1x1 conv weight (sparsity/policy.py,
 `conv1x1_only`, no skip rules) and its rule, exactly ceil(ratio * n) smallest |w| per layer
-(sparsity/magnitude.py), so "75%" here is the trainer's 75%. BN statistics are randomised so
-that BN folding is really exercised.
+(sparsity/magnitude.py), so "75%" here is the trainer's 75%; with `sparse_block` [m, n], whole
+blocks of m output x n input channels, as the trainer's sparse_block. BN statistics are
+randomised so that BN folding is really exercised.
 """
 
 import subprocess
@@ -17,8 +18,9 @@ from picosparse.errors import StackError
 EXPORT_TIMEOUT = 1800  # seconds; an export of PicoDet-m takes ~15 s here
 
 
-def prune_1x1_(model, ratio):
-    """Prune every 1x1 conv weight of `model` in place to `ratio` (local). Returns how many."""
+def prune_1x1_(model, ratio, sparse_block=None):
+    """Prune every 1x1 conv weight of `model` in place to `ratio` (local; in whole blocks when
+    `sparse_block` [m, n] is given). Returns how many."""
     from picosparse.config import PruneSpec
     from picosparse.paddle_env import stack
     from picosparse.sparsity import magnitude, policy
@@ -28,7 +30,8 @@ def prune_1x1_(model, ratio):
     n = 0
     for name, p in model.named_parameters():
         if name in pruned:
-            p.set_value(paddle.to_tensor(magnitude.prune_local(p.numpy(), ratio)))
+            p.set_value(paddle.to_tensor(magnitude.prune_local(p.numpy(), ratio,
+                                                               sparse_block)))
             n += 1
     return n
 
@@ -73,8 +76,9 @@ def save_in_process(cfg_path, out, seed=0):
     return str(out)
 
 
-def export_random_picodet(cfg_path, out, size, sparsity=0.0, seed=0):
-    """Build a PicoDet from `cfg_path`, random init, prune 1x1 weights, save OUT/model.pdmodel.
+def export_random_picodet(cfg_path, out, size, sparsity=0.0, seed=0, sparse_block=None):
+    """Build a PicoDet from `cfg_path`, random init, prune 1x1 weights (in `sparse_block`
+    blocks when given), save OUT/model.pdmodel.
 
     Runs in a fresh Python process: a second `paddle.jit.to_static` export of a ppdet model in
     one process failed here (CSPPAN's input-count assert under dy2static), and paddle is not
@@ -83,7 +87,9 @@ def export_random_picodet(cfg_path, out, size, sparsity=0.0, seed=0):
     try:
         subproc.call_python("picosparse.sparsity.random_model:export_in_process",
                             dict(cfg_path=str(cfg_path), out=str(out), size=int(size),
-                                 sparsity=float(sparsity), seed=int(seed)), EXPORT_TIMEOUT)
+                                 sparsity=float(sparsity), seed=int(seed),
+                                 sparse_block=None if sparse_block is None
+                                 else [int(b) for b in sparse_block]), EXPORT_TIMEOUT)
     except subproc.ChildCrashed as e:
         raise StackError(f"exporting a random-init {cfg_path} failed: {e.detail()}") from None
     except subprocess.TimeoutExpired:
@@ -92,7 +98,7 @@ def export_random_picodet(cfg_path, out, size, sparsity=0.0, seed=0):
     return Path(out)
 
 
-def export_in_process(cfg_path, out, size, sparsity=0.0, seed=0):
+def export_in_process(cfg_path, out, size, sparsity=0.0, seed=0, sparse_block=None):
     """The export itself (see export_random_picodet).
 
     The export stops before box decoding and NMS (export_post_process False), so dense and
@@ -108,7 +114,7 @@ def export_in_process(cfg_path, out, size, sparsity=0.0, seed=0):
     model = build_model(cfg)
     randomize_bn_(model, seed)
     if sparsity > 0:
-        prune_1x1_(model, sparsity)
+        prune_1x1_(model, sparsity, sparse_block)
     model.eval()
     # raw per-level head outputs (scores, box distributions): no NMS, no scale_factor input
     model.export_post_process = False

@@ -149,11 +149,17 @@ def _spec(path, runtime, input_size, adb, precision="f32"):
     kind = "x86-sparse" if x86 else int8 or "dense"
     hinted = kind in ("dense", "openvino-ir")  # OpenVINO picks these models' kernels
     if not hinted and not suffixed:
-        precision = "f32"  # --precision sets the OpenVINO models'; ours run as made
-    if precision != "f32" and not hinted:
-        raise ConfigError(f"--model {path}@{precision}: only OpenVINO's own models (dense "
-                          f"exports, NNCF INT8) run at another precision; a {kind} model runs "
-                          "as it was made")
+        precision = "f32"  # --precision sets the OpenVINO models'; ours run as asked: DIR@bf16
+    if precision != "f32" and not hinted and kind != "x86-sparse":
+        raise ConfigError(f"--model {path}@{precision}: only OpenVINO models (dense exports, "
+                          f"NNCF INT8) and x86-sparse folders run at another precision; a "
+                          f"{kind} model runs as it was made")
+    if precision == "bf16" and kind == "x86-sparse":
+        from picosparse.x86.runtime import bf16_available
+        ok, why = bf16_available()
+        if not ok:
+            raise ConfigError(f"--model {path}@bf16: picosparse's BF16 sparse kernel cannot run "
+                              f"here ({why})")
     name = model_name(p) + (f"@{precision}" if suffixed else "")
     return {"name": name, "path": str(p), "input_size": int(size), "cfg": cfg,
             "sizes": _sizes(p), "conv1x1_zero_fraction": zeros, "kind": kind,
@@ -407,9 +413,10 @@ def _kernel_notes(specs, runtime):
                      + (f", {m['depthwise']} depthwise + {m.get('dense_kxk', 0)} dense KxK "
                         f"convs and {m.get('upsample', 0)} upsamplings on its NCHW ops"
                         if m.get("depthwise") or m.get("dense_kxk") else "")
-                     + "; the rest on OpenVINO's dense ops, always FP32"
-                     + (" (--precision and @PRECISION apply to OpenVINO's own models only)"
-                        if any(t["asked"] != "f32" for t in specs) else ""))
+                     + ("; its sparse 1x1 convs on picosparse's BF16 kernel (bf16 weights "
+                        "and activations, fp32 sums), depthwise convs FP32"
+                        if s["asked"] == "bf16" else
+                        "; FP32 (DIR@bf16 runs its sparse 1x1 convs on the BF16 kernel)"))
     return notes
 
 

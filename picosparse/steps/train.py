@@ -27,7 +27,7 @@ import numpy as np
 from picosparse import checkpoint, device as D, paddle_env, progress, trainlock, weights as W
 from picosparse.atomic import write_text
 from picosparse.errors import ConfigError, DataError, ParamError
-from picosparse.params import at_least, check, device_param, param
+from picosparse.params import at_least, check, device_param, param, sparse_block_param
 from picosparse.sparsity import report
 from picosparse.sparsity.pruner import GMP
 from picosparse.steps.data_paths import check_dataset
@@ -54,6 +54,8 @@ class TrainParams:
     nproc: int = param(1, "int", only="cli", check=at_least(1), help=(
         "Training processes: runs paddle.distributed.launch (one GPU each, or CPU processes "
         "over gloo); logs in OUT/log/, only rank 0 writes files and progress."))
+    # applied when the config is resolved (config.load_detector), like --sparsity
+    sparse_block: list = sparse_block_param()
 
     def __post_init__(self):
         check(self)
@@ -166,7 +168,8 @@ def _resume_seed(ck, out, cfg, pretrained, from_scratch, seed, world):
     if run["config"] != _config_hash(cfg):
         raise ConfigError(f"--resume: the resolved config differs from the run in {out} "
                           f"({Path(out) / 'config.yml'}); resume with the same -c, "
-                          "--slim-config, -o and --sparsity, or choose another --out")
+                          "--slim-config, -o, --sparsity and --sparse-block, or choose another "
+                          "--out")
     if from_scratch and run["init"] != "scratch":
         raise ConfigError(f"--resume: --from-scratch, but the run in {out} started from "
                           f"{run['init']}; drop --from-scratch")
@@ -406,8 +409,11 @@ def _run(cfg, out, pretrained, from_scratch, resume, do_eval, seed, dev, world, 
             progress.say("warning: the training processes ended with different parameters "
                          f"or masks ({' '.join(digests)}); rank 0's are saved")
     if pruner:
-        sp = report.sparsity(final_state, pruner.decisions)
+        sp = report.sparsity(final_state, pruner.decisions,
+                             cfg.prune.sparse_block if cfg.prune.blocked else None)
         result["sparsity"], result["layers"] = sp["overall"], sp["layers"]
+        if "block_sparsity" in sp:
+            result["block_sparsity"] = sp["block_sparsity"]
         result["min_layer_sparsity"] = min(sp["layers"].values()) if sp["layers"] else None
         result["target"] = cfg.prune.ratio
     if main:

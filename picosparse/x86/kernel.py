@@ -76,7 +76,7 @@ def _lib():
         lib.ps_spconv1x1.argtypes = [i32p, i32p, f32p, f32p, ctypes.c_int, ctypes.c_int,
                                      ctypes.c_int, ctypes.c_float, ctypes.c_float, f32p, f32p,
                                      f32p, ctypes.c_int, ctypes.c_int64, ctypes.c_int,
-                                     ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+                                     ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.ps_conv2d.restype = ctypes.c_int
         lib.ps_conv2d.argtypes = [f32p, f32p] + [ctypes.c_int] * 7 + [
             ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_float, ctypes.c_float,
@@ -85,6 +85,7 @@ def _lib():
         lib.ps_select_isa.restype = ctypes.c_int
         lib.ps_cpu_supports.restype = ctypes.c_int
         lib.ps_cpu_supports.argtypes = [ctypes.c_int]
+        lib.ps_cpu_supports_bf16.restype = ctypes.c_int
         lib.ps_activation_code.restype = ctypes.c_int
         lib.ps_activation_code.argtypes = [ctypes.c_char_p]
         _LIB = lib
@@ -104,6 +105,12 @@ def supported_isas():
     lib = _lib()
     return [name for name, code in sorted(ISAS.items(), key=lambda kv: -kv[1])
             if lib.ps_cpu_supports(code)]
+
+
+def bf16_supported():
+    """True if the BF16 sparse kernel runs here: AVX512-BF16, and the AVX-512 path selected
+    (PICOSPARSE_ISA=avx2 turns it off, as on a CPU without it)."""
+    return bool(_lib().ps_cpu_supports_bf16()) and selected_isa() == "avx512"
 
 
 def selected_isa():
@@ -140,10 +147,11 @@ def _layout(blocked_in, blocked_out):
 
 
 def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None, gate=None,
-              blocked_in=False, blocked_out=False):
+              blocked_in=False, blocked_out=False, bf16=False):
     """y = act(W (x * gate) + b) for NCHW fp32 x; gate: None or per-image channel gains
     [N, Cin] (or [N, Cin, 1, 1]). blocked_in / blocked_out: the op reads / writes the blocked
-    layout (x and y stay NCHW here; converted around the call). Returns (y, isa name used)."""
+    layout (x and y stay NCHW here; converted around the call). bf16: the BF16 kernel where it
+    runs (bf16_supported()), else fp32. Returns (y, isa name used)."""
     layout, b = _layout(blocked_in, blocked_out)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if blocked_in and x.ndim == 4 and x.shape[1] % b == 0:
@@ -163,7 +171,7 @@ def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None, gate=N
         w.rowptr.ctypes.data_as(i32p), w.cols.ctypes.data_as(i32p),
         w.vals.ctypes.data_as(f32p), w.bias.ctypes.data_as(f32p), w.cout, w.cin,
         activation_code(act), alpha, beta, None if g is None else g.ctypes.data_as(f32p), x.ctypes.data_as(f32p),
-        y.ctypes.data_as(f32p), n, h * wd, threads, layout, err, len(err))
+        y.ctypes.data_as(f32p), n, h * wd, threads, layout, int(bool(bf16)), err, len(err))
     if code < 0:
         raise PicosparseError(f"sparse op: {err.value.decode()}")
     return (from_blocked(y, b) if blocked_out else y), {v: k for k, v in ISAS.items()}[code]

@@ -64,6 +64,30 @@ def _extension_for(model_dir, meta):
     return library()
 
 
+def set_op_precision(model, precision):
+    """Run the sparse 1x1 ops of `model` at `precision` ("f32" | "bf16": picosparse's BF16
+    kernel). Returns how many ops."""
+    n = 0
+    for op in model.get_ops():
+        if op.get_type_info().version_id == "picosparse" and op.get_type_name() == "SparseConv1x1":
+            op.set_attribute("precision", precision)
+            if op.get_attributes().get("precision") != precision:  # an op built before BF16
+                raise PicosparseError("its bundled op library predates the BF16 kernel; "
+                                      "export the model again")
+            n += 1
+    return n
+
+
+def bf16_available():
+    """(True, None) if picosparse's BF16 sparse kernel runs here, else (False, why)."""
+    from picosparse.x86 import kernel
+    if kernel.bf16_supported():
+        return True, None
+    if kernel.selected_isa() != "avx512":
+        return False, f"PICOSPARSE_ISA selects the {kernel.selected_isa()} path (BF16 needs avx512)"
+    return False, "this CPU has no AVX512-BF16"
+
+
 def set_op_threads(model, threads):
     """Pin the picosparse ops of `model` to `threads` threads (see openvino/extension.cpp:
     inside the CPU plugin they cannot see INFERENCE_NUM_THREADS). Returns how many ops."""
@@ -127,24 +151,42 @@ class SparseModel:
         return self.request.get_profiling_info()
 
 
-def load_model(model_dir, threads=1, perf_counters=False, flag=None):
-    """Compile MODEL_DIR/model.xml (an x86-sparse folder) on CPU, FP32, `threads` threads.
+def load_model(model_dir, threads=1, perf_counters=False, flag=None, precision="f32"):
+    """Compile MODEL_DIR/model.xml (an x86-sparse folder) on CPU, `threads` threads.
 
-    `threads` is given to OpenVINO (INFERENCE_NUM_THREADS) and to every picosparse op. Errors
-    are one line naming `flag` (how the caller got the folder) when given.
+    `threads` is given to OpenVINO (INFERENCE_NUM_THREADS) and to every picosparse op.
+    precision "bf16": the sparse 1x1 convs run picosparse's BF16 kernel (weights and
+    activations rounded to bf16, fp32 sums; AVX512-BF16 CPUs only) and OpenVINO's own ops BF16;
+    the depthwise convs stay FP32. Errors are one line naming `flag` (how the caller got the
+    folder) when given.
     """
     import openvino as ov
     d = Path(model_dir)
     meta = read_meta(d, flag)
+    if precision not in ("f32", "bf16"):
+        raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}@{precision}: an x86-sparse "
+                              "model runs at f32 or bf16")
+    if precision == "bf16":
+        ok, why = bf16_available()
+        if not ok:
+            raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}@bf16: picosparse's BF16 "
+                                  f"sparse kernel cannot run here ({why}); run it at FP32")
     core = ov.Core()
     core.add_extension(str(_extension_for(d, meta)))
     try:
         with sigstack.kept():
             model = core.read_model(str(d / XML_NAME))
             set_op_threads(model, threads)
-            compiled = core.compile_model(model, "CPU", compile_config(threads, perf_counters))
+            try:
+                set_op_precision(model, precision)
+            except PicosparseError as e:
+                raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}: {e}") from None
+            compiled = core.compile_model(model, "CPU",
+                                          compile_config(threads, perf_counters, precision))
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}: OpenVINO cannot compile this "
                               f"x86-sparse model ({first[:200]})") from None
-    return SparseModel(compiled, threads, meta)
+    net = SparseModel(compiled, threads, meta)
+    net.precision = "bf16" if precision == "bf16" else "fp32"  # what the sparse ops run
+    return net

@@ -3,6 +3,7 @@
 // the dense NCHW KxK convolution, upsampling and concat + channel shuffle. NCHW fp32.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "activation.h"
 
@@ -88,13 +89,33 @@ struct SparseOutput {
 const char* sparse1x1_error(const SparseConv& w, const SparseInput& in, const SparseOutput& out,
                             int isa);
 
+// The BF16 form of a SparseConv, for CPUs with AVX512-BF16 (cpu_supports_bf16): input channels
+// in pairs (2j, 2j + 1), one vdpbf16ps per pair and 16 pixels (two multiply-adds per lane, fp32
+// accumulation). A row keeps a pair when either of its two weights is nonzero, so weights pruned
+// in 1x2 blocks along the input channels (`sparse_block: [1, 2]`) run half the instructions of
+// the fp32 kernel, and unstructured ones ~0.9x of them; the packed tile (bf16) is half the bytes.
+// Activations are rounded to bf16 inside the kernel only: inputs and outputs stay fp32.
+struct SparsePairs {
+    int tw = 0;                  // the pixel tile width the offsets are for
+    std::vector<int32_t> rowptr;  // cout + 1, over pairs
+    std::vector<int32_t> offs;    // per pair: its pair index * 2 * tw (bf16s into a packed tile)
+    std::vector<uint32_t> vals;   // per pair: bf16(w[2j]) | bf16(w[2j + 1]) << 16
+    std::vector<int32_t> slot;    // per nonzero of the fp32 form: 2 * its pair + (column & 1)
+};
+bool cpu_supports_bf16();
+// The pair form of w for tile width tw (sp_tile_width), computed once per op and kept.
+void sp_pairs(const SparseConv& w, int tw, SparsePairs* out);
+
 // threads <= 0: use the current TBB arena's concurrency (inside OpenVINO that
 // is the plugin's thread count); threads >= 1: exactly that many. offs: optional,
 // sp_offsets(w, sp_tile_width(isa, w.cin, hw)) kept from an earlier call (the OpenVINO op
 // caches it: computing it is a pass over the weights, allocating it a page-faulting malloc for
 // large layers, on every call); null: computed here.
+// pairs: optional, sp_pairs(w, tw): run the BF16 kernel (AVX-512 with BF16 only; elsewhere the
+// fp32 one runs, with offs).
 void sparse1x1(const SparseConv& w, const SparseInput& in, const SparseOutput& out, int n,
-               int64_t hw, int isa, int threads, const int32_t* offs = nullptr);
+               int64_t hw, int isa, int threads, const int32_t* offs = nullptr,
+               const SparsePairs* pairs = nullptr);
 int sp_tile_width(int isa, int cin, int64_t hw);
 void sp_offsets(const SparseConv& w, int tw, int32_t* offs);  // offs[k] = cols[k] * tw
 

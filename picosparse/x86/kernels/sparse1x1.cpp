@@ -9,6 +9,7 @@
 #include "parallel.h"
 #include "per_isa.h"
 #include "simd.h"
+#include "sparse1x1_bf16.h"
 
 namespace picosparse {
 
@@ -20,6 +21,7 @@ struct SpPlan {
     int64_t tiles = 1;              // pixel tiles per image
     int rchunks = 1;                // row chunks per tile (threads on small maps)
     const int32_t* offs = nullptr;  // per nonzero: cols[k] * tw, its row in a packed tile
+    const SpBf16* bf = nullptr;     // the BF16 kernel's pairs, or null: the fp32 kernel
     // Always packed: x's channel rows sit hw floats apart, a stride that maps a tile's channels
     // onto a few L1 sets (80x80: 3-4x slower unpacked) and, even where they spread over the
     // sets (40x40), puts each row on its own page (measured 10-15% slower than packing).
@@ -78,6 +80,38 @@ const char* sparse1x1_error(const SparseConv& w, const SparseInput& in, const Sp
 
 int sp_tile_width(int isa, int cin, int64_t hw) { return tile_width(vector_width(isa), cin, hw); }
 
+bool cpu_supports_bf16() {
+    static const bool yes = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512bf16");
+    }();
+    return yes;
+}
+
+void sp_pairs(const SparseConv& w, int tw, SparsePairs* out) {
+    const int nnz = w.rowptr[w.cout], npairs_in = (w.cin + 1) / 2;
+    out->tw = tw;
+    out->rowptr.assign((size_t)w.cout + 1, 0);
+    out->offs.clear(), out->vals.clear();
+    out->slot.assign((size_t)nnz, 0);
+    std::vector<int32_t> at((size_t)npairs_in, -1);  // a pair's index in the current row
+    for (int r = 0; r < w.cout; ++r) {
+        const int first = (int)out->offs.size();
+        for (int k = w.rowptr[r]; k < w.rowptr[r + 1]; ++k) {
+            const int j = w.cols[k] / 2, half = w.cols[k] & 1;
+            if (at[j] < first) {  // not seen in this row yet
+                at[j] = (int)out->offs.size();
+                out->offs.push_back(j * 2 * tw);
+                out->vals.push_back(0);
+            }
+            out->vals[at[j]] |= bf16_bits(w.vals[k]) << (16 * half);
+            out->slot[k] = 2 * at[j] + half;
+        }
+        out->rowptr[r + 1] = (int32_t)out->offs.size();
+    }
+}
+
 void sp_offsets(const SparseConv& w, int tw, int32_t* offs) {
     for (int k = 0, nnz = w.rowptr[w.cout]; k < nnz; ++k) offs[k] = w.cols[k] * tw;
 }
@@ -94,7 +128,7 @@ void se_conv(int isa, const SparseConv& sw, const float* in, float* out) {
 
 // sparse1x1 with the output as a writer takes it: NCHW (`nchw`) or channels-last parts (`cl`)
 void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const ChannelsLast* cl,
-         int n, int64_t hw, int isa, int threads, const int32_t* offs) {
+         int n, int64_t hw, int isa, int threads, const int32_t* offs, const SparsePairs* pairs) {
     const float* x = in.x;
     SpPlan g;
     g.tw = sp_tile_width(isa, w.cin, hw);
@@ -107,6 +141,11 @@ void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const 
         offs = local.data();
     }
     g.offs = offs;
+    SpBf16 bf;
+    if (pairs && pairs->tw == g.tw && isa == ISA_AVX512 && cpu_supports_bf16()) {
+        bf.rowptr = pairs->rowptr.data(), bf.offs = pairs->offs.data(), bf.vals = pairs->vals.data();
+        g.bf = &bf;
+    }
     const int nt = resolve_threads(threads);
     // too few pixel tiles to feed every thread (small feature maps): also split the rows
     // (NCHW output only: a staged tile needs all its rows in one task)
@@ -152,6 +191,13 @@ void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const 
             se_conv(isa, *in.se_expand, squeeze + w.cin, squeeze + w.cin + in.se_reduce->cout);
         }
         scale(w, gain, scaled);
+        if (g.bf) {  // the gated values as bf16 pairs too
+            uint32_t* pv = reinterpret_cast<uint32_t*>(scratch<13>(pairs->vals.size() + 1));
+            std::fill(pv, pv + pairs->vals.size(), 0u);
+            uint16_t* half = reinterpret_cast<uint16_t*>(pv);  // little-endian: low half first
+            for (int k = 0; k < nnz; ++k) half[pairs->slot[k]] = (uint16_t)bf16_bits(scaled[k]);
+            bf.vals = pv;
+        }
         images(wi, i, 1);
     }
 }
@@ -159,10 +205,11 @@ void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const 
 }  // namespace
 
 void sparse1x1(const SparseConv& w, const SparseInput& in, const SparseOutput& out, int n,
-               int64_t hw, int isa, int threads, const int32_t* offs) {
+               int64_t hw, int isa, int threads, const int32_t* offs,
+               const SparsePairs* pairs) {
     if (n <= 0 || hw <= 0 || w.cout <= 0) return;
     if (out.layout == SparseOutput::CHANNELS_LAST)
-        return run(w, in, nullptr, &out.parts, n, hw, isa, threads, offs);
+        return run(w, in, nullptr, &out.parts, n, hw, isa, threads, offs, pairs);
     if (out.layout == SparseOutput::BLOCKED) {  // channels-last parts: the channel blocks
         const int b = vector_width(isa), parts = w.cout / b;
         std::vector<int> channels(parts, b), sigmoid(parts, 0);
@@ -171,7 +218,7 @@ void sparse1x1(const SparseConv& w, const SparseInput& in, const SparseOutput& o
         ChannelsLast cl;
         cl.parts = parts, cl.channels = channels.data(), cl.sigmoid = sigmoid.data();
         cl.out = dst.data(), cl.img_stride = (int64_t)w.cout * hw;
-        return run(w, in, nullptr, &cl, n, hw, isa, threads, offs);
+        return run(w, in, nullptr, &cl, n, hw, isa, threads, offs, pairs);
     }
     NchwOut o{out.y, hw};
     if (out.interleave) {  // the interleaved tensor's planes to the even channels; ours between
@@ -183,7 +230,7 @@ void sparse1x1(const SparseConv& w, const SparseInput& in, const SparseOutput& o
         });
         o = NchwOut{out.y + hw, 2 * hw};
     }
-    run(w, in, &o, nullptr, n, hw, isa, threads, offs);
+    run(w, in, &o, nullptr, n, hw, isa, threads, offs, pairs);
 }
 
 }  // namespace picosparse

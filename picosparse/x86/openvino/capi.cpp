@@ -38,12 +38,18 @@ __attribute__((visibility("default"))) int ps_activation_code(const char* name) 
     return picosparse::act_code(name);
 }
 
-// y = act(W (x * gate) + b); layout bit 0: x blocked, bit 1: y blocked. Returns the ISA used
-// (>= 0), or -1 with a message in err.
+// 1 if the BF16 sparse kernel runs on this CPU (AVX512-BF16)
+__attribute__((visibility("default"))) int ps_cpu_supports_bf16() {
+    return picosparse::cpu_supports_bf16() ? 1 : 0;
+}
+
+// y = act(W (x * gate) + b); layout bit 0: x blocked, bit 1: y blocked; bf16: the BF16 kernel
+// where it runs (ps_cpu_supports_bf16 and the AVX-512 path). Returns the ISA used (>= 0), or
+// -1 with a message in err.
 __attribute__((visibility("default"))) int ps_spconv1x1(
     const int32_t* rowptr, const int32_t* cols, const float* vals, const float* bias, int cout,
     int cin, int act, float alpha, float beta, const float* gate, const float* x, float* y, int n,
-    int64_t hw, int threads, int layout, char* err, int errlen) {
+    int64_t hw, int threads, int layout, int bf16, char* err, int errlen) {
     const int isa = pick_isa(err, errlen);
     if (isa < 0) return -1;
     picosparse::SparseConv w;
@@ -57,7 +63,10 @@ __attribute__((visibility("default"))) int ps_spconv1x1(
                                    : picosparse::SparseOutput::NCHW;
     if (const char* why = picosparse::sparse1x1_error(w, in, out, isa))
         return refuse(why, err, errlen);
-    picosparse::sparse1x1(w, in, out, n, hw, isa, threads < 1 ? 1 : threads);
+    picosparse::SparsePairs pairs;
+    if (bf16) picosparse::sp_pairs(w, picosparse::sp_tile_width(isa, cin, hw), &pairs);
+    picosparse::sparse1x1(w, in, out, n, hw, isa, threads < 1 ? 1 : threads, nullptr,
+                          bf16 ? &pairs : nullptr);
     return isa;
 }
 

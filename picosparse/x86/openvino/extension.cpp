@@ -29,6 +29,8 @@
 //           out_sigmoid[k] (a detection head's split + sigmoid + transpose; no gate, no SE);
 //           in_blocked / out_blocked: blocked layouts (kernels/api.h); in_nchw: with in_blocked,
 //           x's first in_nchw channels are NCHW (SparseInput::nchw_prefix); shuffle: 0 / 1;
+//           precision: f32, or bf16: the BF16 kernel (api.h's SparsePairs) on CPUs with
+//           AVX512-BF16, f32 elsewhere;
 //           threads: 0 = the calling TBB arena's concurrency, n = exactly n
 //           (load_model sets it: inside the CPU plugin, evaluate() runs in the default arena,
 //           whose concurrency is the core count, not INFERENCE_NUM_THREADS)
@@ -79,12 +81,15 @@ struct SparseAttrs {  // everything SparseConv1x1's visit_attributes names
     std::vector<int64_t> out_parts, out_sigmoid;
     int64_t in_blocked = 0, out_blocked = 0;  // blocked layouts (kernels/api.h)
     int64_t in_nchw = 0;
+    std::string precision = "f32";  // f32 | bf16 (the BF16 kernel where the CPU has it)
 };
 
 // SparseConv1x1's attribute rules (inputs: without shuffle_with)
 const Rule<SparseAttrs> kSparseRules[] = {
     {[](const SparseAttrs& a, size_t) { return a.shuffle == 0 || a.shuffle == 1; },
      "shuffle must be 0 or 1"},
+    {[](const SparseAttrs& a, size_t) { return a.precision == "f32" || a.precision == "bf16"; },
+     "precision must be f32 or bf16"},
     {[](const SparseAttrs&, size_t n) { return n == 2 || n == 3; },
      "SparseConv1x1 takes x, weights, an optional gate and (shuffle = 1) shuffle_with"},
     {[](const SparseAttrs& a, size_t) {
@@ -218,6 +223,7 @@ public:
         v.on_attribute("in_blocked", at.in_blocked);
         v.on_attribute("in_nchw", at.in_nchw);
         v.on_attribute("out_blocked", at.out_blocked);
+        v.on_attribute("precision", at.precision);
         return true;
     }
 
@@ -270,8 +276,11 @@ public:
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
         if (const char* why = sparse1x1_error(w, in, out, isa))
             OPENVINO_THROW("picosparse: ", why);
-        const auto offs = offsets(w, sp_tile_width(isa, w.cin, hw));
-        sparse1x1(w, in, out, (int)xs[0], hw, isa, (int)at.threads, offs->data());
+        const int tw = sp_tile_width(isa, w.cin, hw);
+        const auto offs = offsets(w, tw);
+        const bool bf16 = at.precision == "bf16" && isa == ISA_AVX512 && cpu_supports_bf16();
+        const auto pairs = bf16 ? pair_form(w, tw) : nullptr;
+        sparse1x1(w, in, out, (int)xs[0], hw, isa, (int)at.threads, offs->data(), pairs.get());
         return true;
     }
 
@@ -317,10 +326,22 @@ private:
         return m_offs;
     }
 
+    // The BF16 pair form for tile width tw, kept like the offsets
+    std::shared_ptr<const SparsePairs> pair_form(const SparseConv& w, int tw) const {
+        std::lock_guard<std::mutex> lock(m_cache_mutex);
+        if (!m_pairs || m_pairs->tw != tw) {
+            auto p = std::make_shared<SparsePairs>();
+            sp_pairs(w, tw, p.get());
+            m_pairs = std::move(p);
+        }
+        return m_pairs;
+    }
+
     SparseAttrs at;  // one copy in clone_with_new_inputs: none can be forgotten there
     mutable std::mutex m_cache_mutex;
     mutable std::shared_ptr<const std::vector<int32_t>> m_offs;
     mutable int m_offs_tw = 0;
+    mutable std::shared_ptr<const SparsePairs> m_pairs;
 };
 
 struct ConvAttrs {  // everything Conv2d's visit_attributes names
