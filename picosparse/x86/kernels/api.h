@@ -100,10 +100,14 @@ struct SparsePairs {
     std::vector<int32_t> rowptr;  // cout + 1, over pairs
     std::vector<int32_t> offs;    // per pair: its pair index * 2 * tw (bf16s into a packed tile)
     std::vector<uint32_t> vals;   // per pair: bf16(w[2j]) | bf16(w[2j + 1]) << 16
-    std::vector<int32_t> slot;    // per nonzero of the fp32 form: 2 * its pair + (column & 1)
+    // fp32 values in pair order, 2 per pair (0 where a pair has one weight), and the input
+    // channel each multiplies: a squeeze-excite gate scales them per image, 32 at a time
+    std::vector<float> fvals;
+    std::vector<int32_t> fch;
 };
 bool cpu_supports_bf16();
-// The pair form of w for tile width tw (sp_tile_width), computed once per op and kept.
+// The pair form of w for tile width tw (sp_tile_width(isa, cin, hw, true)), computed once per
+// op and kept.
 void sp_pairs(const SparseConv& w, int tw, SparsePairs* out);
 
 // threads <= 0: use the current TBB arena's concurrency (inside OpenVINO that
@@ -116,7 +120,8 @@ void sp_pairs(const SparseConv& w, int tw, SparsePairs* out);
 void sparse1x1(const SparseConv& w, const SparseInput& in, const SparseOutput& out, int n,
                int64_t hw, int isa, int threads, const int32_t* offs = nullptr,
                const SparsePairs* pairs = nullptr);
-int sp_tile_width(int isa, int cin, int64_t hw);
+// bf16: the BF16 kernel's (its packed tile is half the bytes: twice as wide for a wide Cin)
+int sp_tile_width(int isa, int cin, int64_t hw, bool bf16 = false);
 void sp_offsets(const SparseConv& w, int tw, int32_t* offs);  // offs[k] = cols[k] * tw
 
 // ------------------------------------------------------------------ dense NCHW ops
@@ -135,6 +140,9 @@ struct ConvParams {
     int pool_k = 0, pool_s = 1, pool_pad_t = 0, pool_pad_l = 0, pool_pad_b = 0, pool_pad_r = 0;
     // channel-blocked input / output instead of NCHW (see vector_width); depthwise only
     int in_blocked = 0, out_blocked = 0;
+    // dense convs with few taps (the stem): taps paired into vdpbf16ps, bf16 weights and
+    // inputs, fp32 sums, where cpu_supports_bf16() and the AVX-512 path run; else fp32
+    int bf16 = 0;
     int out_h() const { return (h + pad_t + pad_b - k) / stride + 1; }
     int out_w() const { return (w + pad_l + pad_r - k) / stride + 1; }
     int final_h() const {

@@ -9,7 +9,7 @@
 #include "parallel.h"
 #include "per_isa.h"
 #include "simd.h"
-#include "sparse1x1_bf16.h"
+#include "bf16.h"
 
 namespace picosparse {
 
@@ -36,16 +36,16 @@ struct NchwOut {
 
 // As wide as the vector registers allow (4 vectors) while the packed [cin][tw] tile stays in
 // L1 where possible, and no wider than the image needs.
-int tile_width(int vec, int cin, int64_t hw) {
+int tile_width(int vec, int cin, int64_t hw, int bytes = 4) {
     int tw = 4 * vec;
     // not below 2 vectors: at 1 vector each FMA needs its own broadcast load too, which cost
     // more than the L2 hits of a 64 KB tile (measured on 512-channel 10x10 layers)
-    while (tw > 2 * vec && (int64_t)cin * tw * 4 > 32 * 1024) tw /= 2;
+    while (tw > 2 * vec && (int64_t)cin * tw * bytes > 32 * 1024) tw /= 2;
     while (tw > vec && tw / 2 >= hw) tw /= 2;
     // maps of 5-vector multiples but not 4 (20x20 = 5 x 80): 5-vector tiles, no tail tile
     // (whose single vector per nonzero still pays the offset and value loads)
     if (tw == 4 * vec && hw % (4 * vec) != 0 && hw % (5 * vec) == 0 &&
-        (int64_t)cin * 5 * vec * 4 <= 48 * 1024)
+        (int64_t)cin * 5 * vec * bytes <= 48 * 1024)
         tw = 5 * vec;
     return tw;
 }
@@ -78,7 +78,9 @@ const char* sparse1x1_error(const SparseConv& w, const SparseInput& in, const Sp
     return nullptr;
 }
 
-int sp_tile_width(int isa, int cin, int64_t hw) { return tile_width(vector_width(isa), cin, hw); }
+int sp_tile_width(int isa, int cin, int64_t hw, bool bf16) {
+    return tile_width(vector_width(isa), cin, hw, bf16 ? 2 : 4);
+}
 
 bool cpu_supports_bf16() {
     static const bool yes = [] {
@@ -94,7 +96,7 @@ void sp_pairs(const SparseConv& w, int tw, SparsePairs* out) {
     out->tw = tw;
     out->rowptr.assign((size_t)w.cout + 1, 0);
     out->offs.clear(), out->vals.clear();
-    out->slot.assign((size_t)nnz, 0);
+    std::vector<int32_t> slot((size_t)nnz);
     std::vector<int32_t> at((size_t)npairs_in, -1);  // a pair's index in the current row
     for (int r = 0; r < w.cout; ++r) {
         const int first = (int)out->offs.size();
@@ -106,10 +108,17 @@ void sp_pairs(const SparseConv& w, int tw, SparsePairs* out) {
                 out->vals.push_back(0);
             }
             out->vals[at[j]] |= bf16_bits(w.vals[k]) << (16 * half);
-            out->slot[k] = 2 * at[j] + half;
+            slot[k] = 2 * at[j] + half;
         }
         out->rowptr[r + 1] = (int32_t)out->offs.size();
     }
+    const size_t nslots = 2 * out->offs.size();
+    out->fvals.assign(nslots, 0.f);
+    out->fch.resize(nslots);
+    for (size_t p = 0; p < out->offs.size(); ++p)  // pair p's channels, inside the input
+        for (int h = 0; h < 2; ++h)
+            out->fch[2 * p + h] = std::min(out->offs[p] / tw + h, w.cin - 1);
+    for (int k = 0; k < nnz; ++k) out->fvals[slot[k]] = w.vals[k];
 }
 
 void sp_offsets(const SparseConv& w, int tw, int32_t* offs) {
@@ -131,18 +140,19 @@ void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const 
          int n, int64_t hw, int isa, int threads, const int32_t* offs, const SparsePairs* pairs) {
     const float* x = in.x;
     SpPlan g;
-    g.tw = sp_tile_width(isa, w.cin, hw);
+    const bool bf16 = pairs && isa == ISA_AVX512 && cpu_supports_bf16();
+    g.tw = bf16 ? pairs->tw : sp_tile_width(isa, w.cin, hw);
     g.hw = hw;
     g.tiles = (hw + g.tw - 1) / g.tw;
     std::vector<int32_t> local;
-    if (!offs) {
+    if (!offs && !bf16) {
         local.resize((size_t)w.rowptr[w.cout]);
         sp_offsets(w, g.tw, local.data());
         offs = local.data();
     }
     g.offs = offs;
     SpBf16 bf;
-    if (pairs && pairs->tw == g.tw && isa == ISA_AVX512 && cpu_supports_bf16()) {
+    if (bf16) {
         bf.rowptr = pairs->rowptr.data(), bf.offs = pairs->offs.data(), bf.vals = pairs->vals.data();
         g.bf = &bf;
     }
@@ -190,12 +200,11 @@ void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const 
             se_conv(isa, *in.se_reduce, squeeze, squeeze + w.cin);
             se_conv(isa, *in.se_expand, squeeze + w.cin, squeeze + w.cin + in.se_reduce->cout);
         }
-        scale(w, gain, scaled);
-        if (g.bf) {  // the gated values as bf16 pairs too
+        if (!g.bf) scale(w, gain, scaled);
+        if (g.bf) {  // the gated values as bf16 pairs
             uint32_t* pv = reinterpret_cast<uint32_t*>(scratch<13>(pairs->vals.size() + 1));
-            std::fill(pv, pv + pairs->vals.size(), 0u);
-            uint16_t* half = reinterpret_cast<uint16_t*>(pv);  // little-endian: low half first
-            for (int k = 0; k < nnz; ++k) half[pairs->slot[k]] = (uint16_t)bf16_bits(scaled[k]);
+            bf16_gated(pairs->fvals.data(), pairs->fch.data(), (int)pairs->fvals.size(), gain,
+                       pv);
             bf.vals = pv;
         }
         images(wi, i, 1);
