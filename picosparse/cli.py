@@ -585,11 +585,11 @@ def bench(models, json_out, **kw):
     speed-up (base - this) / this plus the ratio base / this, against the first --model.
     No x86 runtime has sparse kernels: expect no speed-up from sparse weights alone. With
     --runtime openvino a --model may be the OUT/x86_sparse folder of `picosparse export
-    --x86-sparse`: it runs picosparse's sparse 1x1 op (FP32) beside dense OpenVINO (FP32
+    --x86-sparse`: it runs picosparse's sparse 1x1 op (FP32; DIR@bf16: its BF16 kernels, fastest
+    on weights pruned in 1x2 blocks, `prune --sparse-block 1x2`) beside dense OpenVINO (FP32
     unless --precision bf16, or DIR@bf16 for one model), same threads, one interleaved run:
     the best dense model at any precision and the sparse one in one table; --per-layer adds a
-    table of each
-    replaced layer's time against the dense conv it replaced. An OpenVINO INT8 folder
+    table of each replaced layer's time against the dense conv it replaced. An OpenVINO INT8 folder
     (`picosparse quant --backend openvino`, NNCF) is the x86 INT8 baseline; the Precision
     column says what each model ran (a PaddleSlim INT8 folder under Paddle Inference is
     `int8-simulated`: FP32 plus quantize/dequantize ops). The seed's speed-ups are

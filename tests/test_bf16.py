@@ -80,7 +80,7 @@ def test_bf16_gate_and_blocked_layouts():
 
 def test_without_avx512_bf16_the_fp32_kernel_runs(monkeypatch):
     """PICOSPARSE_ISA=avx2 stands in for a CPU without AVX512-BF16: bf16=True is the FP32
-    kernel, bit for bit, and load_model refuses @bf16 in one line."""
+    kernel, bit for bit, and bf16_available says why."""
     monkeypatch.setenv("PICOSPARSE_ISA", "avx2")
     assert not kernel.bf16_supported()
     rng = np.random.default_rng(2)

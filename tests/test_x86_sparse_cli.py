@@ -204,9 +204,8 @@ def test_x86_sparse_at_bf16_whole_model_and_bench(exported_run, tmp_path):
     from picosparse.x86.runtime import load_model
     inf, _ = exported_run
     x86 = inf / "x86_sparse"
-    if not bf16_supported():
-        r = run("bench", "--runtime", "openvino", "--model", f"{x86}@bf16")
-        assert r.exit_code == 2 and "BF16 sparse kernel cannot run here" in r.output
+    if not bf16_supported():  # FP32, and said so
+        assert load_model(x86, threads=1, precision="bf16").precision == "fp32"
         return
     x = image()
     want = dense_openvino(inf, x)
@@ -227,6 +226,15 @@ def test_x86_sparse_at_bf16_whole_model_and_bench(exported_run, tmp_path):
     assert (a["name"], b["name"]) == ("run/x86_sparse", "run/x86_sparse@bf16")
     assert (a["precision"], b["precision"]) == ("fp32", "bf16")
     assert any(n.startswith("run/x86_sparse@bf16: ") and "BF16 kernel" in n for n in res["notes"])
+
+
+def test_x86_sparse_at_bf16_without_the_kernels_runs_fp32_and_says_so(exported_run,
+                                                                      monkeypatch):
+    monkeypatch.setenv("PICOSPARSE_ISA", "avx2")  # as on a CPU without AVX512-BF16
+    x86 = exported_run[0] / "x86_sparse"
+    res = bench([f"{x86}@bf16"], runtime="openvino", threads=(1,), repeats=1, warmup=0)
+    assert res["models"][0]["precision"] == "fp32"
+    assert "run/x86_sparse@bf16: asked bf16, OpenVINO ran fp32" in " ".join(res["notes"])
 
 
 def test_bench_only_x86_sparse_has_no_dense_kernel_note(exported_run):

@@ -154,12 +154,6 @@ def _spec(path, runtime, input_size, adb, precision="f32"):
         raise ConfigError(f"--model {path}@{precision}: only OpenVINO models (dense exports, "
                           f"NNCF INT8) and x86-sparse folders run at another precision; a "
                           f"{kind} model runs as it was made")
-    if precision == "bf16" and kind == "x86-sparse":
-        from picosparse.x86.runtime import bf16_available
-        ok, why = bf16_available()
-        if not ok:
-            raise ConfigError(f"--model {path}@bf16: picosparse's BF16 sparse kernel cannot run "
-                              f"here ({why})")
     name = model_name(p) + (f"@{precision}" if suffixed else "")
     return {"name": name, "path": str(p), "input_size": int(size), "cfg": cfg,
             "sizes": _sizes(p), "conv1x1_zero_fraction": zeros, "kind": kind,
@@ -233,8 +227,8 @@ class BenchParams:
     runtime: str = param("paddle", "str", choices=RUNTIMES,
                          help="x86 runtime (lite needs/makes an x86 .nb).")
     precision: str = param("f32", "str", choices=PRECISIONS, only="cli", help=(
-        "OpenVINO precision of the dense models (MODEL@bf16 sets one model's; picosparse's "
-        "x86-sparse models run as made)."))
+        "OpenVINO precision of the dense models (MODEL@bf16 sets one model's, and runs an "
+        "x86-sparse model on picosparse's BF16 kernels; FP32 where the CPU has no BF16)."))
     image: str = param(None, "path?", only="cli", click=dict(path="file"),
                        help="Input image [a fixed random image].")
     input_size: int = param(None, "int?", check=multiple_of_32, only="cli",
@@ -369,7 +363,8 @@ def bench(models, params=None, names=None, **fields):
                      + (", @PRECISION per model" if any(s["asked"] != precision
                                                          for s in specs) else "") + ")")
         for s in specs:
-            if s["kind"] == "dense" and reported(s["asked"]) != s.get("precision"):
+            if s["kind"] in ("dense", "x86-sparse") and \
+                    reported(s["asked"]) != s.get("precision"):
                 # an INT8 model's reported hint is for its non-INT8 parts: not compared
                 notes.append(f"{s['name']}: asked {s['asked']}, OpenVINO ran "
                              f"{s.get('precision')} (this CPU has no {s['asked']} kernels)")
@@ -413,8 +408,8 @@ def _kernel_notes(specs, runtime):
                      + (f", {m['depthwise']} depthwise + {m.get('dense_kxk', 0)} dense KxK "
                         f"convs and {m.get('upsample', 0)} upsamplings on its NCHW ops"
                         if m.get("depthwise") or m.get("dense_kxk") else "")
-                     + ("; its sparse 1x1 convs on picosparse's BF16 kernel (bf16 weights "
-                        "and activations, fp32 sums), depthwise convs FP32"
+                     + ("; asked BF16: its sparse 1x1 convs and stem on picosparse's BF16 "
+                        "kernels (bf16 weights and activations, fp32 sums), depthwise convs FP32"
                         if s["asked"] == "bf16" else
                         "; FP32 (DIR@bf16 runs its sparse 1x1 convs on the BF16 kernel)"))
     return notes

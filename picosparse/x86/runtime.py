@@ -158,8 +158,9 @@ def load_model(model_dir, threads=1, perf_counters=False, flag=None, precision="
 
     `threads` is given to OpenVINO (INFERENCE_NUM_THREADS) and to every picosparse op.
     precision "bf16": the sparse 1x1 convs and the stem run picosparse's BF16 kernels (weights
-    and activations rounded to bf16, fp32 sums; AVX512-BF16 CPUs only) and OpenVINO's own ops
-    BF16; the depthwise convs stay FP32. Errors are one line naming `flag` (how the caller got the
+    and activations rounded to bf16, fp32 sums) and OpenVINO's own ops BF16, the depthwise convs
+    FP32; on a CPU without AVX512-BF16 (or with PICOSPARSE_ISA=avx2) all of it runs FP32, and
+    the returned model's `precision` says "fp32". Errors are one line naming `flag` (how the caller got the
     folder) when given.
     """
     import openvino as ov
@@ -168,11 +169,8 @@ def load_model(model_dir, threads=1, perf_counters=False, flag=None, precision="
     if precision not in ("f32", "bf16"):
         raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}@{precision}: an x86-sparse "
                               "model runs at f32 or bf16")
-    if precision == "bf16":
-        ok, why = bf16_available()
-        if not ok:
-            raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}@bf16: picosparse's BF16 "
-                                  f"sparse kernel cannot run here ({why}); run it at FP32")
+    # BF16 where the kernels run, FP32 elsewhere (as OpenVINO does): net.precision says which
+    ran = "bf16" if precision == "bf16" and bf16_available()[0] else "f32"
     core = ov.Core()
     core.add_extension(str(_extension_for(d, meta)))
     try:
@@ -180,7 +178,7 @@ def load_model(model_dir, threads=1, perf_counters=False, flag=None, precision="
             model = core.read_model(str(d / XML_NAME))
             set_op_threads(model, threads)
             try:
-                set_op_precision(model, precision)
+                set_op_precision(model, ran)
             except PicosparseError as e:
                 raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}: {e}") from None
             compiled = core.compile_model(model, "CPU",
@@ -190,5 +188,5 @@ def load_model(model_dir, threads=1, perf_counters=False, flag=None, precision="
         raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}: OpenVINO cannot compile this "
                               f"x86-sparse model ({first[:200]})") from None
     net = SparseModel(compiled, threads, meta)
-    net.precision = "bf16" if precision == "bf16" else "fp32"  # what the sparse ops run
+    net.precision = "bf16" if ran == "bf16" else "fp32"  # what the sparse ops ran
     return net
