@@ -12,8 +12,8 @@ import pytest
 from picosparse.errors import PicosparseError
 from picosparse.x86 import kernel
 from picosparse.x86.kernel import pack, spconv1x1
-from test_ops import (_compile, _dw_block_model, _head_model, _se_model, _shuffle_model,
-                      _toy_model, assert_close, conv_ref, sparse_weight)
+from test_ops import (_compile, _dw_block_model, _ghost_model, _head_model, _se_model,
+                      _shuffle_model, _toy_model, assert_close, conv_ref, sparse_weight)
 
 BF16 = kernel.bf16_supported()
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no AVX512-BF16")
@@ -101,10 +101,12 @@ def _compile_bf16(model, threads=1):
 @needs_bf16
 @pytest.mark.parametrize("build", [
     lambda rng: _toy_model(rng), _se_model, lambda rng: _shuffle_model(rng, True),
-    lambda rng: _head_model(rng, "split")], ids=["chain", "squeeze-excite", "shuffle", "head"])
+    lambda rng: _head_model(rng, "split"), _dw_block_model, lambda rng: _ghost_model(rng, True)],
+    ids=["chain", "squeeze-excite", "shuffle", "head", "blocked", "ghost-concat"])
 def test_bf16_op_in_rewritten_models(build):
-    """Every writer (NCHW, blocked, interleaved, channels-last parts) and the squeeze-excite
-    gate, through the OpenVINO op at precision bf16, against the FP32 model."""
+    """Every reader (NCHW, blocked, NCHW + blocked halves of a ghost concat) and writer (NCHW,
+    blocked, interleaved, channels-last parts) and the squeeze-excite gate, through the
+    OpenVINO op at precision bf16, against the FP32 model."""
     import openvino as ov
     from picosparse.x86.convert.rewrite import rewrite_model
     ref_model, model = build(np.random.default_rng(6)), build(np.random.default_rng(6))
@@ -121,43 +123,16 @@ def test_bf16_op_in_rewritten_models(build):
         assert any(not np.array_equal(got[i], f32[i]) for i in range(len(want)))
 
 
-def test_set_op_precision_sets_the_sparse_and_conv_ops():
+def test_set_op_precision_sets_only_the_sparse_ops():
     from picosparse.x86.convert.rewrite import rewrite_model
     from picosparse.x86.runtime import set_op_precision
     model = _dw_block_model(np.random.default_rng(1))
     rewrite_model(model, sparse_threshold=0.6)
-    ours = [op for op in model.get_ops() if op.get_type_name() in ("SparseConv1x1", "Conv2d")]
-    assert {op.get_type_name() for op in ours} == {"SparseConv1x1", "Conv2d"}
-    assert set_op_precision(model, "bf16") == len(ours)
-    assert {op.get_attributes()["precision"] for op in ours} == {"bf16"}
-
-
-# (cin, cout, h, w, k, stride, pads, pool): the stem (3 -> 24, 3x3/2, max pool 3x3/2), odd
-# taps (27: the last pair has one tap), a 5x5 (75 taps), a width past one 64-pixel chunk,
-# a chunk of channels past 64 (the weight pairs are made 64 channels at a time)
-STEMS = [(3, 24, 64, 64, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
-         (3, 16, 33, 150, 3, 2, (1, 1, 1, 1), None),
-         (3, 8, 20, 20, 5, 1, (2, 2, 2, 2), None),
-         (2, 70, 17, 19, 3, 1, (1, 1, 1, 1), None)]
-
-
-@needs_bf16
-@pytest.mark.parametrize("shape", STEMS, ids=lambda s: "x".join(map(str, s[:6])))
-def test_bf16_stem_conv(shape):
-    """The few-tap dense conv's BF16 path: exact on bf16 values, close to FP32, pool fused."""
-    cin, cout, h, w, k, s, pads, pool = shape
-    rng = np.random.default_rng(cin * cout + k)
-    x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
-    wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
-    b = rng.standard_normal(cout).astype(np.float32)
-    args = dict(stride=s, pads=pads, act="hswish", pool=pool)
-    y32, _ = kernel.conv2d(x, wt, b, **args)
-    y16, isa = kernel.conv2d(x, wt, b, bf16=True, **args)
-    ref16, _ = kernel.conv2d(bf16(x), bf16(wt), b, **args)  # fp32 path on bf16 values
-    assert isa == "avx512" and y16.shape == y32.shape
-    assert_close(y16, ref16, 1e-5)
-    assert_close(y16, y32, VS_FP32)
-    assert not np.array_equal(y16, y32)
+    types = [op.get_type_name() for op in model.get_ops()]
+    assert "Conv2d" in types
+    assert set_op_precision(model, "bf16") == types.count("SparseConv1x1") > 0
+    assert {op.get_attributes()["precision"] for op in model.get_ops()
+            if op.get_type_name() == "SparseConv1x1"} == {"bf16"}
 
 
 def test_load_model_refuses_an_unknown_precision(tmp_path):

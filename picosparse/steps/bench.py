@@ -408,8 +408,8 @@ def _kernel_notes(specs, runtime):
                      + (f", {m['depthwise']} depthwise + {m.get('dense_kxk', 0)} dense KxK "
                         f"convs and {m.get('upsample', 0)} upsamplings on its NCHW ops"
                         if m.get("depthwise") or m.get("dense_kxk") else "")
-                     + ("; asked BF16: its sparse 1x1 convs and stem on picosparse's BF16 "
-                        "kernels (bf16 weights and activations, fp32 sums), depthwise convs FP32"
+                     + ("; asked BF16: its sparse 1x1 convs on picosparse's BF16 kernel "
+                        "(bf16 weights and activations, fp32 sums), its other convs FP32"
                         if s["asked"] == "bf16" else
                         "; FP32 (DIR@bf16 runs its sparse 1x1 convs on the BF16 kernel)"))
     return notes

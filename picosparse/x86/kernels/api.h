@@ -140,9 +140,6 @@ struct ConvParams {
     int pool_k = 0, pool_s = 1, pool_pad_t = 0, pool_pad_l = 0, pool_pad_b = 0, pool_pad_r = 0;
     // channel-blocked input / output instead of NCHW (see vector_width); depthwise only
     int in_blocked = 0, out_blocked = 0;
-    // dense convs with few taps (the stem): taps paired into vdpbf16ps, bf16 weights and
-    // inputs, fp32 sums, where cpu_supports_bf16() and the AVX-512 path run; else fp32
-    int bf16 = 0;
     int out_h() const { return (h + pad_t + pad_b - k) / stride + 1; }
     int out_w() const { return (w + pad_l + pad_r - k) / stride + 1; }
     int final_h() const {

@@ -1,6 +1,6 @@
-// The BF16 microkernels: one vdpbf16ps multiplies a broadcast pair of weights (input channels
-// 2j, 2j + 1 of one sparse 1x1 row; two taps of the stem conv) with 16 pixels of both and adds
-// both products to 16 fp32 accumulators. Compiled for AVX512-BF16 only; called only where
+// The BF16 sparse 1x1 microkernel: one vdpbf16ps multiplies a broadcast pair of weights (input
+// channels 2j, 2j + 1 of one row) with 16 pixels of both and adds both products to 16 fp32
+// accumulators. Compiled for AVX512-BF16 only; called only where
 // cpu_supports_bf16() holds.
 #include "bf16.h"
 
@@ -67,6 +67,49 @@ void gated(const float* fvals, const int32_t* ch, int nslots, const float* gain,
                      (bf16_bits(fvals[s + 1] * gain[ch[s + 1]]) << 16);
 }
 
+static inline __mmask16 first(int n) {  // lanes [0, n), n clamped to [0, 16]
+    return n >= 16 ? (__mmask16)0xffff : n > 0 ? (__mmask16)((1u << n) - 1) : (__mmask16)0;
+}
+
+// a's and b's 16 values as 16 interleaved bf16 pairs
+static inline void store_pairs(uint16_t* o, __m512 a, __m512 b, __m512i perm) {
+    _mm512_store_si512(o, _mm512_permutexvar_epi16(perm, (__m512i)_mm512_cvtne2ps_pbh(b, a)));
+}
+
+bool read_tile(int cin, const SparseInput& in, const float* x, int64_t img, int64_t hw, int tw,
+               int64_t p0, int np, uint16_t* out) {
+    const int nchw = in.blocked ? in.nchw_prefix : cin;  // leading NCHW channels
+    if (nchw < cin && nchw % 2) return false;
+    const __m512i perm = interleave_halves();
+    const float* xi = x + img * (int64_t)cin * hw;
+    for (int j = 0; 2 * j < nchw; ++j) {  // NCHW planes, two channels at a time
+        const float* a = xi + (int64_t)(2 * j) * hw + p0;
+        const float* b = 2 * j + 1 < nchw ? a + hw : nullptr;
+        uint16_t* o = out + (size_t)j * 2 * tw;
+        for (int i = 0; i < tw; i += 16) {
+            const __mmask16 m = first(np - i);
+            store_pairs(o + 2 * i, _mm512_maskz_loadu_ps(m, a + i),
+                        b ? _mm512_maskz_loadu_ps(m, b + i) : _mm512_setzero_ps(), perm);
+        }
+    }
+    // blocked channels: per block, 16 pixels' channel vectors transposed into 16 channel rows
+    const float* xb = xi + (int64_t)nchw * hw;
+    __m512 v[16];
+    for (int blk = 0; blk < (cin - nchw) / 16; ++blk) {
+        const float* src = xb + ((int64_t)blk * hw + p0) * 16;
+        uint16_t* o = out + (size_t)(nchw / 2 + blk * 8) * 2 * tw;
+        for (int pb = 0; pb < tw; pb += 16) {
+            const int npx = std::min(16, np - pb);
+            for (int k = 0; k < 16; ++k)
+                v[k] = k < npx ? _mm512_loadu_ps(src + (int64_t)(pb + k) * 16) : _mm512_setzero_ps();
+            V::transpose(v);
+            for (int c = 0; c < 8; ++c)
+                store_pairs(o + (size_t)c * 2 * tw + 2 * pb, v[2 * c], v[2 * c + 1], perm);
+        }
+    }
+    return true;
+}
+
 // U accumulator sets over consecutive pairs: NV * U independent dot-product chains
 template <int NV, int U>
 static inline void rows(const SpBf16& p, const float* bias, const uint16_t* buf, int np,
@@ -116,104 +159,16 @@ void rows_any(const SpBf16& p, const float* bias, const uint16_t* buf, int np, f
         default: return rows<1, 8>(p, bias, buf, np, yb, row, p0, r0, r1, a);
     }
 }
-// ------------------------------------------------------------ the stem's dense conv
-// Per output row: the im2col patch of NV vectors of pixels with its taps in pairs (the same
-// masked / stride-phase loads as the fp32 path, two taps interleaved), then OCB output
-// channels x NV vectors of fp32 accumulators, one vdpbf16ps per tap pair.
-template <int OCB, int NV>
-static inline void conv_chunk(const uint16_t* patch, int npairs, const uint32_t* wp,
-                              const float* bias, float* yr, int64_t out_hw, int left,
-                              const Activation& a) {
-    __m512 acc[OCB][NV];
-    for (int o = 0; o < OCB; ++o)
-        for (int v = 0; v < NV; ++v) acc[o][v] = _mm512_set1_ps(bias ? bias[o] : 0.f);
-    for (int q = 0; q < npairs; ++q) {
-        __m512bh xv[NV];
-        for (int v = 0; v < NV; ++v)
-            xv[v] = (__m512bh)_mm512_load_si512(patch + (size_t)(q * NV + v) * 32);
-        for (int o = 0; o < OCB; ++o) {
-            const __m512bh wv = (__m512bh)_mm512_set1_epi32((int)wp[(size_t)o * npairs + q]);
-            for (int v = 0; v < NV; ++v) acc[o][v] = _mm512_dpbf16_ps(acc[o][v], xv[v], wv);
-        }
-    }
-    for (int o = 0; o < OCB; ++o)
-        for (int v = 0; v < NV; ++v) {
-            const int n = left - v * 16;
-            const __m512 out = activate(acc[o][v], a);
-            if (n >= 16) _mm512_storeu_ps(yr + o * out_hw + v * 16, out);
-            else if (n > 0) V::store_n(yr + o * out_hw + v * 16, out, n);
-        }
-}
-
-constexpr int kOcb = 6, kNv = 4, kMaxK = 7, kMaxTaps = 256;
-
-void conv_rows(const ConvParams& p, const float* xi, int r0, int r1, int row0, float* y,
-               int64_t out_hw, const Activation& a) {
-    const int K = p.k, s = p.stride, ntaps = p.cin * K * K, npairs = (ntaps + 1) / 2;
-    const int wo = p.out_w();
-    const int64_t hw = (int64_t)p.h * p.w;
-    alignas(64) uint16_t patch[(kMaxTaps / 2 + 1) * kNv * 32];
-    alignas(64) uint32_t wp[64 * (kMaxTaps / 2 + 1)];
-    alignas(64) float taps[2][kNv * 16];
-    const __m512i perm = interleave_halves();
-    for (int oc0 = 0; oc0 < p.cout; oc0 += 64) {  // weight pairs of 64 channels at a time
-        const int ocn = std::min(64, p.cout - oc0);
-        for (int o = 0; o < ocn; ++o)
-            for (int q = 0; q < npairs; ++q) {
-                const float* w = p.wt + (int64_t)(oc0 + o) * ntaps;
-                wp[o * npairs + q] = bf16_bits(w[2 * q]) |
-                                     (2 * q + 1 < ntaps ? bf16_bits(w[2 * q + 1]) << 16 : 0u);
-            }
-        for (int col0 = 0; col0 < wo; col0 += kNv * 16) {
-            V::Cols cols[kMaxK * kNv];
-            for (int kx = 0; kx < K; ++kx)
-                for (int v = 0; v < kNv; ++v)
-                    cols[kx * kNv + v] = V::Cols(s * (col0 + v * 16) + kx - p.pad_l, p.w, s);
-            for (int oy = r0; oy < r1; ++oy) {
-                // tap t's kNv vectors into taps[t & 1]; each pair to the patch, interleaved
-                for (int t = 0; t < 2 * npairs; ++t) {
-                    float* dst = taps[t & 1];
-                    if (t < ntaps) {
-                        const int ci = t / (K * K), ky = t / K % K, kx = t % K;
-                        const int r = oy * s + ky - p.pad_t;
-                        const float* xr = xi + ci * hw + (int64_t)r * p.w;
-                        for (int v = 0; v < kNv; ++v)
-                            _mm512_store_ps(dst + v * 16, r >= 0 && r < p.h
-                                                              ? cols[kx * kNv + v].load(xr)
-                                                              : _mm512_setzero_ps());
-                    } else {
-                        for (int v = 0; v < kNv; ++v) _mm512_store_ps(dst + v * 16, _mm512_setzero_ps());
-                    }
-                    if (t & 1)
-                        for (int v = 0; v < kNv; ++v) {
-                            const __m512i b = (__m512i)_mm512_cvtne2ps_pbh(
-                                _mm512_load_ps(taps[1] + v * 16), _mm512_load_ps(taps[0] + v * 16));
-                            _mm512_store_si512(patch + (size_t)((t / 2) * kNv + v) * 32,
-                                               _mm512_permutexvar_epi16(perm, b));
-                        }
-                }
-                float* yr = y + (int64_t)(oy - row0) * wo + col0 + (int64_t)oc0 * out_hw;
-                const float* bias = p.bias ? p.bias + oc0 : nullptr;
-                int o = 0;
-                for (; o + kOcb <= ocn; o += kOcb)
-                    conv_chunk<kOcb, kNv>(patch, npairs, wp + o * npairs, bias ? bias + o : nullptr,
-                                          yr + o * out_hw, out_hw, wo - col0, a);
-                for (; o < ocn; ++o)
-                    conv_chunk<1, kNv>(patch, npairs, wp + o * npairs, bias ? bias + o : nullptr,
-                                       yr + o * out_hw, out_hw, wo - col0, a);
-            }
-        }
-    }
-}
 #pragma GCC pop_options
 }  // namespace bf16
 
-void bf16_conv_rows(const ConvParams& p, const float* xi, int r0, int r1, int row0, float* y,
-                    int64_t out_hw, const Activation& a) {
-    bf16::conv_rows(p, xi, r0, r1, row0, y, out_hw, a);
-}
 
 void bf16_pack(const float* buf, int cin, int tw, uint16_t* out) { bf16::pack(buf, cin, tw, out); }
+
+bool bf16_read_tile(int cin, const SparseInput& in, const float* x, int64_t img, int64_t hw,
+                    int tw, int64_t p0, int np, uint16_t* out) {
+    return bf16::read_tile(cin, in, x, img, hw, tw, p0, np, out);
+}
 
 void bf16_gated(const float* fvals, const int32_t* ch, int nslots, const float* gain,
                 uint32_t* out) {

@@ -1,6 +1,5 @@
-// The BF16 microkernels (bf16.cpp), for CPUs with AVX512-BF16: the sparse 1x1 conv's (and its
-// tile packer), called by sparse1x1.cpp, and the stem's few-tap dense conv, called by
-// conv2d_impl.inc, where the fp32 ones would run.
+// The sparse 1x1 conv's BF16 microkernel and tile readers (bf16.cpp), for CPUs with
+// AVX512-BF16; the operator (sparse1x1.cpp) calls them where the fp32 ones would run.
 #pragma once
 #include <cstdint>
 
@@ -15,6 +14,14 @@ struct SpBf16 {
     const uint32_t* vals = nullptr;
 };
 
+struct SparseInput;
+
+// Image img's pixel tile [p0, p0 + np) of x, as `in` lays it out, straight into bf16 pairs
+// [ceil(cin / 2)][tw][2] (zeros past np and past an odd cin): one pass, no fp32 copy. False
+// (nothing written) where a pair would straddle the NCHW and blocked parts (odd in_nchw).
+bool bf16_read_tile(int cin, const SparseInput& in, const float* x, int64_t img, int64_t hw,
+                    int tw, int64_t p0, int np, uint16_t* out);
+
 // A packed fp32 tile [cin][tw] to bf16 pairs [ceil(cin / 2)][tw][2] (an odd cin's last pair
 // gets a zero channel). tw: a multiple of 16.
 void bf16_pack(const float* buf, int cin, int tw, uint16_t* out);
@@ -28,13 +35,6 @@ void bf16_rows(const SpBf16& p, const float* bias, const uint16_t* buf, int np, 
 // the nslots (even) values of SparsePairs::fvals: a gate folded into the pairs per image
 void bf16_gated(const float* fvals, const int32_t* ch, int nslots, const float* gain,
                 uint32_t* out);
-
-// The BF16 form of the dense few-tap conv's rows (conv2d_impl.inc's gemm_rows): output rows
-// [r0, r1) of every channel of image xi into y ([cout][rows][wo], row r at r - row0, stride
-// out_hw). Needs p.cin * p.k * p.k <= 256 and p.k <= 7.
-struct ConvParams;
-void bf16_conv_rows(const ConvParams& p, const float* xi, int r0, int r1, int row0, float* y,
-                    int64_t out_hw, const Activation& a);
 
 uint32_t bf16_bits(float v);  // round to nearest even, as vcvtne2ps2bf16 does
 

@@ -17,7 +17,6 @@
 #include "parallel.h"
 #include "per_isa.h"
 #include "simd.h"
-#include "bf16.h"
 
 namespace picosparse {
 namespace {
@@ -101,10 +100,8 @@ const char* conv_layout_error(const ConvParams& p, int isa) {
     return nullptr;
 }
 
-void conv2d(const ConvParams& p_in, const float* x, float* y, int n, int isa, int threads) {
-    if (n <= 0 || p_in.cout <= 0 || p_in.final_h() <= 0 || p_in.final_w() <= 0) return;
-    ConvParams p = p_in;  // BF16 only on the few-tap GEMM path, where the CPU has it
-    p.bf16 = p_in.bf16 && uses_gemm(p_in) && isa == ISA_AVX512 && cpu_supports_bf16();
+void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads) {
+    if (n <= 0 || p.cout <= 0 || p.final_h() <= 0 || p.final_w() <= 0) return;
     const int vec = vector_width(isa);
     // tasks = image x band of kBandRows final rows: band(img, band index, kBandRows, act)
     const auto by_bands = [&](const auto& band) {

@@ -71,16 +71,15 @@ __attribute__((visibility("default"))) int ps_spconv1x1(
 }
 
 // Direct conv (weights [cout, cin/groups, k, k]); pads = {top, left, bottom, right}; pool =
-// null or {k, stride, pad top, left, bottom, right} of a fused max pool; bf16: the few-tap
-// dense path in BF16 where it runs. Returns the ISA used or -1 (see above).
+// null or {k, stride, pad top, left, bottom, right} of a fused max pool. Returns the ISA used
+// or -1 (see above).
 __attribute__((visibility("default"))) int ps_conv2d(
     const float* wt, const float* bias, int cin, int cout, int groups, int h, int w, int k,
     int stride, const int* pads, int act, float alpha, float beta, const int* pool,
-    const float* x, float* y, int n, int threads, int layout, int bf16, char* err, int errlen) {
+    const float* x, float* y, int n, int threads, int layout, char* err, int errlen) {
     const int isa = pick_isa(err, errlen);
     if (isa < 0) return -1;
     picosparse::ConvParams p;
-    p.bf16 = bf16;
     p.cin = cin, p.cout = cout, p.groups = groups, p.h = h, p.w = w, p.k = k, p.stride = stride;
     p.pad_t = pads[0], p.pad_l = pads[1], p.pad_b = pads[2], p.pad_r = pads[3];
     p.wt = wt, p.bias = bias, p.act = picosparse::Activation{act, alpha, beta};
