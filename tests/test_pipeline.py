@@ -78,7 +78,15 @@ def test_demo_pipeline_shape():
         "dense": "${steps.export_dense_x86.model_dir}",
         "dense_bf16": "${steps.export_dense_x86.model_dir}@bf16",
         "dense_int8_ov": "${steps.quant_dense_ov.model_dir}",
-        "sparse75_x86": "${steps.x86_sparse75.out_dir}"}
+        "sparse75_x86": "${steps.x86_sparse75.out_dir}",
+        "sparse75_x86_bf16": "${steps.x86_sparse75.out_dir}@bf16",
+        "sparse75_block_x86_bf16": "${steps.x86_sparse75_block.out_dir}@bf16"}
+    # the same GMP in 1x2 blocks, for the BF16 kernel: its accuracy cost is in the report
+    assert p.steps["sparse75_block"].params["sparse_block"] == [1, 2]
+    assert p.steps["sparse75_block"].params["slim_config"] == \
+        p.steps["sparse75"].params["slim_config"]
+    assert p.steps["eval_sparse75_block_x86_bf16"].params["model"] == \
+        "${steps.x86_sparse75_block.out_dir}@bf16"
     assert p.steps["export_sparse75_x86"].params["postprocess"] is False
     assert p.steps["quant_dense_ov"].params["backend"] == "openvino"
     assert set(bench["models"]) <= set(p.steps["report"].params["variants"])
