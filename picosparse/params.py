@@ -192,10 +192,8 @@ def parse_block(text):
 
 
 def check_block(v):
-    if not isinstance(v, (list, tuple)) or len(v) != 2 or any(
-            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in v):
-        return "must be [m, n], two integers >= 1 (e.g. [1, 2])"
-    return None
+    from picosparse.config import is_block  # the recipe key's own rule
+    return None if is_block(v) else "must be [m, n], two integers >= 1 (e.g. [1, 2])"
 
 
 def sparse_block_param(**kw):

@@ -85,7 +85,7 @@ def _lib():
         lib.ps_select_isa.restype = ctypes.c_int
         lib.ps_cpu_supports.restype = ctypes.c_int
         lib.ps_cpu_supports.argtypes = [ctypes.c_int]
-        lib.ps_cpu_supports_bf16.restype = ctypes.c_int
+        lib.ps_bf16_runs.restype = ctypes.c_int
         lib.ps_activation_code.restype = ctypes.c_int
         lib.ps_activation_code.argtypes = [ctypes.c_char_p]
         _LIB = lib
@@ -110,7 +110,8 @@ def supported_isas():
 def bf16_supported():
     """True if the BF16 sparse kernel runs here: AVX512-BF16, and the AVX-512 path selected
     (PICOSPARSE_ISA=avx2 turns it off, as on a CPU without it)."""
-    return bool(_lib().ps_cpu_supports_bf16()) and selected_isa() == "avx512"
+    selected_isa()  # an invalid PICOSPARSE_ISA is an error, not "no"
+    return bool(_lib().ps_bf16_runs())
 
 
 def selected_isa():

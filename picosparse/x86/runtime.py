@@ -85,7 +85,8 @@ def bf16_available():
     if kernel.bf16_supported():
         return True, None
     if kernel.selected_isa() != "avx512":
-        return False, f"PICOSPARSE_ISA selects the {kernel.selected_isa()} path (BF16 needs avx512)"
+        return False, (f"PICOSPARSE_ISA selects the {kernel.selected_isa()} path (BF16 needs "
+                       "avx512)")
     return False, "this CPU has no AVX512-BF16"
 
 
@@ -114,13 +115,12 @@ class SparseModel:
     """A compiled x86-sparse model with one infer request: call it with the input array(s),
     or feed() once and run() (what timing measures) then outputs()."""
 
-    def __init__(self, compiled, threads, meta):
+    def __init__(self, compiled, threads, meta, precision="fp32"):
         self.compiled = compiled
         self.threads = threads
         self.meta = meta  # x86_sparse.json
         self.request = compiled.create_infer_request()
-        got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(got, got)
+        self.precision = precision  # what its sparse ops run: "fp32" | "bf16"
 
     def __call__(self, *inputs):
         feed = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], dict) else \
@@ -158,9 +158,9 @@ def load_model(model_dir, threads=1, perf_counters=False, flag=None, precision="
     `threads` is given to OpenVINO (INFERENCE_NUM_THREADS) and to every picosparse op.
     precision "bf16": the sparse 1x1 convs run picosparse's BF16 kernel (weights and
     activations rounded to bf16, fp32 sums) and OpenVINO's own ops BF16, picosparse's depthwise
-    convs and stem FP32; on a CPU without AVX512-BF16 (or with PICOSPARSE_ISA=avx2) all of it runs FP32, and
-    the returned model's `precision` says "fp32". Errors are one line naming `flag` (how the caller got the
-    folder) when given.
+    convs and stem FP32; on a CPU without AVX512-BF16 (or with PICOSPARSE_ISA=avx2) all of it
+    runs FP32, and the returned model's `precision` says "fp32". Errors are one line naming
+    `flag` (how the caller got the folder) when given.
     """
     import openvino as ov
     d = Path(model_dir)
@@ -186,6 +186,4 @@ def load_model(model_dir, threads=1, perf_counters=False, flag=None, precision="
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PicosparseError(f"{f'{flag} ' if flag else ''}{d}: OpenVINO cannot compile this "
                               f"x86-sparse model ({first[:200]})") from None
-    net = SparseModel(compiled, threads, meta)
-    net.precision = "bf16" if ran == "bf16" else "fp32"  # what the sparse ops ran
-    return net
+    return SparseModel(compiled, threads, meta, "bf16" if ran == "bf16" else "fp32")

@@ -106,6 +106,8 @@ struct SparsePairs {
     std::vector<int32_t> fch;
 };
 bool cpu_supports_bf16();
+// The BF16 kernel runs on this ISA path: AVX-512 selected and the CPU has AVX512-BF16
+inline bool bf16_runs(int isa) { return isa == ISA_AVX512 && cpu_supports_bf16(); }
 // The pair form of w for tile width tw (sp_tile_width(isa, cin, hw, true)), computed once per
 // op and kept.
 void sp_pairs(const SparseConv& w, int tw, SparsePairs* out);

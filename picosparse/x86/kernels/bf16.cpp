@@ -1,14 +1,12 @@
 // The BF16 sparse 1x1 microkernel: one vdpbf16ps multiplies a broadcast pair of weights (input
 // channels 2j, 2j + 1 of one row) with 16 pixels of both and adds both products to 16 fp32
-// accumulators. Compiled for AVX512-BF16 only; called only where
-// cpu_supports_bf16() holds.
+// accumulators. Compiled for AVX512-BF16 only; called only where bf16_runs() holds.
 #include "bf16.h"
 
 #include <algorithm>
 #include <cstring>
 
 #include "api.h"
-
 #include "simd.h"
 
 namespace picosparse {
@@ -32,22 +30,6 @@ static inline __m512i interleave_halves() {
     alignas(64) int16_t idx[32];
     for (int j = 0; j < 32; ++j) idx[j] = (int16_t)((j & 1) ? 16 + j / 2 : j / 2);
     return _mm512_load_si512(idx);
-}
-
-void pack(const float* buf, int cin, int tw, uint16_t* out) {
-    const __m512i perm = interleave_halves();
-    for (int j = 0; 2 * j < cin; ++j) {
-        const float* a = buf + (size_t)(2 * j) * tw;
-        const float* b = 2 * j + 1 < cin ? a + tw : nullptr;
-        uint16_t* o = out + (size_t)j * 2 * tw;
-        for (int i = 0; i < tw; i += 16) {
-            const __m512 va = _mm512_loadu_ps(a + i);
-            const __m512 vb = b ? _mm512_loadu_ps(b + i) : _mm512_setzero_ps();
-            // low half: a's 16 values, high half: b's
-            const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(vb, va);
-            _mm512_storeu_si512(o + 2 * i, _mm512_permutexvar_epi16(perm, v));
-        }
-    }
 }
 
 void gated(const float* fvals, const int32_t* ch, int nslots, const float* gain,
@@ -76,15 +58,13 @@ static inline void store_pairs(uint16_t* o, __m512 a, __m512 b, __m512i perm) {
     _mm512_store_si512(o, _mm512_permutexvar_epi16(perm, (__m512i)_mm512_cvtne2ps_pbh(b, a)));
 }
 
-bool read_tile(int cin, const SparseInput& in, const float* x, int64_t img, int64_t hw, int tw,
-               int64_t p0, int np, uint16_t* out) {
-    const int nchw = in.blocked ? in.nchw_prefix : cin;  // leading NCHW channels
-    if (nchw < cin && nchw % 2) return false;
+// nch NCHW planes hw floats apart (pixels [0, np) from xb on), two channels at a time, into
+// pairs [ceil(nch / 2)][tw][2]
+void pack_nchw(const float* xb, int nch, int64_t hw, int tw, int np, uint16_t* out) {
     const __m512i perm = interleave_halves();
-    const float* xi = x + img * (int64_t)cin * hw;
-    for (int j = 0; 2 * j < nchw; ++j) {  // NCHW planes, two channels at a time
-        const float* a = xi + (int64_t)(2 * j) * hw + p0;
-        const float* b = 2 * j + 1 < nchw ? a + hw : nullptr;
+    for (int j = 0; 2 * j < nch; ++j) {
+        const float* a = xb + (int64_t)(2 * j) * hw;
+        const float* b = 2 * j + 1 < nch ? a + hw : nullptr;
         uint16_t* o = out + (size_t)j * 2 * tw;
         for (int i = 0; i < tw; i += 16) {
             const __mmask16 m = first(np - i);
@@ -92,6 +72,15 @@ bool read_tile(int cin, const SparseInput& in, const float* x, int64_t img, int6
                         b ? _mm512_maskz_loadu_ps(m, b + i) : _mm512_setzero_ps(), perm);
         }
     }
+}
+
+bool read_tile(int cin, const SparseInput& in, const float* x, int64_t img, int64_t hw, int tw,
+               int64_t p0, int np, uint16_t* out) {
+    const int nchw = in.blocked ? in.nchw_prefix : cin;  // leading NCHW channels
+    if (nchw < cin && nchw % 2) return false;
+    const __m512i perm = interleave_halves();
+    const float* xi = x + img * (int64_t)cin * hw;
+    pack_nchw(xi + p0, nchw, hw, tw, np, out);
     // blocked channels: per block, 16 pixels' channel vectors transposed into 16 channel rows
     const float* xb = xi + (int64_t)nchw * hw;
     __m512 v[16];
@@ -101,7 +90,8 @@ bool read_tile(int cin, const SparseInput& in, const float* x, int64_t img, int6
         for (int pb = 0; pb < tw; pb += 16) {
             const int npx = std::min(16, np - pb);
             for (int k = 0; k < 16; ++k)
-                v[k] = k < npx ? _mm512_loadu_ps(src + (int64_t)(pb + k) * 16) : _mm512_setzero_ps();
+                v[k] = k < npx ? _mm512_loadu_ps(src + (int64_t)(pb + k) * 16)
+                               : _mm512_setzero_ps();
             V::transpose(v);
             for (int c = 0; c < 8; ++c)
                 store_pairs(o + (size_t)c * 2 * tw + 2 * pb, v[2 * c], v[2 * c + 1], perm);
@@ -162,8 +152,9 @@ void rows_any(const SpBf16& p, const float* bias, const uint16_t* buf, int np, f
 #pragma GCC pop_options
 }  // namespace bf16
 
-
-void bf16_pack(const float* buf, int cin, int tw, uint16_t* out) { bf16::pack(buf, cin, tw, out); }
+void bf16_pack(const float* buf, int cin, int tw, uint16_t* out) {
+    bf16::pack_nchw(buf, cin, tw, tw, tw, out);  // the tile's rows: planes of tw pixels
+}
 
 bool bf16_read_tile(int cin, const SparseInput& in, const float* x, int64_t img, int64_t hw,
                     int tw, int64_t p0, int np, uint16_t* out) {

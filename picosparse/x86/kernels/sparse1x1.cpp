@@ -140,7 +140,7 @@ void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const 
          int n, int64_t hw, int isa, int threads, const int32_t* offs, const SparsePairs* pairs) {
     const float* x = in.x;
     SpPlan g;
-    const bool bf16 = pairs && isa == ISA_AVX512 && cpu_supports_bf16();
+    const bool bf16 = pairs && bf16_runs(isa);
     g.tw = bf16 ? pairs->tw : sp_tile_width(isa, w.cin, hw);
     g.hw = hw;
     g.tiles = (hw + g.tw - 1) / g.tw;
@@ -153,7 +153,8 @@ void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const 
     g.offs = offs;
     SpBf16 bf;
     if (bf16) {
-        bf.rowptr = pairs->rowptr.data(), bf.offs = pairs->offs.data(), bf.vals = pairs->vals.data();
+        bf.rowptr = pairs->rowptr.data(), bf.offs = pairs->offs.data();
+        bf.vals = pairs->vals.data();
         g.bf = &bf;
     }
     const int nt = resolve_threads(threads);
@@ -200,8 +201,9 @@ void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const 
             se_conv(isa, *in.se_reduce, squeeze, squeeze + w.cin);
             se_conv(isa, *in.se_expand, squeeze + w.cin, squeeze + w.cin + in.se_reduce->cout);
         }
-        if (!g.bf) scale(w, gain, scaled);
-        if (g.bf) {  // the gated values as bf16 pairs
+        if (!g.bf) {
+            scale(w, gain, scaled);
+        } else {  // the gated values as bf16 pairs
             uint32_t* pv = reinterpret_cast<uint32_t*>(scratch<13>(pairs->vals.size() + 1));
             bf16_gated(pairs->fvals.data(), pairs->fch.data(), (int)pairs->fvals.size(), gain,
                        pv);

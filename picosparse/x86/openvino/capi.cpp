@@ -38,13 +38,14 @@ __attribute__((visibility("default"))) int ps_activation_code(const char* name) 
     return picosparse::act_code(name);
 }
 
-// 1 if the BF16 sparse kernel runs on this CPU (AVX512-BF16)
-__attribute__((visibility("default"))) int ps_cpu_supports_bf16() {
-    return picosparse::cpu_supports_bf16() ? 1 : 0;
+// 1 if the next call with bf16 would run the BF16 kernel (honours PICOSPARSE_ISA)
+__attribute__((visibility("default"))) int ps_bf16_runs() {
+    const int isa = picosparse::select_isa(nullptr);
+    return isa >= 0 && picosparse::bf16_runs(isa) ? 1 : 0;
 }
 
 // y = act(W (x * gate) + b); layout bit 0: x blocked, bit 1: y blocked; bf16: the BF16 kernel
-// where it runs (ps_cpu_supports_bf16 and the AVX-512 path). Returns the ISA used (>= 0), or
+// where it runs (ps_bf16_runs). Returns the ISA used (>= 0), or
 // -1 with a message in err.
 __attribute__((visibility("default"))) int ps_spconv1x1(
     const int32_t* rowptr, const int32_t* cols, const float* vals, const float* bias, int cout,

@@ -276,7 +276,7 @@ public:
         if (isa < 0) OPENVINO_THROW("picosparse: ", err);
         if (const char* why = sparse1x1_error(w, in, out, isa))
             OPENVINO_THROW("picosparse: ", why);
-        const bool bf16 = at.precision == "bf16" && isa == ISA_AVX512 && cpu_supports_bf16();
+        const bool bf16 = at.precision == "bf16" && bf16_runs(isa);
         const int tw = sp_tile_width(isa, w.cin, hw, bf16);
         const auto offs = bf16 ? nullptr : offsets(w, tw);
         const auto pairs = bf16 ? pair_form(w, tw) : nullptr;
