@@ -78,6 +78,23 @@ def test_bf16_gate_and_blocked_layouts():
         assert_close(yb, conv_ref(bf16(x), bf16(wt), b), 1e-5)
 
 
+# kept-dense rows run several at a time: every tile width (1-5 vectors), row counts that leave
+# a remainder, odd Cin, batch > 1
+@needs_bf16
+@pytest.mark.parametrize("shape", [(1, 128, 112, 40, 40), (2, 64, 20, 20, 20), (1, 33, 13, 10, 10),
+                                   (1, 40, 25, 5, 6), (1, 16, 17, 3, 5), (3, 7, 5, 2, 9)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_dense_rows_are_exact(shape):
+    n, cin, cout, h, w = shape
+    rng = np.random.default_rng(cin + cout)
+    wt = rng.standard_normal((cout, cin)).astype(np.float32) + 0.01
+    b = rng.standard_normal(cout).astype(np.float32)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    for threads in (1, 2):
+        y, _ = spconv1x1(x, pack(wt, b), act="hswish", threads=threads, bf16=True)
+        assert_close(y, conv_ref(bf16(x), bf16(wt), b, "hswish"), 1e-5)
+
+
 def test_without_avx512_bf16_the_fp32_kernel_runs(monkeypatch):
     """PICOSPARSE_ISA=avx2 stands in for a CPU without AVX512-BF16: bf16=True is the FP32
     kernel, bit for bit, and bf16_available says why."""

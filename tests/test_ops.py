@@ -209,10 +209,12 @@ def test_kernel_blocked_layouts(monkeypatch, isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("shape", [(1, 32, 40, 40, 5, 1, 2), (2, 16, 20, 20, 3, 2, 1),
-                                   (1, 48, 9, 7, 3, 1, 1), (1, 16, 11, 13, 5, 2, 2)],
+                                   (1, 48, 9, 7, 3, 1, 1), (1, 16, 11, 13, 5, 2, 2),
+                                   (1, 16, 160, 150, 3, 1, 1), (1, 16, 99, 130, 5, 2, 2)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_depthwise_blocked_layouts(monkeypatch, isa, shape):
-    """Depthwise convs of any map size run channel-blocked when either side is blocked."""
+    """Depthwise convs of any map size run channel-blocked when either side is blocked; with
+    fewer channel blocks than threads, in bands of rows (a ragged last band too)."""
     monkeypatch.setenv("PICOSPARSE_ISA", isa)
     x, w, b, s, p = _dw_case(shape)
     c = x.shape[1]

@@ -104,6 +104,9 @@ struct SparsePairs {
     // channel each multiplies: a squeeze-excite gate scales them per image, 32 at a time
     std::vector<float> fvals;
     std::vector<int32_t> fch;
+    // every row holds every pair, in order (a kept-dense conv, e.g. a head's output conv): the
+    // kernel then computes rows several at a time, each tile load feeding all of them
+    bool dense = false;
 };
 bool cpu_supports_bf16();
 // The BF16 kernel runs on this ISA path: AVX-512 selected and the CPU has AVX512-BF16

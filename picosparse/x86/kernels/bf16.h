@@ -12,6 +12,7 @@ struct SpBf16 {
     const int32_t* rowptr = nullptr;
     const int32_t* offs = nullptr;
     const uint32_t* vals = nullptr;
+    int dense_pairs = 0;  // > 0: every row holds all these pairs in order (SparsePairs::dense)
 };
 
 struct SparseInput;

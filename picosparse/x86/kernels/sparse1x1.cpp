@@ -112,6 +112,9 @@ void sp_pairs(const SparseConv& w, int tw, SparsePairs* out) {
         }
         out->rowptr[r + 1] = (int32_t)out->offs.size();
     }
+    out->dense = out->offs.size() == (size_t)w.cout * npairs_in;
+    for (size_t k = 0; out->dense && k < out->offs.size(); ++k)
+        out->dense = out->offs[k] == (int32_t)(k % npairs_in) * 2 * tw;
     const size_t nslots = 2 * out->offs.size();
     out->fvals.assign(nslots, 0.f);
     out->fch.resize(nslots);
@@ -155,6 +158,7 @@ void run(const SparseConv& w, const SparseInput& in, const NchwOut* nchw, const 
     if (bf16) {
         bf.rowptr = pairs->rowptr.data(), bf.offs = pairs->offs.data();
         bf.vals = pairs->vals.data();
+        bf.dense_pairs = pairs->dense ? (w.cin + 1) / 2 : 0;
         g.bf = &bf;
     }
     const int nt = resolve_threads(threads);
