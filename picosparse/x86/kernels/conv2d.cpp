@@ -131,8 +131,9 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
         // block): bands of output rows too, each padding its own input rows (the halo rows
         // are copied twice, so one thread keeps whole images: measured 3-8% faster)
         int rows = ho;
-        const int64_t want = 2 * (int64_t)resolve_threads(threads);
-        if ((int64_t)n * blocks < want && ho >= 16)
+        const int nt = resolve_threads(threads);
+        const int64_t want = 2 * (int64_t)nt;
+        if (nt > 1 && (int64_t)n * blocks < want && ho >= 16)
             rows = (int)std::max<int64_t>(4, (ho * (int64_t)n * blocks + want - 1) / want);
         const int bands = (ho + rows - 1) / rows;
         const Activation a = p.act;
