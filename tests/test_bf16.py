@@ -12,8 +12,9 @@ import pytest
 from picosparse.errors import PicosparseError
 from picosparse.x86 import kernel
 from picosparse.x86.kernel import pack, spconv1x1
-from test_ops import (_compile, _dw_block_model, _ghost_model, _head_model, _se_model,
-                      _shuffle_model, _toy_model, assert_close, conv_ref, sparse_weight)
+from test_ops import (_compile, _dw_block_model, _ghost_model, _head_model, _ov, _se_model,
+                      _shuffle_model, _toy_model, assert_close, conv_ref, direct_ref,
+                      sparse_weight)
 
 BF16 = kernel.bf16_supported()
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no AVX512-BF16")
@@ -140,16 +141,90 @@ def test_bf16_op_in_rewritten_models(build):
         assert any(not np.array_equal(got[i], f32[i]) for i in range(len(want)))
 
 
-def test_set_op_precision_sets_only_the_sparse_ops():
+def test_set_op_precision_sets_the_sparse_ops_and_the_convs():
     from picosparse.x86.convert.rewrite import rewrite_model
     from picosparse.x86.runtime import set_op_precision
     model = _dw_block_model(np.random.default_rng(1))
     rewrite_model(model, sparse_threshold=0.6)
     types = [op.get_type_name() for op in model.get_ops()]
-    assert "Conv2d" in types
-    assert set_op_precision(model, "bf16") == types.count("SparseConv1x1") > 0
+    assert types.count("Conv2d") > 0 and types.count("SparseConv1x1") > 0
+    assert set_op_precision(model, "bf16") == types.count("SparseConv1x1") + types.count("Conv2d")
     assert {op.get_attributes()["precision"] for op in model.get_ops()
-            if op.get_type_name() == "SparseConv1x1"} == {"bf16"}
+            if op.get_type_name() in ("SparseConv1x1", "Conv2d")} == {"bf16"}
+    assert "Convolution" not in types  # (no OpenVINO conv left out)
+
+
+# (n, cin, cout, h, w, k, stride, pads, pool): the stem (3x3/2 + 3x3/2 max pool), widths
+# leaving 1-4 vector chunks, left pad 0, Cout not a multiple of the 6-channel block, odd
+# and even tap counts (5x5 on 2 channels: 50 taps), stride 1
+STEM_SHAPES = [(1, 3, 24, 37, 41, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
+               (2, 3, 16, 20, 140, 3, 2, (1, 1, 1, 1), None),
+               (1, 3, 7, 23, 35, 3, 2, (1, 0, 0, 1), None),
+               (1, 2, 5, 12, 10, 5, 2, (2, 2, 2, 2), None),
+               (1, 5, 8, 11, 13, 3, 1, (1, 1, 1, 1), None)]
+
+
+@needs_bf16
+@pytest.mark.parametrize("shape", STEM_SHAPES, ids=lambda s: "x".join(map(str, s[:7])))
+def test_bf16_stem_is_exact_on_bf16_values_and_close_to_fp32(shape):
+    n, cin, cout, h, w, k, s, pads, pool = shape
+    rng = np.random.default_rng(cout * h)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    for threads in (1, 2):
+        y, isa = kernel.conv2d(x, wt, b, s, pads, act="hswish", threads=threads, pool=pool,
+                               bf16=True)
+        assert isa == "avx512"
+        assert_close(y, direct_ref(bf16(x), bf16(wt), b, 1, s, pads, "hswish", pool), 1e-5)
+        assert_close(y, direct_ref(x, wt, b, 1, s, pads, "hswish", pool), VS_FP32)
+    y32, _ = kernel.conv2d(x, wt, b, s, pads, act="hswish", pool=pool)
+    assert not np.allclose(y, y32, rtol=0, atol=1e-6)  # really bf16
+
+
+def test_bf16_leaves_depthwise_convs_fp32():
+    """Depthwise convs run FP32 at either precision (pairing their taps cost more than it
+    saved), bit for bit, on both of their paths (NCHW planes, channel-blocked)."""
+    rng = np.random.default_rng(3)
+    for c, h in ((32, 40), (48, 10)):
+        x = rng.standard_normal((1, c, h, h)).astype(np.float32)
+        wt = rng.standard_normal((c, 1, 5, 5)).astype(np.float32)
+        y32 = kernel.conv2d(x, wt, None, 1, (2, 2, 2, 2), groups=c)[0]
+        assert np.array_equal(kernel.conv2d(x, wt, None, 1, (2, 2, 2, 2), groups=c,
+                                            bf16=True)[0], y32)
+
+
+def _stem_model(rng):
+    """image -> 3x3/2 conv + BN + Relu -> 3x3/2 max pool -> sparse 1x1: PicoDet's stem."""
+    ov, ops = _ov()
+    x = ops.parameter([1, 3, 30, 34], np.float32, name="image")
+    c = ops.convolution(x, ops.constant(rng.standard_normal((12, 3, 3, 3)).astype(np.float32)),
+                        [2, 2], [1, 1], [1, 1], [1, 1])
+    bn = ops.batch_norm_inference(c, *(ops.constant(v.astype(np.float32)) for v in (
+        rng.uniform(0.5, 1.5, 12), rng.normal(0, 0.1, 12), rng.normal(0, 0.1, 12),
+        rng.uniform(0.5, 2, 12))), 1e-5)
+    pool = ops.max_pool(ops.relu(bn), [2, 2], [1, 1], [1, 1], [1, 1], [3, 3])
+    w = sparse_weight(rng, 16, 12, 0.75)[:, :, None, None]
+    out = ops.convolution(pool.output(0), ops.constant(w), [1, 1], [0, 0], [0, 0], [1, 1])
+    return ov.Model([out.output(0)], [x])
+
+
+@needs_bf16
+def test_bf16_stem_through_the_openvino_op():
+    import openvino as ov
+    from picosparse.x86.convert.rewrite import rewrite_model
+    ref_model, model = _stem_model(np.random.default_rng(8)), _stem_model(np.random.default_rng(8))
+    rewrite_model(model, sparse_threshold=0.6)
+    convs = [op for op in model.get_ops() if op.get_type_name() == "Conv2d"]
+    assert len(convs) == 1 and convs[0].get_attributes()["pool"]  # the stem, pool fused
+    xv = np.random.default_rng(9).standard_normal((1, 3, 30, 34)).astype(np.float32)
+    want = ov.Core().compile_model(ref_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(xv)[0]
+    f32 = _compile(model.clone())(xv)[0]
+    assert_close(f32, want, 1e-5)
+    for threads in (1, 2):
+        got = _compile_bf16(model.clone(), threads)(xv)[0]
+        assert_close(got, want, VS_FP32)
+        assert not np.array_equal(got, f32)
 
 
 def test_load_model_refuses_an_unknown_precision(tmp_path):

@@ -273,6 +273,10 @@ CONV_SHAPES = [
     (1, 6, 6, 6, 9, 9, 5, 1, (0, 0, 0, 0), (3, 1, 1, 1, 1, 1)),
     (2, 3, 16, 1, 20, 140, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),
     (2, 3, 8, 1, 70, 50, 3, 2, (1, 1, 1, 1), (3, 2, 1, 1, 1, 1)),  # 3 bands of pooled rows
+    # 3x3 stride 2 GEMM convs (their patch from even / odd splits) with left pads 0 and 1,
+    # odd and even widths
+    (1, 3, 7, 1, 23, 35, 3, 2, (0, 1, 1, 0), None),
+    (1, 2, 5, 1, 16, 34, 3, 2, (1, 0, 0, 1), None),
     # over 256 taps per output channel (no per-row GEMM): 4-channel blocks on the fast path,
     # with and without a pool, and on the generic path (7x7)
     (1, 32, 8, 1, 9, 11, 3, 2, (1, 1, 1, 1), None),

@@ -81,7 +81,7 @@ def _lib():
         lib.ps_conv2d.argtypes = [f32p, f32p] + [ctypes.c_int] * 7 + [
             ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_float, ctypes.c_float,
             ctypes.POINTER(ctypes.c_int), f32p, f32p, ctypes.c_int, ctypes.c_int,
-            ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+            ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.ps_select_isa.restype = ctypes.c_int
         lib.ps_cpu_supports.restype = ctypes.c_int
         lib.ps_cpu_supports.argtypes = [ctypes.c_int]
@@ -179,11 +179,13 @@ def spconv1x1(x, w, act="none", alpha=0.0, beta=0.0, threads=1, out=None, gate=N
 
 
 def conv2d(x, weight, bias=None, stride=1, pads=(0, 0, 0, 0), groups=1, act="none", alpha=0.0,
-           beta=0.0, threads=1, pool=None, blocked_in=False, blocked_out=False):
+           beta=0.0, threads=1, pool=None, blocked_in=False, blocked_out=False, bf16=False):
     """Direct KxK conv of NCHW fp32 x with weight [Cout, Cin/groups, K, K] (depthwise: groups =
     Cin = Cout, weight [C, 1, K, K] or [C, K, K]); pads = (top, left, bottom, right); pool =
     None or (k, stride, pad top, left, bottom, right) of a max pool after the activation;
-    blocked_in / blocked_out as in spconv1x1 (depthwise only). Returns (y, isa name used)."""
+    blocked_in / blocked_out as in spconv1x1 (depthwise only); bf16: BF16 where the op has it
+    (depthwise convs on NCHW maps, small dense convs) and the CPU runs it (bf16_supported()),
+    else fp32. Returns (y, isa name used)."""
     layout, blk = _layout(blocked_in, blocked_out)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if blocked_in and x.ndim == 4 and x.shape[1] % blk == 0:
@@ -210,7 +212,7 @@ def conv2d(x, weight, bias=None, stride=1, pads=(0, 0, 0, 0), groups=1, act="non
     code = _lib().ps_conv2d(wt.ctypes.data_as(f32p), b.ctypes.data_as(f32p), cin, cout, groups,
                             h, w, k, stride, pd, activation_code(act), alpha, beta, pl,
                             x.ctypes.data_as(f32p), y.ctypes.data_as(f32p), n, threads, layout,
-                            err, len(err))
+                            int(bool(bf16)), err, len(err))
     if code < 0:
         raise PicosparseError(f"conv op: {err.value.decode()}")
     return (from_blocked(y, blk) if blocked_out else y), {v: k for k, v in ISAS.items()}[code]

@@ -65,17 +65,20 @@ def _extension_for(model_dir, meta):
 
 
 def set_op_precision(model, precision):
-    """Run the sparse 1x1 ops of `model` at `precision` ("f32" | "bf16": picosparse's BF16
-    kernel; its other ops stay FP32). Returns how many ops."""
+    """Run the sparse 1x1 ops and the convs of `model` at `precision` ("f32" | "bf16":
+    picosparse's BF16 kernels, which the convs have for the stem only: their depthwise ones
+    stay FP32). Returns how many ops took it: the convs of a folder whose bundled op library
+    predates their BF16 kernel stay FP32 (sparse ops of one that predates theirs: an error)."""
     n = 0
     for op in model.get_ops():
         if op.get_type_info().version_id == "picosparse" and \
-                op.get_type_name() == "SparseConv1x1":
+                op.get_type_name() in ("SparseConv1x1", "Conv2d"):
             op.set_attribute("precision", precision)
-            if op.get_attributes().get("precision") != precision:  # an op built before BF16
+            if op.get_attributes().get("precision") == precision:
+                n += 1
+            elif op.get_type_name() == "SparseConv1x1":
                 raise PicosparseError("its bundled op library predates the BF16 kernel; "
                                       "export the model again")
-            n += 1
     return n
 
 
@@ -156,9 +159,9 @@ def load_model(model_dir, threads=1, perf_counters=False, flag=None, precision="
     """Compile MODEL_DIR/model.xml (an x86-sparse folder) on CPU, `threads` threads.
 
     `threads` is given to OpenVINO (INFERENCE_NUM_THREADS) and to every picosparse op.
-    precision "bf16": the sparse 1x1 convs run picosparse's BF16 kernel (weights and
-    activations rounded to bf16, fp32 sums) and OpenVINO's own ops BF16, picosparse's depthwise
-    convs and stem FP32; on a CPU without AVX512-BF16 (or with PICOSPARSE_ISA=avx2) all of it
+    precision "bf16": the sparse 1x1 convs and the stem run picosparse's BF16 kernels (weights
+    and activations rounded to bf16, fp32 sums) and OpenVINO's own ops BF16, picosparse's
+    depthwise convs FP32; on a CPU without AVX512-BF16 (or with PICOSPARSE_ISA=avx2) all of it
     runs FP32, and the returned model's `precision` says "fp32". Errors are one line naming
     `flag` (how the caller got the folder) when given.
     """

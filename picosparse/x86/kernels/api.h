@@ -145,6 +145,11 @@ struct ConvParams {
     int pool_k = 0, pool_s = 1, pool_pad_t = 0, pool_pad_l = 0, pool_pad_b = 0, pool_pad_r = 0;
     // channel-blocked input / output instead of NCHW (see vector_width); depthwise only
     int in_blocked = 0, out_blocked = 0;
+    // 1: in BF16 where conv2d has it (the small dense convs of its per-row GEMM: the stem) and
+    // the CPU runs it (bf16_runs): inputs and weights rounded to bf16, fp32 sums. conv2d fills
+    // wt_pairs (the weights as bf16 pairs of taps) for the kernel.
+    int bf16 = 0;
+    const uint32_t* wt_pairs = nullptr;
     int out_h() const { return (h + pad_t + pad_b - k) / stride + 1; }
     int out_w() const { return (w + pad_l + pad_r - k) / stride + 1; }
     int final_h() const {

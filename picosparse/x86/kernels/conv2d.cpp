@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "api.h"
+#include "bf16.h"
 #include "parallel.h"
 #include "per_isa.h"
 #include "simd.h"
@@ -102,6 +103,23 @@ const char* conv_layout_error(const ConvParams& p, int isa) {
 
 void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int threads) {
     if (n <= 0 || p.cout <= 0 || p.final_h() <= 0 || p.final_w() <= 0) return;
+    // BF16 only where this call has it (the per-ISA code reads p.bf16 as "run it"): the stem's
+    // GEMM. The depthwise convs stay FP32: pairing their taps needs a bf16 copy of each plane
+    // (pairs of neighbours), and with that copy 3x3 ones ran 0.5-0.9x and 5x5 ones 1.1x of
+    // FP32 (in the op: the FP32 path reads its inputs straight from registers).
+    const bool bf16 = p.bf16 && bf16_runs(isa) && uses_gemm(p);
+    if (bool(p.bf16) != bf16 || (bf16 && !p.wt_pairs)) {
+        ConvParams q = p;
+        q.bf16 = bf16;
+        std::vector<uint32_t> pairs;
+        if (bf16) {
+            const int ntaps = p.cin / p.groups * p.k * p.k;
+            pairs.resize((size_t)p.cout * ((ntaps + 1) / 2));
+            bf16_tap_pairs(p.wt, p.cout, ntaps, pairs.data());
+            q.wt_pairs = pairs.data();
+        }
+        return conv2d(q, x, y, n, isa, threads);
+    }
     const int vec = vector_width(isa);
     // tasks = image x band of kBandRows final rows: band(img, band index, kBandRows, act)
     const auto by_bands = [&](const auto& band) {

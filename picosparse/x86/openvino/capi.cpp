@@ -77,7 +77,7 @@ __attribute__((visibility("default"))) int ps_spconv1x1(
 __attribute__((visibility("default"))) int ps_conv2d(
     const float* wt, const float* bias, int cin, int cout, int groups, int h, int w, int k,
     int stride, const int* pads, int act, float alpha, float beta, const int* pool,
-    const float* x, float* y, int n, int threads, int layout, char* err, int errlen) {
+    const float* x, float* y, int n, int threads, int layout, int bf16, char* err, int errlen) {
     const int isa = pick_isa(err, errlen);
     if (isa < 0) return -1;
     picosparse::ConvParams p;
@@ -90,6 +90,7 @@ __attribute__((visibility("default"))) int ps_conv2d(
         p.pool_pad_r = pool[5];
     }
     p.in_blocked = layout & 1, p.out_blocked = (layout >> 1) & 1;
+    p.bf16 = bf16 ? 1 : 0;
     if (const char* why = picosparse::conv_layout_error(p, isa)) return refuse(why, err, errlen);
     picosparse::conv2d(p, x, y, n, isa, threads < 1 ? 1 : threads);
     return isa;

@@ -353,6 +353,7 @@ struct ConvAttrs {  // everything Conv2d's visit_attributes names
     std::vector<int64_t> pool;
     int64_t threads = 0;
     int64_t in_blocked = 0, out_blocked = 0;  // blocked layouts (kernels/api.h)
+    std::string precision = "f32";  // f32 | bf16 (ConvParams::bf16 where the CPU has it)
 };
 
 // Conv2d's attribute rules
@@ -369,13 +370,16 @@ const Rule<ConvAttrs> kConvRules[] = {
                 a.kernel >= 1;
      },
      "bad cout/kernel/groups/stride/pads"},
+    {[](const ConvAttrs& a, size_t) { return a.precision == "f32" || a.precision == "bf16"; },
+     "precision must be f32 or bf16"},
 };
 
 // Op "Conv2d" (opset "picosparse"): inputs x f32 [N, Cin, H, W], weights f32 [Cout * Cin/groups
 // * K * K + Cout]: the conv's [Cout, Cin/groups, K, K] weights (BN folded), then its bias (one
 // input, not two: see SparseConv1x1); attrs cout, kernel (K), groups, stride, pads (top, left,
 // bottom, right), activation/alpha/beta, pool (empty, or a max pool fused after the activation:
-// kernel, stride, pads top/left/bottom/right), threads, in_blocked / out_blocked. The depthwise
+// kernel, stride, pads top/left/bottom/right), threads, in_blocked / out_blocked, precision
+// (f32, or bf16: conv_bf16.cpp's kernels where they fit and the CPU has them). The depthwise
 // convs (groups == Cin == Cout) and the small dense stem conv: plain NCHW like SparseConv1x1, so
 // no layout reorders sit between them.
 class Conv2d : public ov::op::Op {
@@ -445,6 +449,7 @@ public:
         v.on_attribute("threads", at.threads);
         v.on_attribute("in_blocked", at.in_blocked);
         v.on_attribute("out_blocked", at.out_blocked);
+        v.on_attribute("precision", at.precision);
         return true;
     }
 
@@ -453,6 +458,7 @@ public:
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const ov::Shape xs = inputs[0].get_shape();
         ConvParams p = params(xs);
+        p.bf16 = at.precision == "bf16";
         p.wt = inputs[1].data<const float>();
         p.bias = p.wt + (int64_t)p.cout * (p.cin / p.groups) * p.k * p.k;
         outputs[0].set_shape(ov::Shape{xs[0], (size_t)p.cout, (size_t)p.final_h(),
