@@ -401,6 +401,7 @@ def _kernel_notes(specs, runtime):
         m = s["x86_sparse"]
         on_op = m.get("dense_1x1_on_op", 0)
         total = m.get("replaced", 0) + on_op + m.get("kept_dense_1x1", 0)
+        stem = " and dense KxK convs" if m.get("dense_kxk") else ""  # the stem's BF16 GEMM
         notes.append(f"{s['name']}: x86-sparse export, {m.get('replaced')} of {total} 1x1 "
                      f"convs on picosparse's sparse op (>= {m.get('sparse_threshold')} zeros)"
                      + (f", {on_op} below that on the same op with all their weights"
@@ -408,10 +409,11 @@ def _kernel_notes(specs, runtime):
                      + (f", {m['depthwise']} depthwise + {m.get('dense_kxk', 0)} dense KxK "
                         f"convs and {m.get('upsample', 0)} upsamplings on its NCHW ops"
                         if m.get("depthwise") or m.get("dense_kxk") else "")
-                     + ("; asked BF16: its sparse 1x1 convs on picosparse's BF16 kernel "
-                        "(bf16 weights and activations, fp32 sums), its other convs FP32"
-                        if s["asked"] == "bf16" else
-                        "; FP32 (DIR@bf16 runs its sparse 1x1 convs on the BF16 kernel)"))
+                     + (f"; asked BF16: its sparse 1x1 convs{stem} on picosparse's BF16 "
+                        "kernels (bf16 weights and activations, fp32 sums), its depthwise convs "
+                        "FP32" if s["asked"] == "bf16" else
+                        f"; FP32 (DIR@bf16 runs its sparse 1x1 convs{stem} on the BF16 "
+                        "kernels)"))
     return notes
 
 

@@ -37,7 +37,7 @@ void bf16_rows(const SpBf16& p, const float* bias, const uint16_t* buf, int np, 
 void bf16_gated(const float* fvals, const int32_t* ch, int nslots, const float* gain,
                 uint32_t* out);
 
-uint32_t bf16_bits(float v);
+uint32_t bf16_bits(float v);  // round to nearest even, as vcvtne2ps2bf16 does
 
 // conv2d's per-row GEMM (the stem) in BF16 (conv_bf16.cpp): patch [cin * k * k taps][nv][16]
 // fp32, the im2col of nv vectors of one output row -> that row of every output channel, at yr
@@ -46,6 +46,6 @@ struct ConvParams;
 void bf16_gemm_patch(const ConvParams& p, const float* patch, int nv, float* yr, int64_t out_hw,
                      int left, const Activation& a);
 // wt [cout][ntaps] as [cout][ceil(ntaps / 2)] bf16 pairs of consecutive taps (odd: a zero tap)
-void bf16_tap_pairs(const float* wt, int cout, int ntaps, uint32_t* out);  // round to nearest even, as vcvtne2ps2bf16 does
+void bf16_tap_pairs(const float* wt, int cout, int ntaps, uint32_t* out);
 
 }  // namespace picosparse

@@ -105,7 +105,7 @@ void conv2d(const ConvParams& p, const float* x, float* y, int n, int isa, int t
     if (n <= 0 || p.cout <= 0 || p.final_h() <= 0 || p.final_w() <= 0) return;
     // BF16 only where this call has it (the per-ISA code reads p.bf16 as "run it"): the stem's
     // GEMM. The depthwise convs stay FP32: pairing their taps needs a bf16 copy of each plane
-    // (pairs of neighbours), and with that copy 3x3 ones ran 0.5-0.9x and 5x5 ones 1.1x of
+    // (pairs of neighbours), and with that copy 3x3 ones ran 0.5-1.05x and 5x5 ones 1.1x of
     // FP32 (in the op: the FP32 path reads its inputs straight from registers).
     const bool bf16 = p.bf16 && bf16_runs(isa) && uses_gemm(p);
     if (bool(p.bf16) != bf16 || (bf16 && !p.wt_pairs)) {

@@ -74,8 +74,9 @@ static void gemm_patch_nv(const ConvParams& p, const float* patch, float* yr, in
     for (int m = 0; m < npairs; ++m)
         for (int v = 0; v < NV; ++v) {
             const __m512 t0 = _mm512_load_ps(patch + (2 * m * NV + v) * 16);
-            const __m512 t1 = 2 * m + 1 < ntaps ? _mm512_load_ps(patch + ((2 * m + 1) * NV + v) * 16)
-                                                : _mm512_setzero_ps();
+            const __m512 t1 = 2 * m + 1 < ntaps
+                                  ? _mm512_load_ps(patch + ((2 * m + 1) * NV + v) * 16)
+                                  : _mm512_setzero_ps();
             _mm512_store_si512(pairs + (m * NV + v) * 16, pairs_of(t0, t1, perm));
         }
     const uint32_t* wp = p.wt_pairs;
